@@ -1,0 +1,350 @@
+"""Checkpoints: the only module of audfer_jax that imports Orbax.
+
+Two kinds of checkpoint live here:
+
+* **Variables** (`save_variables` / `restore_variables`): a Flax variables
+  pytree (`{'params': ..., 'batch_stats': ...}`) plus a JSON metadata dict, as
+  written by the PyTorch converter (`audfer_jax.models.convert`) and read to
+  initialise training or evaluation from converted weights.
+* **Training** (`TrainCheckpointer`): an Orbax `CheckpointManager` over
+  `workdir/checkpoints` holding the whole train state (step, params,
+  batch_stats, optimizer state, RNG key) and a JSON `meta` item with the data
+  position (epoch, batch in epoch), class names and the best criterion so far;
+  a second manager over `workdir/best` holds the single best-criterion state.
+
+Restoring always goes through an abstract target whose leaves are
+`jax.ShapeDtypeStruct(shape, dtype, sharding=...)` carrying the *current*
+shardings, so a checkpoint written on 8 devices restores onto 1 (and back)
+(engineering.md section 7: without a target Orbax raises "Topology mismatch").
+Saves are asynchronous; call `wait_until_finished()` before reading a
+checkpoint back or exiting.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from orbax.checkpoint import checkpoint_managers as ocp_managers
+
+PyTree = Any
+
+_VARIABLES = "variables"
+_METADATA = "metadata"
+_STATE = "state"
+_META = "meta"
+
+
+def _replicated_sharding() -> jax.sharding.Sharding:
+    """A sharding that replicates an array on every device of every process."""
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()), ("data",))
+    return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
+def abstract_like(tree: PyTree, sharding: jax.sharding.Sharding | None = None) -> PyTree:
+    """Abstract restore target for `tree`.
+
+    Args:
+        tree: pytree of arrays (`jax.Array`, NumPy) or `jax.ShapeDtypeStruct`.
+        sharding: sharding given to every leaf. None keeps each `jax.Array`'s
+            own sharding and replicates the other leaves over all devices.
+
+    Returns:
+        The same pytree with `jax.ShapeDtypeStruct(shape, dtype, sharding=...)`
+        leaves.
+    """
+    default = _replicated_sharding()
+
+    def leaf(x):
+        s = sharding
+        if s is None:
+            s = getattr(x, "sharding", None) or default
+        return jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=s)
+
+    return jax.tree.map(leaf, tree)
+
+
+# ---------------------------------------------------------------------------
+# Converted variables.
+# ---------------------------------------------------------------------------
+
+def save_variables(directory: str | os.PathLike, variables: PyTree,
+                   metadata: Mapping[str, Any]) -> str:
+    """Writes Flax variables and a metadata dict as one Orbax checkpoint.
+
+    Synchronous: the files are complete when this returns. Every process of a
+    multi-process run must call it (Orbax coordinates the writes).
+
+    Args:
+        directory: target directory; must not exist yet (an existing one is an
+            error, so that a conversion never silently overwrites weights).
+        variables: Flax variables, e.g. `{'params': {...}, 'batch_stats': {...}}`
+            with float32 `jax.Array` or NumPy leaves.
+        metadata: JSON-serialisable dict (source file, model name, class names,
+            conversion report...).
+
+    Returns:
+        The absolute path written.
+
+    Raises:
+        FileExistsError: `directory` exists.
+        TypeError: `metadata` is not JSON-serialisable.
+    """
+    path = os.path.abspath(os.fspath(directory))
+    if os.path.exists(path):
+        raise FileExistsError(f"{path}: already exists; refusing to overwrite a "
+                              "variables checkpoint (remove it first)")
+    import json
+    try:
+        json.dumps(dict(metadata))
+    except TypeError as e:
+        raise TypeError(f"metadata for {path} is not JSON-serialisable: {e}") from e
+    variables = jax.tree.map(np.asarray, variables)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        ckptr.save(path, args=ocp.args.Composite(**{
+                _VARIABLES: ocp.args.StandardSave(variables),
+                _METADATA: ocp.args.JsonSave(dict(metadata))}))
+    return path
+
+
+def restore_variables(directory: str | os.PathLike, target: PyTree | None = None,
+                      ) -> tuple[PyTree, dict]:
+    """Reads a checkpoint written by `save_variables`.
+
+    Args:
+        directory: the directory `save_variables` wrote.
+        target: optional pytree (arrays or `jax.ShapeDtypeStruct`) giving the
+            structure, shapes, dtypes and shardings to restore onto. Its leaves
+            must match the stored ones exactly. None restores the stored tree,
+            every leaf replicated over all devices.
+
+    Returns:
+        `(variables, metadata)`: the variables pytree of `jax.Array` and the
+        metadata dict.
+
+    Raises:
+        FileNotFoundError: `directory` does not exist.
+        ValueError: the stored tree does not match `target` (names both).
+    """
+    path = os.path.abspath(os.fspath(directory))
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no variables checkpoint there")
+    handler = ocp.CompositeCheckpointHandler(**{
+            _VARIABLES: ocp.StandardCheckpointHandler(),
+            _METADATA: ocp.JsonCheckpointHandler()})
+    with ocp.Checkpointer(handler) as ckptr:
+        if target is None:
+            stored = ckptr.metadata(path).item_metadata[_VARIABLES]
+            stored = getattr(stored, "tree", stored)
+            target = abstract_like(jax.tree.map(
+                    lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), stored))
+        else:
+            target = abstract_like(target)
+        try:
+            out = ckptr.restore(path, args=ocp.args.Composite(**{
+                    _VARIABLES: ocp.args.StandardRestore(target),
+                    _METADATA: ocp.args.JsonRestore()}))
+        except (ValueError, KeyError) as e:
+            raise ValueError(f"{path}: stored variables do not match the target "
+                             f"structure: {e}") from e
+    return out[_VARIABLES], dict(out[_METADATA] or {})
+
+
+def merge_variables(init: PyTree, loaded: PyTree) -> tuple[PyTree, list[str]]:
+    """Overlays loaded variables on freshly initialised ones.
+
+    Used to start training from converted weights where some leaves are absent
+    (a new head, the AU head, `fc_norm` after MAE pre-training).
+
+    Args:
+        init: variables from `model.init` (dict pytree).
+        loaded: variables from `restore_variables` (dict pytree, possibly partial).
+
+    Returns:
+        `(variables, fresh)`: `init` with every leaf present in `loaded` (same
+        path) replaced, and the '/'-joined paths of the leaves kept fresh.
+
+    Raises:
+        ValueError: a loaded leaf's shape differs from the initialised one, or a
+            loaded leaf has no counterpart in `init` (names the path and shapes).
+    """
+    flat_init = {"/".join(k): v for k, v in _flatten(init)}
+    flat_loaded = {"/".join(k): v for k, v in _flatten(loaded)}
+    unknown = sorted(set(flat_loaded) - set(flat_init))
+    if unknown:
+        raise ValueError(f"loaded variables not in the model: {unknown[:10]}"
+                         f"{' ...' if len(unknown) > 10 else ''}")
+    fresh = []
+    out = {}
+    for key, value in flat_init.items():
+        if key in flat_loaded:
+            new = flat_loaded[key]
+            if tuple(np.shape(new)) != tuple(np.shape(value)):
+                raise ValueError(f"{key}: loaded shape {tuple(np.shape(new))} != "
+                                 f"model shape {tuple(np.shape(value))}")
+            out[key] = new
+        else:
+            fresh.append(key)
+            out[key] = value
+    return _unflatten(out), fresh
+
+
+def _flatten(tree, prefix=()):
+    if isinstance(tree, Mapping):
+        for k, v in tree.items():
+            yield from _flatten(v, prefix + (str(k),))
+    else:
+        yield prefix, tree
+
+
+def _unflatten(flat: dict) -> dict:
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        parts = key.split("/")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Training checkpoints.
+# ---------------------------------------------------------------------------
+
+class TrainCheckpointer:
+    """Latest and best training checkpoints of one run.
+
+    Layout: `workdir/checkpoints/<step>/{state,meta}` (the latest
+    `keep` kept by `LatestN`) and `workdir/best/<step>/{state,meta}` (one kept).
+    `meta` is a JSON dict; `train.py` stores `epoch`, `batch_in_epoch` (the
+    next batch of that epoch to read), `class_names`, `best` and the metrics.
+
+    Args:
+        workdir: run directory.
+        save_every_steps: periodic save interval in optimizer steps; saves at
+            `extra_steps` (epoch ends, the last step) are added to it.
+        extra_steps: steps that are always saved.
+        keep: number of latest checkpoints kept.
+        async_save: asynchronous saves (Orbax default); tests turn it off
+            to make failures surface at the call.
+    """
+
+    def __init__(self, workdir: str | os.PathLike, *, save_every_steps: int | None = None,
+                 extra_steps=(), keep: int = 2, async_save: bool = True):
+        workdir = os.path.abspath(os.fspath(workdir))
+        policies = [ocp_managers.SpecificStepsPolicy(frozenset(int(s) for s in extra_steps))]
+        if save_every_steps:
+            policies.append(ocp_managers.FixedIntervalPolicy(int(save_every_steps)))
+        self.latest = ocp.CheckpointManager(
+                os.path.join(workdir, "checkpoints"),
+                options=ocp.CheckpointManagerOptions(
+                        save_decision_policy=ocp_managers.AnySavePolicy(policies),
+                        preservation_policy=ocp_managers.LatestN(max(1, int(keep))),
+                        enable_async_checkpointing=async_save,
+                        create=True),
+                item_names=(_STATE, _META))
+        self.best = ocp.CheckpointManager(
+                os.path.join(workdir, "best"),
+                options=ocp.CheckpointManagerOptions(
+                        save_decision_policy=ocp_managers.FixedIntervalPolicy(1),
+                        preservation_policy=ocp_managers.LatestN(1),
+                        enable_async_checkpointing=async_save,
+                        create=True),
+                item_names=(_STATE, _META))
+
+    def maybe_save(self, step: int, state: PyTree, meta: Mapping[str, Any] | Any,
+                   force: bool = False) -> bool:
+        """Saves `state` at `step` if the save policy says so (or `force`).
+
+        `meta` may be a dict or a zero-argument callable returning one (so the
+        dict is only built when a save happens). Returns whether it saved.
+        """
+        step = int(step)
+        if not force and not self.latest.should_save(step):
+            return False
+        meta = meta() if callable(meta) else meta
+        return self.latest.save(step, args=ocp.args.Composite(**{
+                _STATE: ocp.args.StandardSave(state),
+                _META: ocp.args.JsonSave(dict(meta))}), force=force)
+
+    def save_best(self, step: int, state: PyTree, meta: Mapping[str, Any]) -> bool:
+        """Replaces the best checkpoint by `state` at `step`."""
+        step = int(step)
+        if step in self.best.all_steps():
+            return False
+        return self.best.save(step, args=ocp.args.Composite(**{
+                _STATE: ocp.args.StandardSave(state),
+                _META: ocp.args.JsonSave(dict(meta))}), force=True)
+
+    def latest_step(self) -> int | None:
+        """Step of the newest complete latest checkpoint, or None."""
+        return self.latest.latest_step()
+
+    def best_step(self) -> int | None:
+        """Step of the best checkpoint, or None."""
+        return self.best.latest_step()
+
+    def restore(self, abstract_state: PyTree, step: int | None = None, *,
+                best: bool = False) -> tuple[PyTree, dict]:
+        """Restores `(state, meta)`.
+
+        Args:
+            abstract_state: the state pytree as arrays or `ShapeDtypeStruct`s
+                carrying the current shardings (see `abstract_like`); the
+                restored arrays get those shardings whatever the device count
+                at save time.
+            step: step to restore; None = newest.
+            best: read the best checkpoint instead of the latest.
+
+        Raises:
+            FileNotFoundError: there is no checkpoint.
+        """
+        manager = self.best if best else self.latest
+        if step is None:
+            step = manager.latest_step()
+        if step is None:
+            raise FileNotFoundError(f"{manager.directory}: no checkpoint to restore")
+        out = manager.restore(int(step), args=ocp.args.Composite(**{
+                _STATE: ocp.args.StandardRestore(abstract_like(abstract_state)),
+                _META: ocp.args.JsonRestore()}))
+        return out[_STATE], dict(out[_META] or {})
+
+    def read_meta(self, step: int | None = None, *, best: bool = False) -> dict | None:
+        """The JSON `meta` of a checkpoint without touching its arrays, or None."""
+        manager = self.best if best else self.latest
+        if step is None:
+            step = manager.latest_step()
+        if step is None:
+            return None
+        out = manager.restore(int(step), args=ocp.args.Composite(**{
+                _META: ocp.args.JsonRestore()}))
+        return dict(out[_META] or {})
+
+    def wait_until_finished(self) -> None:
+        """Blocks until every asynchronous save has been committed."""
+        self.latest.wait_until_finished()
+        self.best.wait_until_finished()
+
+    def close(self) -> None:
+        """Waits for pending saves and releases the managers."""
+        self.wait_until_finished()
+        self.latest.close()
+        self.best.close()
+
+
+def restore_state_from_directory(path: str | os.PathLike, abstract_state: PyTree,
+                                 ) -> tuple[PyTree, dict]:
+    """Restores `(state, meta)` from one step directory `.../<step>`.
+
+    Used by evaluation given a checkpoint path instead of a workdir.
+    """
+    path = os.path.abspath(os.fspath(path))
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+        out = ckptr.restore(path, args=ocp.args.Composite(**{
+                _STATE: ocp.args.StandardRestore(abstract_like(abstract_state)),
+                _META: ocp.args.JsonRestore()}))
+    return out[_STATE], dict(out[_META] or {})

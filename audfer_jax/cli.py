@@ -1,0 +1,53 @@
+"""The `audfer-jax` command line: one sub-command per job.
+
+Each sub-command lives in its own module, imported only when it runs (so that
+`audfer-jax convert` never imports TensorFlow and `prepare` never imports torch).
+Each module exposes `main(argv: list[str]) -> int` and parses its own flags.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+        "prepare": ("audfer_jax.data.prepare",
+                                "prepare a dataset fold into TFRecords (TFDS, offline)"),
+        "demo": ("audfer_jax.data.demo",
+                          "write the synthetic demo set in the DFEW release layout"),
+        "train": ("audfer_jax.main", "train and evaluate a config"),
+        "evaluate": ("audfer_jax.evaluate", "evaluate a checkpoint"),
+        "predict": ("audfer_jax.predict",
+                                "class and AU probabilities for a video or frame folder"),
+        "convert": ("audfer_jax.models.convert",
+                                "PyTorch checkpoint -> Orbax checkpoint of Flax variables"),
+        "sweep": ("audfer_jax.sweep", "run folds and tabulate UAR/WAR mean and std"),
+        "bench": ("audfer_jax.bench", "benchmarks: input, model, train"),
+}
+
+
+def _usage() -> str:
+    lines = ["usage: audfer-jax <command> [flags]", "", "commands:"]
+    for name, (_, text) in SUBCOMMANDS.items():
+        lines.append(f"  {name:<9} {text}")
+    lines.append("")
+    lines.append("`audfer-jax <command> --help` lists the flags of a command.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `audfer-jax` console script."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in SUBCOMMANDS:
+        print(f"audfer-jax: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(SUBCOMMANDS[name][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,444 @@
+"""Layers shared by the backbones: PyTorch-compatible initialisers, BatchNorm,
+ResNet BasicBlocks (2-D and 3-D), the pre-norm transformer layer with a packed
+`to_qkv` projection, a PyTorch-style LSTM cell and DropPath.
+
+Everything here mirrors the PyTorch modules the original repositories use, so
+that converted weights give the same numbers (spec: backbones.md section 4):
+
+* Convolutions pad symmetrically, `padding=((p, p), ...)` per spatial axis, as
+  PyTorch does (`'SAME'` pads asymmetrically for strided convolutions).
+* BatchNorm: PyTorch momentum 0.1 is Flax `momentum=0.9`, eps 1e-5, and
+  `use_fast_variance=False` (PyTorch subtracts the mean before squaring).
+* LayerNorm eps 1e-5 (PyTorch default; the Flax default is 1e-6).
+* Packed attention projection `to_qkv`: one bias-free Dense with kernel
+  `[D, 3*h*d]`. Output columns `[0:hd]` are q, `[hd:2hd]` k, `[2hd:3hd]` v, each
+  head-major (`(h d)`), exactly the row order of PyTorch's `to_qkv.weight
+  [3*h*d, D]`, so the converter only transposes.
+
+Parameters are always float32 (`param_dtype`); `dtype` sets the activation dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import linen as nn
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+# PyTorch's default Linear/Conv weight init, kaiming_uniform(a=sqrt(5)), is
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)); variance_scaling(1/3, fan_in, uniform)
+# draws U(-sqrt(3 * (1/3) / fan_in), ...) which is the same interval.
+torch_default_kernel_init: Initializer = nn.initializers.variance_scaling(
+        1.0 / 3.0, "fan_in", "uniform")
+
+# torchvision ResNet / Former-DFER S-Former: kaiming_normal_(mode='fan_out',
+# nonlinearity='relu') = N(0, 2 / fan_out), untruncated.
+kaiming_normal_fan_out: Initializer = nn.initializers.variance_scaling(
+        2.0, "fan_out", "untruncated_normal")
+
+
+def torch_uniform_init(fan_in: int) -> Initializer:
+    """PyTorch's default bias init (and LSTM init): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+
+    Args:
+        fan_in: the fan-in that PyTorch computes for the owning layer (input
+            features of a Linear, `in_channels * prod(kernel)` of a Conv, the
+            hidden size of an LSTM).
+
+    Returns:
+        An initializer `(key, shape, dtype) -> Array`.
+    """
+    bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+
+    def init(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def torch_dense(features: int, fan_in: int, *, use_bias: bool = True,
+                                dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
+    """A Dense with PyTorch's default `nn.Linear` initialisation.
+
+    Args:
+        features: output width.
+        fan_in: input width (PyTorch computes the bias bound from it).
+        use_bias: whether the layer has a bias.
+        dtype: activation dtype; parameters stay float32.
+        name: module name (the parameter path).
+
+    Returns:
+        An unbound `nn.Dense`; its kernel is `[fan_in, features]` (PyTorch
+        `weight.T`).
+    """
+    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
+                                    kernel_init=torch_default_kernel_init,
+                                    bias_init=torch_uniform_init(fan_in), name=name)
+
+
+def batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
+    """PyTorch-equivalent BatchNorm over the last (channel) axis.
+
+    Momentum 0.1 in PyTorch's convention (Flax 0.9), eps 1e-5, affine, running
+    statistics in the `batch_stats` collection; scale 1, bias 0 at init (the
+    PyTorch default and torchvision's explicit init).
+    """
+    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                            use_fast_variance=False, dtype=dtype,
+                                            param_dtype=jnp.float32, name=name)
+
+
+def layer_norm(dtype: Dtype, name: str, epsilon: float = 1e-5) -> nn.LayerNorm:
+    """PyTorch-equivalent LayerNorm (eps 1e-5 default, two-pass variance)."""
+    return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, dtype=dtype,
+                                            param_dtype=jnp.float32, name=name)
+
+
+def to_float_clips(clips: Array, dtype: Dtype) -> Array:
+    """Scales clips to [0, 1] in `dtype`.
+
+    Args:
+        clips: `[..., 3]` uint8 (divided by 255, as Former-DFER and M3DFEL's
+            `ToTensor` do) or float already in [0, 1] (kept as is).
+        dtype: output dtype.
+
+    Returns:
+        `clips` as `dtype` in [0, 1].
+    """
+    if clips.dtype == jnp.uint8:
+        return clips.astype(dtype) / jnp.asarray(255.0, dtype)
+    if not jnp.issubdtype(clips.dtype, jnp.floating):
+        raise ValueError(f"clips must be uint8 or float in [0, 1], got dtype {clips.dtype}")
+    return clips.astype(dtype)
+
+
+def check_clips(clips: Array, num_frames: int, image_size: int, model: str) -> None:
+    """Raises ValueError unless `clips` is `[B, num_frames, image_size, image_size, 3]`.
+
+    The original models hard-code their frame count and resolution (e.g.
+    Former-DFER's `view(-1, 3, 112, 112)` and `view(-1, 16, 512)`), so any other
+    shape is a caller error, not something to adapt to silently.
+    """
+    expected = (num_frames, image_size, image_size, 3)
+    if clips.ndim != 5 or tuple(clips.shape[1:]) != expected:
+        raise ValueError(
+                f"{model}: clips must have shape [B, {num_frames}, {image_size}, "
+                f"{image_size}, 3] (B, T, H, W, RGB), got {tuple(clips.shape)}")
+
+
+class BasicBlock(nn.Module):
+    """ResNet BasicBlock, 2-D (torchvision resnet18) or 3-D (torchvision r3d_18).
+
+    conv(k, stride, pad 1, no bias) -> BN -> ReLU -> conv(k, pad 1, no bias) -> BN,
+    plus identity or downsample (1x..x1 conv with stride, no bias -> BN) when the
+    stride or width changes, then ReLU.
+
+    Parameter paths (PyTorch keys; 2-D = Former-DFER `s_former.layerK.J.*`,
+    3-D = torchvision `layerK.J.*` / M3DFEL `features.K.J.*`):
+        conv1/kernel  <- conv1.weight         | conv1.0.weight
+        bn1/{scale,bias}, batch_stats bn1/{mean,var}
+                       <- bn1.{weight,bias,running_mean,running_var} | conv1.1.*
+        conv2/kernel  <- conv2.weight         | conv2.0.weight
+        bn2/*         <- bn2.*                | conv2.1.*
+        downsample_conv/kernel <- downsample.0.weight
+        downsample_bn/*        <- downsample.1.*
+
+    Attributes:
+        features: output channels.
+        strides: stride per spatial axis, e.g. (2, 2) or (2, 2, 2) (t, h, w).
+        dtype: activation dtype.
+
+    Input `[N, *spatial, C_in]`, output `[N, *spatial // strides, features]`.
+    """
+    features: int
+    strides: Sequence[int]
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        ndim = len(self.strides)
+        k3 = (3,) * ndim
+        pad1 = ((1, 1),) * ndim
+        conv = lambda feats, k, s, p, name: nn.Conv(  # noqa: E731
+                feats, k, strides=tuple(s), padding=p, use_bias=False, dtype=self.dtype,
+                param_dtype=jnp.float32, kernel_init=kaiming_normal_fan_out, name=name)
+        y = conv(self.features, k3, self.strides, pad1, "conv1")(x)
+        y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
+        y = conv(self.features, k3, (1,) * ndim, pad1, "conv2")(y)
+        y = batch_norm(train, self.dtype, "bn2")(y)
+        if any(s != 1 for s in self.strides) or x.shape[-1] != self.features:
+            x = conv(self.features, (1,) * ndim, self.strides, ((0, 0),) * ndim,
+                              "downsample_conv")(x)
+            x = batch_norm(train, self.dtype, "downsample_bn")(x)
+        return nn.relu(y + x)
+
+
+def multi_head_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
+    """Scaled dot-product attention over head-major packed features.
+
+    Computes `softmax(q_h k_h^T * d^-0.5) v_h` per head h and concatenates the
+    heads head-major, as the `einops` code of Former-DFER (`b n (h d) -> b h n d`)
+    and M3DFEL do. Logits and softmax are computed in float32.
+
+    Args:
+        q: `[..., N, h*d]`.
+        k: `[..., M, h*d]`.
+        v: `[..., M, h*d]`.
+        heads: h; the last axis splits as `(h, d)`, head-major.
+
+    Returns:
+        `[..., N, h*d]` in q's dtype.
+    """
+    inner = q.shape[-1]
+    if inner % heads:
+        raise ValueError(f"attention width {inner} is not divisible by {heads} heads")
+    d = inner // heads
+    split = lambda t: t.reshape(t.shape[:-1] + (heads, d))  # noqa: E731
+    qh, kh, vh = split(q), split(k), split(v)
+    logits = jnp.einsum("...nhd,...mhd->...hnm", qh.astype(jnp.float32),
+                                            kh.astype(jnp.float32)) * (d ** -0.5)
+    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("...hnm,...mhd->...nhd", weights, vh)
+    return out.reshape(out.shape[:-2] + (inner,))
+
+
+def split_qkv(qkv: Array) -> tuple[Array, Array, Array]:
+    """Splits a packed `to_qkv` output `[..., 3*h*d]` into q, k, v `[..., h*d]`.
+
+    Equal thirds in the order q, k, v, as PyTorch's `.chunk(3, dim=-1)`.
+    """
+    return tuple(jnp.split(qkv, 3, axis=-1))  # type: ignore[return-value]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with a packed bias-free `to_qkv` (Former-DFER).
+
+    Parameter paths (PyTorch keys of `Attention` in Former-DFER
+    models/S_Former.py and T_Former.py):
+        to_qkv/kernel `[D, 3*h*d]` <- to_qkv.weight `[3*h*d, D]` transposed
+        to_out/kernel `[h*d, D]`, to_out/bias <- to_out.0.weight (transposed), to_out.0.bias
+
+    Attributes:
+        heads: number of heads h.
+        dim_head: per-head width d.
+        dtype: activation dtype.
+
+    Input and output `[..., N, D]`.
+    """
+    heads: int
+    dim_head: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dim = x.shape[-1]
+        inner = self.heads * self.dim_head
+        qkv = torch_dense(3 * inner, dim, use_bias=False, dtype=self.dtype, name="to_qkv")(x)
+        out = multi_head_attention(*split_qkv(qkv), heads=self.heads)
+        return torch_dense(dim, inner, dtype=self.dtype, name="to_out")(out)
+
+
+class FeedForward(nn.Module):
+    """Linear(D->mlp) -> GELU -> Linear(mlp->D); dropouts of the original are 0.
+
+    Parameter paths: net_0/{kernel,bias} <- net.0.*, net_3/{kernel,bias} <- net.3.*
+    (PyTorch `nn.Sequential(Linear, GELU, Dropout, Linear, Dropout)`).
+
+    Attributes:
+        mlp_dim: hidden width.
+        approximate_gelu: True for the tanh GELU of Former-DFER
+            (0.5x(1+tanh(sqrt(2/pi)(x+0.044715x^3))), its own `GELU` class),
+            False for the exact erf GELU.
+        dtype: activation dtype.
+    """
+    mlp_dim: int
+    approximate_gelu: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        dim = x.shape[-1]
+        y = torch_dense(self.mlp_dim, dim, dtype=self.dtype, name="net_0")(x)
+        y = nn.gelu(y, approximate=self.approximate_gelu)
+        return torch_dense(dim, self.mlp_dim, dtype=self.dtype, name="net_3")(y)
+
+
+class TransformerLayer(nn.Module):
+    """Pre-norm transformer layer: `x += Attn(LN(x)); x += FF(LN(x))`.
+
+    Former-DFER's `Residual(PreNorm(dim, Attention))`, `Residual(PreNorm(dim,
+    FeedForward))` (models/S_Former.py, T_Former.py); LayerNorm eps 1e-5.
+
+    Parameter paths (PyTorch `...layers.i.*`):
+        attn_norm/{scale,bias} <- layers.i.0.fn.norm.{weight,bias}
+        attn/...               <- layers.i.0.fn.fn.* (see `Attention`)
+        ff_norm/{scale,bias}   <- layers.i.1.fn.norm.{weight,bias}
+        ff/...                 <- layers.i.1.fn.fn.* (see `FeedForward`)
+
+    Attributes:
+        heads, dim_head, mlp_dim: attention and MLP sizes.
+        approximate_gelu: see `FeedForward`.
+        drop_path: stochastic-depth rate on both residual branches (0 here: the
+            originals have none; kept for reuse).
+        dtype: activation dtype.
+
+    Input and output `[..., N, D]`.
+    """
+    heads: int
+    dim_head: int
+    mlp_dim: int
+    approximate_gelu: bool = True
+    drop_path: float = 0.0
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        dp = DropPath(self.drop_path)
+        y = Attention(self.heads, self.dim_head, self.dtype, name="attn")(
+                layer_norm(self.dtype, "attn_norm")(x))
+        x = x + dp(y, deterministic=not train)
+        y = FeedForward(self.mlp_dim, self.approximate_gelu, self.dtype, name="ff")(
+                layer_norm(self.dtype, "ff_norm")(x))
+        return x + dp(y, deterministic=not train)
+
+
+class Transformer(nn.Module):
+    """A stack of `TransformerLayer`s named `layers_0 ... layers_{depth-1}`, no final norm.
+
+    PyTorch `Transformer.layers.i` -> Flax `layers_i`.
+    """
+    depth: int
+    heads: int
+    dim_head: int
+    mlp_dim: int
+    approximate_gelu: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool = False) -> Array:
+        for i in range(self.depth):
+            x = TransformerLayer(self.heads, self.dim_head, self.mlp_dim,
+                                                      self.approximate_gelu, dtype=self.dtype,
+                                                      name=f"layers_{i}")(x, train)
+        return x
+
+
+class DropPath(nn.Module):
+    """Stochastic depth, timm style: drops whole rows of axis 0.
+
+    Each row along axis 0 is kept with probability `1 - rate` and scaled by
+    `1 / (1 - rate)` when kept (timm `drop_path`, `scale_by_keep=True`).
+    Draws from the `dropout` rng. Identity when `deterministic` or `rate == 0`.
+
+    Attributes:
+        rate: drop probability in [0, 1).
+    """
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        if deterministic or self.rate == 0.0:
+            return x
+        if not 0.0 <= self.rate < 1.0:
+            raise ValueError(f"DropPath rate must be in [0, 1), got {self.rate}")
+        keep = 1.0 - self.rate
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
+        return jnp.where(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
+class TorchLSTMCell(nn.RNNCellBase):
+    """An LSTM cell with PyTorch's parameters: a bias on both the input and the
+    recurrent projections (`bias_ih` and `bias_hh`).
+
+    Equations (PyTorch `nn.LSTM`, gate order i, f, g, o):
+        i = sigmoid(x W_ii + b_ii + h W_hi + b_hi), f = sigmoid(...), g = tanh(...),
+        o = sigmoid(...); c' = f*c + i*g; h' = o*tanh(c').
+    Flax's `nn.LSTMCell` has the same equations but one bias per gate; keeping
+    both makes the parameter count equal PyTorch's (M3DFEL `lstm` 10,502,144,
+    backbones.md) and the conversion a plain split without summing biases.
+
+    Parameter paths, with H the hidden size and PyTorch rows split into four
+    blocks of H in the order i, f, g, o (block 0 -> `*i`, 1 -> `*f`, 2 -> `*g`,
+    3 -> `*o`):
+        ii, if, ig, io: kernel `[in, H]` <- weight_ih block transposed,
+                        bias `[H]` <- bias_ih block
+        hi, hf, hg, ho: kernel `[H, H]` <- weight_hh block transposed,
+                        bias `[H]` <- bias_hh block
+    Init: every weight and bias U(-1/sqrt(H), 1/sqrt(H)) (PyTorch default).
+    Carry `(c, h)`, each `[..., H]`, zeros by default.
+
+    Attributes:
+        features: hidden size H.
+        dtype: activation dtype.
+        param_dtype: parameter dtype (float32).
+    """
+    features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, carry: tuple[Array, Array], inputs: Array):
+        c, h = carry
+        init = torch_uniform_init(self.features)
+        dense = lambda name: nn.Dense(  # noqa: E731
+                self.features, use_bias=True, kernel_init=init, bias_init=init,
+                dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        gate = lambda g: dense("i" + g)(inputs) + dense("h" + g)(h)  # noqa: E731
+        i = nn.sigmoid(gate("i"))
+        f = nn.sigmoid(gate("f"))
+        g = jnp.tanh(gate("g"))
+        o = nn.sigmoid(gate("o"))
+        new_c = f * c + i * g
+        new_h = o * jnp.tanh(new_c)
+        return (new_c, new_h), new_h
+
+    @nn.nowrap
+    def initialize_carry(self, rng: Array, input_shape: tuple[int, ...]):
+        """Zero `(c, h)` carry of shape `input_shape[:-1] + (features,)`."""
+        del rng
+        shape = tuple(input_shape[:-1]) + (self.features,)
+        return (jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
+
+    @property
+    def num_feature_axes(self) -> int:
+        return 1
+
+
+class BiLSTM(nn.Module):
+    """Multi-layer bidirectional LSTM, `batch_first`, zero initial state, no
+    inter-layer dropout (PyTorch `nn.LSTM(bidirectional=True, batch_first=True)`).
+
+    Each layer is `nn.Bidirectional(nn.RNN(cell), nn.RNN(cell))`, whose merge
+    concatenates the forward then the backward output, as PyTorch does.
+
+    Parameter paths (layer k):
+        l{k}/forward_rnn/cell/*  <- weight_ih_l{k}, weight_hh_l{k}, bias_ih_l{k}, bias_hh_l{k}
+        l{k}/backward_rnn/cell/* <- the same with suffix `_reverse`
+    (see `TorchLSTMCell` for the per-gate split).
+
+    Attributes:
+        hidden: hidden size H per direction.
+        num_layers: stacked layers.
+        dtype: activation dtype.
+
+    Input `[B, L, F]`, output `[B, L, 2H]`.
+    """
+    hidden: int
+    num_layers: int = 2
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        for k in range(self.num_layers):
+            x = nn.Bidirectional(
+                    nn.RNN(TorchLSTMCell(self.hidden, dtype=self.dtype)),
+                    nn.RNN(TorchLSTMCell(self.hidden, dtype=self.dtype)),
+                    name=f"l{k}")(x)
+        return x

@@ -1,0 +1,640 @@
+"""MAE-DFER backbone (LGI-Former) in Flax linen, with the AU-DFER AU head.
+
+Re-implements `modeling_finetune.py::vit_base_dim512_no_depth_patch16_160` of
+sunlicai/MAE-DFER @80b651d (MIT) with the constructor arguments of the DFEW
+fine-tuning script (spec: /work/shared/spec/backbones.md section 3; every key
+and shape in spec/state_dicts/mae_dfer.json). Written from the spec and the
+original code's behaviour; no code is copied.
+
+Forward pass (full size; `B` clips):
+
+1. `clips [B, 16, 160, 160, 3] uint8` (or float in [0, 1]) -> float32
+   `/255` (uint8 only), ImageNet mean (0.485, 0.456, 0.406) / std
+   (0.229, 0.224, 0.225) (original `kinetics.py` / `run_class_finetuning.py`).
+2. `patch_embed/proj`: Conv3d 3->512, kernel = stride = (2, 16, 16), VALID,
+   bias -> `[B, 8, 10, 10, 512]` -> `[B, 800, 512]`, token t*100 + h*10 + w
+   (PyTorch's flatten of `[C, T, H, W]`).
+3. `+` the fixed sinusoid table `[1, 800, 512]` (a constant, never a param).
+4. Region partition (einops `b (nt t nh h nw w) c -> b (nt nh nw) (t h w) c`,
+   region size (2, 5, 10)): 8 regions of 100 tokens; token (t, h, w) goes to
+   region `2*floor(t/2) + floor(h/5)` at position
+   `50*(t mod 2) + 10*(h mod 5) + w`. `lg_region_tokens [8, 512]` is prepended
+   to its region -> `[B*8, 101, 512]`, row b*8 + r.
+5. 16 `LGBlock`s (`blocks_0` .. `blocks_15`), see `LGBlock`.
+6. Region tokens `[B, 8, 512]` -> mean over the 8 -> `fc_norm` (LayerNorm,
+   eps 1e-6) -> feature `[B, 512]` -> `head` (512->C) and `au_head` (512->18).
+
+Parameter count with a 7-class head and without the AU head: 84,878,343
+(patch_embed 786,944; lg_region_tokens 4,096; blocks 84,082,688 = 16 x
+5,255,168; fc_norm 1,024; head 3,591); the AU head adds 9,234.
+
+PyTorch state_dict key -> Flax path (`params/...`; k = 0..15; X in
+{first, second, third}). Linear weights `[O, I]` become Dense kernels `[I, O]`
+(transpose); LayerNorm `weight` becomes `scale`:
+
+| PyTorch key (fine-tuned; pre-training adds `encoder.`) | Flax path | rule |
+|---|---|---|
+| `patch_embed.proj.weight [512, 3, 2, 16, 16]` | `patch_embed/proj/kernel [2, 16, 16, 3, 512]` | transpose (2, 3, 4, 1, 0) |
+| `patch_embed.proj.bias [512]` | `patch_embed/proj/bias` | as is |
+| `lg_region_tokens [8, 512]` | `lg_region_tokens [8, 512]` | as is |
+| `blocks.k.X_attn.q.weight [512, 512]` | `blocks_k/X_attn/q/kernel` | transpose |
+| `blocks.k.X_attn.q_bias [512]` | `blocks_k/X_attn/q/bias` | as is |
+| `blocks.k.X_attn.kv.weight [1024, 512]` rows 0-511 | `blocks_k/X_attn/k/kernel [512, 512]` (no bias) | rows, transpose |
+| `blocks.k.X_attn.kv.weight [1024, 512]` rows 512-1023 | `blocks_k/X_attn/v/kernel [512, 512]` | rows, transpose |
+| `blocks.k.X_attn.v_bias [512]` | `blocks_k/X_attn/v/bias` | as is |
+| `blocks.k.X_attn.proj.{weight, bias}` | `blocks_k/X_attn/proj/{kernel, bias}` | transpose / as is |
+| `blocks.k.{first_attn_norm0, second_attn_norm0, third_attn_norm0, third_attn_norm1, norm2}.{weight, bias}` | `blocks_k/<same name>/{scale, bias}` | as is |
+| `blocks.k.mlp.fc1.{weight [2048, 512], bias}` | `blocks_k/mlp/fc1/{kernel [512, 2048], bias}` | transpose / as is |
+| `blocks.k.mlp.fc2.{weight [512, 2048], bias}` | `blocks_k/mlp/fc2/{kernel [2048, 512], bias}` | transpose / as is |
+| `fc_norm.{weight, bias}` | `fc_norm/{scale, bias}` | as is (absent in pre-training: fresh) |
+| `head.{weight [C, 512], bias [C]}` | `head/{kernel [512, C], bias}` | transpose (fresh when C differs) |
+| (none: AU-DFER's MAE-DFER code is unpublished) | `au_head/{kernel [512, 18], bias}` | fresh |
+| `encoder.norm.*`, `decoder.*`, `encoder_to_decoder.weight`, `mask_token` (pre-training only) | - | dropped (unused by fine-tuning) |
+
+The sinusoid `pos_embed` is in no checkpoint and is recomputed, never loaded.
+
+Quirk (backbones.md section 3): with region-token pooling, step 3 of the last
+block cannot reach the output, so `blocks_{depth-1}/third_attn`,
+`third_attn_norm0` and `third_attn_norm1` (1,052,160 parameters at full size)
+get exactly zero gradient. torch's AdamW skips them (no `.grad`); an optax
+weight decay would shrink them, so mask them out of weight decay with
+`frozen_by_design` (or use `weight_decay_mask`). The output is the same either
+way.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+from flax import traverse_util
+
+from audfer_jax.models.base import ModelOutput
+
+# ImageNet statistics used by the original MAE-DFER data pipeline
+# (timm IMAGENET_DEFAULT_MEAN / IMAGENET_DEFAULT_STD, backbones.md section 3).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# timm `trunc_normal_(std=.02)` truncates at +-2 absolute (= +-100 std), i.e.
+# practically an untruncated normal (backbones.md sections 3 and 4).
+_TRUNC_STD = 0.02
+_TRUNC_ABS = 2.0
+
+Dtype = Any
+Array = jax.Array
+
+
+def timm_trunc_normal(std: float = _TRUNC_STD,
+                      bound: float = _TRUNC_ABS,
+                      scale: float = 1.0) -> Callable[..., Array]:
+    """Initialiser matching timm 0.4.12 `trunc_normal_(t, std=std)` times `scale`.
+
+    timm cuts the normal at the absolute values `[-bound, bound]` (default
+    +-2), not at +-2 standard deviations as `jax.nn.initializers.truncated_normal`
+    does. `scale` implements the original's `head.weight.data.mul_(init_scale)`.
+
+    Args:
+        std: standard deviation of the normal (0.02 in MAE-DFER).
+        bound: absolute truncation bound.
+        scale: factor applied after sampling.
+
+    Returns:
+        `init(key, shape, dtype=float32) -> Array` of that shape.
+    """
+    def init(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> Array:
+        z = jax.random.truncated_normal(key, -bound / std, bound / std, shape, jnp.float32)
+        return (z * (std * scale)).astype(dtype)
+    return init
+
+
+def _torch_conv_bias_init(fan_in: int) -> Callable[..., Array]:
+    """PyTorch's default Conv bias init: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / np.sqrt(fan_in)
+
+    def init(key: Array, shape: Sequence[int], dtype: Dtype = jnp.float32) -> Array:
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
+# PyTorch's default Conv weight init, kaiming_uniform(a=sqrt(5)), is
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)) = variance scaling 1/3, fan_in, uniform.
+_torch_conv_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, 'fan_in', 'uniform')
+
+
+@functools.lru_cache(maxsize=8)
+def sinusoid_table(n_position: int, dim: int) -> np.ndarray:
+    """Fixed sinusoid position table of the original (`get_sinusoid_encoding_table`).
+
+    `angle(p, j) = p / 10000^(2*floor(j/2)/dim)`; sin at even j, cos at odd j;
+    computed in float64 and cast to float32 (backbones.md section 3).
+
+    Args:
+        n_position: number of tokens (800 at full size).
+        dim: embedding width (512).
+
+    Returns:
+        `[1, n_position, dim] float32` NumPy array (read-only, cached).
+    """
+    pos = np.arange(n_position, dtype=np.float64)[:, None]
+    j = np.arange(dim)
+    denom = np.power(10000.0, 2.0 * (j // 2) / dim)
+    angle = pos / denom[None, :]
+    table = np.where(j % 2 == 0, np.sin(angle), np.cos(angle)).astype(np.float32)[None]
+    table.setflags(write=False)
+    return table
+
+
+def partition_regions(x: Array, grid: Sequence[int], region: Sequence[int]) -> Array:
+    """Split tokens into local regions (einops `b (nt t nh h nw w) c -> b (nt nh nw) (t h w) c`).
+
+    Args:
+        x: `[B, T*H*W, C]` tokens, index t*H*W + h*W + w.
+        grid: token grid `(T, H, W)` (8, 10, 10 at full size).
+        region: region size `(t, h, w)` (2, 5, 10); each must divide `grid`.
+
+    Returns:
+        `[B, N, t*h*w, C]` with N = (T/t)*(H/h)*(W/w) regions in (nt, nh, nw)
+        order and tokens in (t, h, w) order inside a region.
+    """
+    b, _, c = x.shape
+    (gt, gh, gw), (rt, rh, rw) = tuple(grid), tuple(region)
+    nt, nh, nw = gt // rt, gh // rh, gw // rw
+    x = x.reshape(b, nt, rt, nh, rh, nw, rw, c)
+    x = x.transpose(0, 1, 3, 5, 2, 4, 6, 7)
+    return x.reshape(b, nt * nh * nw, rt * rh * rw, c)
+
+
+def merge_regions(x: Array, grid: Sequence[int], region: Sequence[int]) -> Array:
+    """Inverse of `partition_regions`: `[B, N, t*h*w, C] -> [B, T*H*W, C]`."""
+    b, _, _, c = x.shape
+    (gt, gh, gw), (rt, rh, rw) = tuple(grid), tuple(region)
+    nt, nh, nw = gt // rt, gh // rh, gw // rw
+    x = x.reshape(b, nt, nh, nw, rt, rh, rw, c)
+    x = x.transpose(0, 1, 4, 2, 5, 3, 6, 7)
+    return x.reshape(b, gt * gh * gw, c)
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Per-block stochastic-depth rates `torch.linspace(0, rate, depth)` (float32).
+
+    Block k gets `rate * k / (depth - 1)` (0.1*k/15 at full size; block 0 none).
+
+    Returns:
+        `depth` Python floats, rounded through float32 like the original.
+    """
+    return [float(v) for v in np.linspace(0.0, rate, depth, dtype=np.float64).astype(np.float32)]
+
+
+class DropPath(nn.Module):
+    """timm-style stochastic depth: zero whole rows of dim 0, scale kept rows.
+
+    Each call draws fresh noise from the `dropout` rng: a row is kept with
+    probability `keep = 1 - rate` and kept rows are divided by `keep`
+    (timm 0.4.12 `drop_path`). Identity when `deterministic` or `rate == 0`.
+    In training the keep mask `[rows] float32` is sown into the
+    `intermediates` collection as `keep_mask` (a no-op unless that collection
+    is mutable), which lets tests check the noise.
+
+    Attributes:
+        rate: drop probability in [0, 1).
+    """
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: Array, deterministic: bool) -> Array:
+        """`x [R, ...]` -> same shape and dtype."""
+        if deterministic or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = jax.random.bernoulli(self.make_rng('dropout'), keep, (x.shape[0],))
+        self.sow('intermediates', 'keep_mask', mask.astype(jnp.float32))
+        scale = jnp.where(mask, 1.0 / keep, 0.0).astype(x.dtype)
+        return x * scale.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+
+
+class GeneralAttention(nn.Module):
+    """Multi-head (cross-)attention of MAE-DFER (`GeneralAttention`).
+
+    `q = x Wq + q_bias`; `k = ctx Wk` (**no bias**); `v = ctx Wv + v_bias`;
+    heads are head-major slices of the channels (`h*head_dim + d`); q is
+    scaled by `head_dim**-0.5` before `q k^T`; softmax (in float32) over the
+    context; `proj` with bias. Attention and projection dropout are 0 in
+    MAE-DFER and are not implemented.
+
+    Attributes:
+        num_heads: number of heads (8).
+        dtype: computation dtype; parameters are float32.
+    """
+    num_heads: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, context: Array | None = None) -> Array:
+        """Attend from `x [B, T1, C]` to `context [B, T2, C]` (default `x`).
+
+        Returns:
+            `[B, T1, C]` in `dtype`.
+        """
+        ctx = x if context is None else context
+        b, t1, c = x.shape
+        t2 = ctx.shape[1]
+        if c % self.num_heads:
+            raise ValueError(f'GeneralAttention: width {c} is not divisible by '
+                             f'num_heads={self.num_heads}')
+        hd = c // self.num_heads
+        dense = functools.partial(nn.Dense, c, dtype=self.dtype, param_dtype=jnp.float32,
+                                  kernel_init=timm_trunc_normal())
+        q = dense(name='q')(x).reshape(b, t1, self.num_heads, hd)
+        k = dense(use_bias=False, name='k')(ctx).reshape(b, t2, self.num_heads, hd)
+        v = dense(name='v')(ctx).reshape(b, t2, self.num_heads, hd)
+        q = q * jnp.asarray(hd ** -0.5, q.dtype)
+        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
+        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        out = jnp.einsum('bhqk,bkhd->bqhd', attn, v).reshape(b, t1, c)
+        return dense(name='proj')(out)
+
+
+class Mlp(nn.Module):
+    """Token-wise MLP: `fc1` (C -> hidden) -> exact erf GELU -> `fc2` (hidden -> C).
+
+    Attributes:
+        hidden: hidden width (4*C = 2048).
+        dtype: computation dtype; parameters are float32.
+    """
+    hidden: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """`[..., C] -> [..., C]` in `dtype`."""
+        dense = functools.partial(nn.Dense, dtype=self.dtype, param_dtype=jnp.float32,
+                                  kernel_init=timm_trunc_normal())
+        c = x.shape[-1]
+        x = dense(self.hidden, name='fc1')(x)
+        # nn.GELU() in PyTorch is the exact erf form (backbones.md section 4).
+        x = nn.gelu(x, approximate=False)
+        return dense(c, name='fc2')(x)
+
+
+class LGBlock(nn.Module):
+    """Local-global interaction block of LGI-Former (`LGBlock`, attn types self/cross).
+
+    With `x [B*N, S, C]` (N regions, S = 1 + tokens per region, row b*N + r,
+    region token at index 0), pre-norm, DP = `DropPath(drop_path)`, fresh
+    noise at each of the four uses:
+
+    1. local: `x += DP(first_attn(first_attn_norm0(x)))` (per region row);
+    2. global: `m = x[:, 0]` as `[B, N, C]`;
+       `m += DP(second_attn(second_attn_norm0(m)))` (per clip);
+    3. propagation: `l = x[:, 1:]` as `[B, N*(S-1), C]` (regions concatenated);
+       `l += DP(third_attn(third_attn_norm0(l), context=third_attn_norm1(m)))`
+       with the updated m (per clip);
+    4. `x = [m | l]` back as `[B*N, S, C]`; `x += DP(mlp(norm2(x)))` (per row).
+
+    LayerNorms: eps 1e-6, `use_fast_variance=False` (PyTorch subtracts the
+    mean first).
+
+    Attributes:
+        num_regions: N.
+        num_heads: heads of the three attentions.
+        mlp_ratio: MLP hidden width / C.
+        drop_path: stochastic-depth rate of this block.
+        norm_eps: LayerNorm epsilon.
+        dtype: computation dtype; parameters are float32.
+    """
+    num_regions: int
+    num_heads: int
+    mlp_ratio: float = 4.0
+    drop_path: float = 0.0
+    norm_eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array, train: bool) -> Array:
+        """`x [B*N, S, C]` -> `[B*N, S, C]` in `dtype`."""
+        bn, s, c = x.shape
+        n = self.num_regions
+        if bn % n:
+            raise ValueError(f'LGBlock: {bn} rows is not a multiple of num_regions={n}')
+        b = bn // n
+        norm = functools.partial(nn.LayerNorm, epsilon=self.norm_eps, dtype=self.dtype,
+                                 param_dtype=jnp.float32, use_fast_variance=False)
+        attn = functools.partial(GeneralAttention, num_heads=self.num_heads, dtype=self.dtype)
+        dp = DropPath(self.drop_path, name='drop_path')
+        det = not train
+
+        x = x + dp(attn(name='first_attn')(norm(name='first_attn_norm0')(x)), det)
+
+        m = x[:, 0].reshape(b, n, c)
+        m = m + dp(attn(name='second_attn')(norm(name='second_attn_norm0')(m)), det)
+
+        l = x[:, 1:].reshape(b, n * (s - 1), c)
+        ctx = norm(name='third_attn_norm1')(m)
+        l = l + dp(attn(name='third_attn')(norm(name='third_attn_norm0')(l), ctx), det)
+
+        x = jnp.concatenate([m.reshape(bn, 1, c), l.reshape(bn, s - 1, c)], axis=1)
+        h = Mlp(int(c * self.mlp_ratio), dtype=self.dtype, name='mlp')(norm(name='norm2')(x))
+        return x + dp(h, det)
+
+
+class PatchEmbed(nn.Module):
+    """Tubelet embedding: Conv3d kernel = stride = (tubelet, patch, patch), VALID, bias.
+
+    Init: PyTorch's Conv3d default (the original's `_init_weights` leaves
+    convolutions alone).
+
+    Attributes:
+        embed_dim: output width (512).
+        patch_size: spatial patch (16).
+        tubelet_size: temporal patch (2).
+        dtype: computation dtype; parameters are float32.
+    """
+    embed_dim: int
+    patch_size: int
+    tubelet_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """`x [B, T, H, W, Cin]` -> `[B, T/t * H/p * W/p, embed_dim]`, token t*Hp*Wp + h*Wp + w."""
+        k = (self.tubelet_size, self.patch_size, self.patch_size)
+        fan_in = x.shape[-1] * int(np.prod(k))
+        y = nn.Conv(self.embed_dim, k, strides=k, padding='VALID', dtype=self.dtype,
+                    param_dtype=jnp.float32, kernel_init=_torch_conv_kernel_init,
+                    bias_init=_torch_conv_bias_init(fan_in), name='proj')(x)
+        return y.reshape(y.shape[0], -1, self.embed_dim)
+
+
+class MAEDFER(nn.Module):
+    """MAE-DFER (LGI-Former, `local_global` attention) with an AU head.
+
+    Defaults are the DFEW fine-tuning configuration (backbones.md section 3):
+    160x160, 16 frames, patch 16, tubelet 2, width 512, depth 16, 8 heads,
+    mlp ratio 4, region size (2, 5, 10), drop-path 0.1, init_scale 0.001,
+    LayerNorm eps 1e-6, region-token mean pooling.
+
+    Attributes:
+        num_classes: expression classes C (`head` 512 -> C).
+        num_aus: AU logits (`au_head` 512 -> num_aus), 18 OpenFace AUs.
+        img_size: input height = width in pixels.
+        num_frames: input frames T.
+        patch_size: spatial patch in pixels.
+        tubelet_size: temporal patch in frames.
+        embed_dim: token width.
+        depth: number of LGBlocks.
+        num_heads: attention heads (head dim = embed_dim / num_heads).
+        mlp_ratio: MLP hidden width / embed_dim.
+        region_size: local region (t, h, w) in tokens; must divide the token grid.
+        drop_path_rate: stochastic depth of the last block (linear from 0).
+        init_scale: factor on the fresh `head` init (the original's `init_scale`).
+        norm_eps: LayerNorm epsilon.
+        dtype: activation dtype (float32 or bfloat16); parameters stay float32;
+            `logits`, `au_logits` and `features` are float32.
+        remat: wrap each block in `nn.remat` (recompute activations in backward).
+    """
+    num_classes: int = 7
+    num_aus: int = 18
+    img_size: int = 160
+    num_frames: int = 16
+    patch_size: int = 16
+    tubelet_size: int = 2
+    embed_dim: int = 512
+    depth: int = 16
+    num_heads: int = 8
+    mlp_ratio: float = 4.0
+    region_size: tuple[int, int, int] = (2, 5, 10)
+    drop_path_rate: float = 0.1
+    init_scale: float = 0.001
+    norm_eps: float = 1e-6
+    dtype: Dtype = jnp.float32
+    remat: bool = False
+
+    @property
+    def token_grid(self) -> tuple[int, int, int]:
+        """Token grid `(T/tubelet, H/patch, W/patch)` = (8, 10, 10) at full size."""
+        return (self.num_frames // self.tubelet_size, self.img_size // self.patch_size,
+                self.img_size // self.patch_size)
+
+    @property
+    def num_regions(self) -> int:
+        """Number of local regions (8 at full size)."""
+        return int(np.prod([g // r for g, r in zip(self.token_grid, self.region_size)]))
+
+    def _check_config(self) -> None:
+        problems = []
+        if self.num_frames % self.tubelet_size:
+            problems.append(f'num_frames={self.num_frames} not divisible by '
+                            f'tubelet_size={self.tubelet_size}')
+        if self.img_size % self.patch_size:
+            problems.append(f'img_size={self.img_size} not divisible by '
+                            f'patch_size={self.patch_size}')
+        if len(tuple(self.region_size)) != 3 or any(
+                g % r for g, r in zip(self.token_grid, self.region_size)):
+            problems.append(f'region_size={tuple(self.region_size)} does not tile the token '
+                            f'grid {self.token_grid}')
+        if self.embed_dim % self.num_heads:
+            problems.append(f'embed_dim={self.embed_dim} not divisible by '
+                            f'num_heads={self.num_heads}')
+        if problems:
+            raise ValueError('MAEDFER config: ' + '; '.join(problems))
+
+    def _normalise(self, clips: Array) -> Array:
+        """`[B, T, H, W, 3]` uint8 or float in [0, 1] -> ImageNet-normalised float32."""
+        expected = (self.num_frames, self.img_size, self.img_size, 3)
+        if clips.ndim != 5 or tuple(clips.shape[1:]) != expected:
+            raise ValueError(f'MAEDFER: clips must be [B, {expected[0]}, {expected[1]}, '
+                             f'{expected[2]}, 3] (uint8, or float in [0, 1]); got shape '
+                             f'{tuple(clips.shape)} dtype {clips.dtype}')
+        if jnp.issubdtype(clips.dtype, jnp.integer):
+            x = clips.astype(jnp.float32) / 255.0
+        elif jnp.issubdtype(clips.dtype, jnp.floating):
+            x = clips.astype(jnp.float32)
+        else:
+            raise ValueError(f'MAEDFER: clips dtype {clips.dtype} is neither uint8 nor float')
+        mean = jnp.asarray(IMAGENET_MEAN, jnp.float32)
+        std = jnp.asarray(IMAGENET_STD, jnp.float32)
+        return (x - mean) / std
+
+    @nn.compact
+    def __call__(self, clips: Array, train: bool) -> ModelOutput:
+        """Classify clips.
+
+        Args:
+            clips: `[B, T, H, W, 3]` uint8 (0..255) or float in [0, 1], RGB;
+                T = num_frames, H = W = img_size.
+            train: enables drop-path (needs the `dropout` rng); eval is
+                deterministic.
+
+        Returns:
+            `ModelOutput(logits [B, C] float32, au_logits [B, num_aus] float32,
+            features [B, embed_dim] float32)`.
+
+        Raises:
+            ValueError: wrong clip shape or dtype, or an inconsistent config.
+        """
+        self._check_config()
+        x = self._normalise(clips).astype(self.dtype)
+        b = x.shape[0]
+        c = self.embed_dim
+        grid = self.token_grid
+        n = self.num_regions
+        x = PatchEmbed(c, self.patch_size, self.tubelet_size, dtype=self.dtype,
+                       name='patch_embed')(x)
+        pos = sinusoid_table(int(np.prod(grid)), c)
+        x = x + jnp.asarray(pos, self.dtype)
+
+        x = partition_regions(x, grid, self.region_size)
+        region_tokens = self.param('lg_region_tokens', timm_trunc_normal(), (n, c), jnp.float32)
+        region_tokens = jnp.broadcast_to(region_tokens.astype(self.dtype)[None, :, None, :],
+                                         (b, n, 1, c))
+        x = jnp.concatenate([region_tokens, x], axis=2)
+        x = x.reshape(b * n, x.shape[2], c)
+
+        # static_argnums counts self as 0: (x=1, train=2).
+        block_cls = nn.remat(LGBlock, static_argnums=(2,)) if self.remat else LGBlock
+        for k, rate in enumerate(drop_path_rates(self.drop_path_rate, self.depth)):
+            x = block_cls(num_regions=n, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
+                          drop_path=rate, norm_eps=self.norm_eps, dtype=self.dtype,
+                          name=f'blocks_{k}')(x, train)
+
+        region_out = x[:, 0].reshape(b, n, c).astype(jnp.float32)
+        # The pooled head runs in float32: it is tiny and feeds the losses.
+        feat = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False,
+                            dtype=jnp.float32, name='fc_norm')(region_out.mean(axis=1))
+        logits = nn.Dense(self.num_classes, dtype=jnp.float32,
+                          kernel_init=timm_trunc_normal(scale=self.init_scale),
+                          bias_init=nn.initializers.zeros, name='head')(feat)
+        au_logits = nn.Dense(self.num_aus, dtype=jnp.float32, kernel_init=timm_trunc_normal(),
+                             bias_init=nn.initializers.zeros, name='au_head')(feat)
+        return ModelOutput(logits=logits, au_logits=au_logits, features=feat)
+
+
+def mae_dfer(num_classes: int = 7, num_aus: int = 18, **overrides: Any) -> MAEDFER:
+    """Full-size MAE-DFER as the DFEW fine-tuning script builds it.
+
+    Input `[B, 16, 160, 160, 3] uint8`; 84,878,343 parameters with 7 classes
+    (AU head excluded).
+
+    Args:
+        num_classes: expression classes.
+        num_aus: AU head width.
+        **overrides: any other `MAEDFER` attribute (e.g. `dtype`, `remat`,
+            `drop_path_rate`).
+
+    Raises:
+        TypeError: an override that is not a `MAEDFER` attribute.
+    """
+    return _build(dict(num_classes=num_classes, num_aus=num_aus), overrides)
+
+
+def mae_dfer_tiny(num_classes: int = 7, num_aus: int = 18, **overrides: Any) -> MAEDFER:
+    """Same code path at toy size, for tests and smoke runs.
+
+    Input `[B, 8, 32, 32, 3]`; patch 8, tubelet 2 -> token grid (4, 4, 4);
+    region size (2, 2, 4) -> 4 regions of 16 tokens; width 64, depth 2,
+    2 heads; drop-path 0.1.
+    """
+    config = dict(num_classes=num_classes, num_aus=num_aus, img_size=32, num_frames=8,
+                  patch_size=8, tubelet_size=2, embed_dim=64, depth=2, num_heads=2,
+                  region_size=(2, 2, 4))
+    return _build(config, overrides)
+
+
+def _build(config: dict[str, Any], overrides: dict[str, Any]) -> MAEDFER:
+    fields = set(MAEDFER.__dataclass_fields__) - {'parent', 'name'}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f'MAEDFER has no attribute(s) {unknown}; known: {sorted(fields)}')
+    config.update(overrides)
+    if 'region_size' in config:
+        config['region_size'] = tuple(config['region_size'])
+    return MAEDFER(**config)
+
+
+# --- optimiser helpers (backbones.md section 3 recipe; original optim_factory.py) ---
+
+_BLOCK_RE = re.compile(r'^blocks_(\d+)$')
+
+
+def _keys(path: Sequence[Any]) -> tuple[str, ...]:
+    """Path entries as strings (accepts jax key-path entries or plain strings)."""
+    out = []
+    for p in path:
+        key = getattr(p, 'key', getattr(p, 'name', p))
+        out.append(str(key))
+    return tuple(out)
+
+
+def lr_layer_id(path: Sequence[Any], num_layers: int) -> int:
+    """Layer id for layer-wise lr decay (original `get_num_layer_for_vit`).
+
+    id 0 = `patch_embed`; `blocks_k` = k + 1; everything else
+    (`lg_region_tokens`, `fc_norm`, `head`, `au_head`) = num_layers + 1
+    (17 for depth 16). The lr scale is `decay ** (num_layers + 1 - id)`
+    (decay 0.75 in MAE-DFER), see `lr_scale`.
+
+    Args:
+        path: parameter path, e.g. `('params', 'blocks_3', 'first_attn', 'q',
+            'kernel')`; a leading collection name is allowed.
+        num_layers: number of blocks (model depth).
+    """
+    for key in _keys(path):
+        if key == 'patch_embed':
+            return 0
+        match = _BLOCK_RE.match(key)
+        if match:
+            return int(match.group(1)) + 1
+    return num_layers + 1
+
+
+def lr_scale(path: Sequence[Any], num_layers: int, decay: float = 0.75) -> float:
+    """Layer-wise lr multiplier `decay ** (num_layers + 1 - lr_layer_id(path))`."""
+    return float(decay ** (num_layers + 1 - lr_layer_id(path, num_layers)))
+
+
+def no_weight_decay(path: Sequence[Any], shape: Sequence[int] | None = None) -> bool:
+    """True for parameters the original excludes from weight decay.
+
+    The original (`optim_factory.py`) skips 1-D tensors, `*.bias` and the
+    names in `no_weight_decay()` (`lg_region_tokens`). In Flax the 1-D
+    parameters are exactly the `bias` and LayerNorm `scale` leaves; pass
+    `shape` to also catch any other 1-D leaf.
+    """
+    keys = _keys(path)
+    if shape is not None and len(shape) <= 1:
+        return True
+    return bool(keys) and (keys[-1] in ('bias', 'scale') or 'lg_region_tokens' in keys)
+
+
+def frozen_by_design(path: Sequence[Any], num_layers: int = 16) -> bool:
+    """True for the parameters that never get a gradient (backbones.md quirks).
+
+    Those are `blocks_{num_layers-1}/third_attn/*`, `third_attn_norm0/*` and
+    `third_attn_norm1/*`: the last block's propagation step cannot reach the
+    region-token output. Mask them out of weight decay so that they stay equal
+    to the checkpoint, like torch's AdamW leaves them.
+    """
+    keys = _keys(path)
+    last = f'blocks_{num_layers - 1}'
+    for i, key in enumerate(keys[:-1]):
+        if key == last:
+            return keys[i + 1] in ('third_attn', 'third_attn_norm0', 'third_attn_norm1')
+    return False
+
+
+def weight_decay_mask(params: Any, num_layers: int) -> Any:
+    """Pytree of bools like `params`: True where AdamW weight decay applies.
+
+    False for `no_weight_decay` leaves and for `frozen_by_design` leaves.
+    Use as `optax.adamw(..., mask=weight_decay_mask(params, depth))`.
+    """
+    flat = traverse_util.flatten_dict(params)
+    mask = {k: not (no_weight_decay(k, getattr(v, "shape", None)) or frozen_by_design(k, num_layers))
+            for k, v in flat.items()}
+    return traverse_util.unflatten_dict(mask)
