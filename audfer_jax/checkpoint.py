@@ -264,6 +264,8 @@ class TrainCheckpointer:
         dict is only built when a save happens). Returns whether it saved.
         """
         step = int(step)
+        if step in self.latest.all_steps():
+            return False
         if not force and not self.latest.should_save(step):
             return False
         meta = meta() if callable(meta) else meta

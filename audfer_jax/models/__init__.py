@@ -1,0 +1,79 @@
+"""Model registry: backbone names -> Flax modules, imported lazily.
+
+    model = get_model("former_dfer", num_classes=7)
+    variables = model.init({"params": key}, clips, train=False)
+    out = model.apply(variables, clips, train=False)   # ModelOutput
+
+Names: `former_dfer`, `former_dfer_tiny`, `m3dfel`, `m3dfel_tiny`, `mae_dfer`,
+`mae_dfer_tiny`. The `_tiny` variants run the same code at test sizes.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from flax import linen as nn
+
+# name -> (module, factory or class, default (T, H, W) of the input clips).
+# Input sizes: backbones.md table (Former-DFER and M3DFEL 16x112x112, MAE-DFER
+# 16x160x160); the tiny sizes are those of the tiny factories.
+# None: read the size off the built module (its `num_frames` and `image_size`
+# or `img_size` attributes).
+_REGISTRY: dict[str, tuple[str, str, tuple[int, int, int] | None]] = {
+        "former_dfer": ("audfer_jax.models.former_dfer", "former_dfer", (16, 112, 112)),
+        "former_dfer_tiny": ("audfer_jax.models.former_dfer", "former_dfer_tiny", None),
+        "m3dfel": ("audfer_jax.models.m3dfel", "m3dfel", (16, 112, 112)),
+        "m3dfel_tiny": ("audfer_jax.models.m3dfel", "m3dfel_tiny", None),
+        "mae_dfer": ("audfer_jax.models.mae_dfer", "mae_dfer", (16, 160, 160)),
+        "mae_dfer_tiny": ("audfer_jax.models.mae_dfer", "mae_dfer_tiny", None),
+}
+
+
+def available_models() -> list[str]:
+    """Sorted names accepted by `get_model`."""
+    return sorted(_REGISTRY)
+
+
+def _entry(name: str) -> tuple[str, str, tuple[int, int, int] | None]:
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; known models: "
+                                          f"{', '.join(available_models())}")
+    return _REGISTRY[name]
+
+
+def get_model(name: str, num_classes: int = 7, num_aus: int = 18,
+                            **overrides: Any) -> nn.Module:
+    """Builds a backbone with its AU head.
+
+    Args:
+        name: one of `available_models()`.
+        num_classes: expression classes C of the `fc`/`head` layer.
+        num_aus: AU head width (18 OpenFace presence AUs, `audfer_jax.au.AU_NAMES`).
+        **overrides: module attributes to change (e.g. `dtype=jnp.bfloat16`).
+
+    Returns:
+        An unbound `flax.linen.Module` whose `apply(variables, clips, train=...)`
+        returns `audfer_jax.models.base.ModelOutput`.
+
+    Raises:
+        ValueError: unknown name (the message lists the known ones).
+    """
+    module_name, attr, _ = _entry(name)
+    factory = getattr(importlib.import_module(module_name), attr)
+    return factory(num_classes=num_classes, num_aus=num_aus, **overrides)
+
+
+def default_input_shape(name: str) -> tuple[int, int, int]:
+    """`(T, H, W)` of the clips the named model expects by default.
+
+    Raises:
+        ValueError: unknown name.
+    """
+    _, _, shape = _entry(name)
+    if shape is not None:
+        return shape
+    # A tiny variant whose size its own module defines: read it off the module.
+    model = get_model(name)
+    side = getattr(model, "image_size", None) or getattr(model, "img_size")
+    return (int(model.num_frames), int(side), int(side))

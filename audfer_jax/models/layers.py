@@ -39,8 +39,9 @@ torch_default_kernel_init: Initializer = nn.initializers.variance_scaling(
 
 # torchvision ResNet / Former-DFER S-Former: kaiming_normal_(mode='fan_out',
 # nonlinearity='relu') = N(0, 2 / fan_out), untruncated.
+# (In this JAX, "normal" is untruncated; "truncated_normal" is the cut one.)
 kaiming_normal_fan_out: Initializer = nn.initializers.variance_scaling(
-        2.0, "fan_out", "untruncated_normal")
+        2.0, "fan_out", "normal")
 
 
 def torch_uniform_init(fan_in: int) -> Initializer:
@@ -436,9 +437,10 @@ class BiLSTM(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        # parent=None leaves the cells and RNNs unbound here, so that they nest
+        # under the Bidirectional as `forward_rnn/cell` and `backward_rnn/cell`.
+        rnn = lambda: nn.RNN(TorchLSTMCell(self.hidden, dtype=self.dtype, parent=None),  # noqa: E731
+                                                  parent=None)
         for k in range(self.num_layers):
-            x = nn.Bidirectional(
-                    nn.RNN(TorchLSTMCell(self.hidden, dtype=self.dtype)),
-                    nn.RNN(TorchLSTMCell(self.hidden, dtype=self.dtype)),
-                    name=f"l{k}")(x)
+            x = nn.Bidirectional(rnn(), rnn(), name=f"l{k}")(x)
         return x

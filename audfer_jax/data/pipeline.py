@@ -1,0 +1,445 @@
+"""tf.data input pipeline: prepared TFRecords -> batches of uint8 clips.
+
+Reads the TFDS datasets written by `audfer-jax prepare` (located by
+`prepare.version_dir` from the data config, opened with
+`tfds.builder_from_directory`, so no builder code is needed to read), shards
+the records per process, samples frames (`sampling_tf`), decodes *only the
+sampled frames* (JPEG bytes are stored; a crop window is decoded with
+`decode_and_crop_jpeg` where possible), augments (`augment`), votes the AU
+target, and batches. Clips stay uint8 until the device
+(../shared/spec/engineering.md section 5).
+
+Batch contract (layout.md): ``clips [B, T, H, W, 3] uint8`` (``[B, V, T, H, W,
+3]`` for multi-view evaluation), ``labels [B] int32``, ``au_targets [B, 18]
+float32``, ``au_mask [B] float32``, ``mask [B] float32``, ``index [B] int32``.
+
+Exact resume: the epoch's order is a function of (seed, epoch) only (seeded file
+order and seeded shuffle buffer over a fixed record order), every random draw
+of a clip is a stateless op keyed by (seed, epoch, clip index), and
+`start_batch` skips records before they are decoded. A run restarted at
+(epoch, start_batch) therefore sees bit-identical batches.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from typing import Any, Iterable, Optional
+
+import ml_collections
+import numpy as np
+
+from audfer_jax import classes
+from audfer_jax.au import NUM_AUS
+from audfer_jax.data import prepare as prepare_lib
+from audfer_jax.data import sampling
+
+AUGMENTS = ("former_dfer", "m3dfel", "mae_dfer", "none")
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """The data config every experiment config starts from.
+
+    Fields (see the module docstring of `audfer_jax.data.sampling` and
+    ../shared/spec/datasets.md sections 6c-8 for their meaning):
+    name, data_dir, raw_dir, au_source, fold, frame_set, prepare_size,
+    num_frames, image_size, sampling, num_segments, frames_per_segment,
+    sampling_rate, jitter, pad, reference_quirks, augment,
+    eval_temporal_views, eval_spatial_views, au_vote, shuffle_buffer, cache.
+    """
+    c = ml_collections.ConfigDict()
+    c.name = "dfew"                 # 'dfew' | 'ferv39k' | 'mafw' | 'demo'
+    c.data_dir = ""                 # root of the prepared TFDS data
+    c.raw_dir = ""                  # release root (for prepare)
+    c.au_source = ml_collections.FieldReference(None, field_type=str)
+    c.fold = 1                      # 1..5, or 0 for single-split FERV39k
+    c.frame_set = ml_collections.FieldReference(None, field_type=str)
+    c.prepare_size = ml_collections.FieldReference(None, field_type=int)
+    c.num_frames = 16
+    c.image_size = 112
+    c.sampling = "segments"         # 'segments' | 'uniform' | 'fixed_rate'
+    c.num_segments = 8
+    c.frames_per_segment = 2
+    c.sampling_rate = 4
+    c.jitter = "reference"          # 'reference' | 'segment'
+    c.pad = "edge"                  # 'edge' | 'loop'
+    c.reference_quirks = False
+    c.augment = "former_dfer"       # 'former_dfer' | 'm3dfel' | 'mae_dfer' | 'none'
+    c.eval_temporal_views = 1
+    c.eval_spatial_views = 1
+    c.au_vote = "sampled"           # 'sampled' | 'all'
+    c.shuffle_buffer = 1024         # in clips
+    c.cache = False
+    return c
+
+
+@dataclasses.dataclass
+class DataInfo:
+    """Sizes and classes of a prepared fold.
+
+    Attributes:
+        num_train, num_test: clips per split (all processes together).
+        class_names: canonical class names, label order.
+        train_class_counts: `[C] int64` training clips per class.
+    """
+    num_train: int
+    num_test: int
+    class_names: tuple[str, ...]
+    train_class_counts: np.ndarray
+
+
+def _get(config, name, default=None):
+    try:
+        value = config[name]
+    except (KeyError, AttributeError):
+        return default
+    return default if value is None else value
+
+
+def prepared_path(data_config) -> str:
+    """Version folder of the prepared fold the config names."""
+    if not _get(data_config, "data_dir"):
+        raise ValueError("data_config.data_dir is empty: set it to the root of "
+                         "the prepared data (`audfer-jax prepare --data_dir`)")
+    return prepare_lib.version_dir(
+        data_config.data_dir, data_config.name, int(_get(data_config, "fold", 0)),
+        _get(data_config, "frame_set"), _get(data_config, "au_source"),
+        _get(data_config, "prepare_size"))
+
+
+def ensure_prepared(data_config, log=print) -> str:
+    """Prepares the configured fold if needed; returns its path.
+
+    For `name == 'demo'` with no `raw_dir`, the demo set is first written to
+    ``<data_dir>/demo_raw`` by `audfer_jax.data.demo.write_demo_dataset`.
+    Call it from one process only (process 0) before building datasets.
+    """
+    path = prepared_path(data_config)
+    if prepare_lib.is_prepared(path):
+        return path
+    raw = _get(data_config, "raw_dir")
+    if not raw and data_config.name == "demo":
+        from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
+        raw = os.path.join(data_config.data_dir, "demo_raw")
+        if not os.path.isdir(raw):
+            demo.write_demo_dataset(raw)
+    if not raw:
+        raise ValueError(f"{path} is not prepared and data_config.raw_dir is empty; "
+                         f"run `audfer-jax prepare --dataset {data_config.name} ...`")
+    prepare_lib.prepare(data_config.name, raw, data_config.data_dir,
+                        int(_get(data_config, "fold", 0)),
+                        frame_set=_get(data_config, "frame_set"),
+                        au_source=_get(data_config, "au_source"),
+                        prepare_size=_get(data_config, "prepare_size"), log=log)
+    return path
+
+
+def _require_prepared(data_config) -> str:
+    path = prepared_path(data_config)
+    if not prepare_lib.is_prepared(path):
+        raise FileNotFoundError(
+            f"no prepared data at {path}; run `audfer-jax prepare --dataset "
+            f"{data_config.name} --raw_dir ... --data_dir {data_config.data_dir} "
+            f"--fold {_get(data_config, 'fold', 0)}` (or pipeline.ensure_prepared)")
+    return path
+
+
+def dataset_info(data_config) -> DataInfo:
+    """Split sizes, class names and training class counts, without decoding."""
+    path = _require_prepared(data_config)
+    train = prepare_lib.load_index(path, "train")
+    test = prepare_lib.load_index(path, "test")
+    names = classes.class_names(data_config.name)
+    counts = np.bincount(train["label"].astype(np.int64), minlength=len(names))
+    return DataInfo(num_train=int(train["label"].size), num_test=int(test["label"].size),
+                    class_names=tuple(names), train_class_counts=counts)
+
+
+def train_au_statistics(data_config) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """All-frame AU votes of every training clip, read without decoding.
+
+    Returns:
+        (au_targets `[N, 18] float32`, au_mask `[N] float32`, labels `[N] int32`)
+        for the prior / pos_weight estimators of `audfer_jax.au`.
+    """
+    index = prepare_lib.load_index(_require_prepared(data_config), "train")
+    return (index["au_target_all"].astype(np.float32).reshape(-1, NUM_AUS),
+            index["has_au_all"].astype(np.float32),
+            index["label"].astype(np.int32))
+
+
+def shard_range(n: int, process_index: int, process_count: int) -> tuple[int, int]:
+    """[start, end) of a process's records: disjoint, complete, sizes differ <= 1."""
+    return n * process_index // process_count, n * (process_index + 1) // process_count
+
+
+def _process(process_index, process_count) -> tuple[int, int]:
+    if process_index is None or process_count is None:
+        import jax  # pylint: disable=g-import-not-at-top
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} outside 0..{process_count - 1}")
+    return int(process_index), int(process_count)
+
+
+def _local_batch(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size % process_count:
+        raise ValueError(f"global batch {global_batch_size} is not divisible by "
+                         f"the process count {process_count}")
+    return global_batch_size // process_count
+
+
+def _tf():
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    # TF must never take the accelerator from JAX (engineering.md section 5).
+    tf.config.set_visible_devices([], "GPU")
+    return tf
+
+
+def _read(data_config, split: str, start: int, end: int, *, shuffle_seed=None):
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = tfds.builder_from_directory(_require_prepared(data_config))
+    read_config = tfds.ReadConfig(try_autocache=False, shuffle_seed=shuffle_seed,
+                                  add_tfds_id=False)
+    return builder.as_dataset(
+        split=f"{split}[{start}:{end}]", shuffle_files=shuffle_seed is not None,
+        read_config=read_config, decoders={"frames": tfds.decode.SkipDecoding()})
+
+
+def _num_examples(data_config, split: str) -> int:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    builder = tfds.builder_from_directory(_require_prepared(data_config))
+    return int(builder.info.splits[split].num_examples)
+
+
+def _finish(ds):
+    tf = _tf()
+    ds = ds.prefetch(2)
+    options = tf.data.Options()
+    options.deterministic = True
+    options.experimental_optimization.inject_prefetch = False
+    return ds.with_options(options)
+
+
+# ---------------------------------------------------------------------------
+# Per-clip processing (inside tf.data).
+# ---------------------------------------------------------------------------
+
+def _clip_seed(tf, seed: int, epoch: int, index):
+    """`[2]` stateless seed of one clip: a function of (seed, epoch, index) only."""
+    base = tf.constant([seed % (2 ** 31), epoch % (2 ** 31)], tf.int64)
+    return tf.random.experimental.stateless_fold_in(base, tf.cast(index, tf.int64))
+
+
+def _decode_all(tf, frames):
+    return tf.map_fn(lambda b: tf.io.decode_jpeg(b, channels=3), frames,
+                     fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+
+
+def _train_frames(tf, frames, config, seeds):
+    """`[U] string` JPEGs -> `[U, S, S, 3] uint8` augmented frames."""
+    from audfer_jax.data import augment  # pylint: disable=g-import-not-at-top
+    size = int(config.image_size)
+    kind = config.augment
+    if kind not in AUGMENTS:
+        raise ValueError(f"augment {kind!r} not in {AUGMENTS}")
+    if kind == "none":
+        return augment.to_uint8(augment.resize(_decode_all(tf, frames), size))
+    if kind == "mae_dfer":
+        x = tf.cast(_decode_all(tf, frames), tf.float32)
+        x = augment.rand_augment(x, seeds[1])
+        shape = tf.shape(x)
+        box = augment.crop_box(seeds[2], shape[1], shape[2], log_ratio=True, swap=False)
+        x = x[:, box[0]:box[0] + box[2], box[1]:box[1] + box[3], :]
+        x = augment.maybe_flip(augment.resize(x, size), seeds[3])
+        return augment.random_erasing(augment.to_uint8(x), seeds[4])
+    shape = tf.io.extract_jpeg_shape(frames[0])
+    box = augment.crop_box(seeds[2], shape[0], shape[1], log_ratio=False, swap=True)
+    x = tf.map_fn(lambda b: tf.io.decode_and_crop_jpeg(b, box, channels=3), frames,
+                  fn_output_signature=tf.TensorSpec([None, None, 3], tf.uint8))
+    x = augment.maybe_flip(augment.resize(x, size), seeds[3])
+    if kind == "m3dfel":
+        x = augment.color_jitter(x, seeds[1])
+    return augment.to_uint8(x)
+
+
+def _make_train_fn(data_config, seed: int, epoch: int):
+    tf = _tf()
+    from audfer_jax.data import sampling_tf  # pylint: disable=g-import-not-at-top
+    spec = sampling.spec_from_config(data_config)
+    k = sampling.num_uniforms(spec)
+    vote_sampled = _get(data_config, "au_vote", "sampled") == "sampled"
+    if _get(data_config, "au_vote", "sampled") not in ("sampled", "all"):
+        raise ValueError(f"au_vote {data_config.au_vote!r} not in ('sampled', 'all')")
+
+    def fn(ex):
+        seeds = tf.random.experimental.stateless_split(_clip_seed(tf, seed, epoch, ex["index"]), 5)
+        u = tf.random.stateless_uniform([k], seeds[0], dtype=tf.float64)
+        idx = sampling_tf.train_indices(ex["num_frames"], spec, u)
+        uniq, pos = tf.unique(idx)
+        frames = _train_frames(tf, tf.gather(ex["frames"], uniq), data_config, seeds)
+        clip = tf.gather(frames, pos)
+        if vote_sampled:
+            target, has = sampling_tf.au_vote(ex["au_frames"], ex["au_valid"], idx)
+        else:
+            target, has = ex["au_target_all"], ex["has_au_all"]
+        size = int(data_config.image_size)
+        return {
+            "clips": tf.ensure_shape(clip, [spec.num_frames, size, size, 3]),
+            "labels": tf.cast(ex["label"], tf.int32),
+            "au_targets": tf.ensure_shape(tf.cast(target, tf.float32), [NUM_AUS]),
+            "au_mask": tf.cast(has, tf.float32),
+            "mask": tf.constant(1.0, tf.float32),
+            "index": tf.cast(ex["index"], tf.int32),
+        }
+    return fn
+
+
+def _num_views(data_config) -> tuple[int, int]:
+    return (int(_get(data_config, "eval_temporal_views", 1)),
+            int(_get(data_config, "eval_spatial_views", 1)))
+
+
+def _spatial_views(tf, x, size: int, views: int):
+    """`[F, H, W, 3]` -> `[views, F, S, S, 3] float32`.
+
+    One view: resize to S x S (aspect not kept, as the references). Several:
+    shorter side to S, then `views` S x S crops spread evenly along the longer
+    side (they coincide on square frames, as MAE-DFER's 2 crops do).
+    """
+    from audfer_jax.data import augment  # pylint: disable=g-import-not-at-top
+    if views == 1:
+        return augment.resize(x, size)[None]
+    shape = tf.shape(x)
+    h, w = tf.cast(shape[1], tf.float32), tf.cast(shape[2], tf.float32)
+    scale = size / tf.minimum(h, w)
+    nh = tf.maximum(size, tf.cast(tf.round(h * scale), tf.int32))
+    nw = tf.maximum(size, tf.cast(tf.round(w * scale), tf.int32))
+    x = tf.image.resize(tf.cast(x, tf.float32), tf.stack([nh, nw]), antialias=True)
+    out = []
+    for v in range(views):
+        y0 = ((nh - size) * v) // (views - 1)
+        x0 = ((nw - size) * v) // (views - 1)
+        out.append(x[:, y0:y0 + size, x0:x0 + size, :])
+    return tf.stack(out)
+
+
+def _make_eval_fn(data_config):
+    tf = _tf()
+    from audfer_jax.data import augment, sampling_tf  # pylint: disable=g-import-not-at-top
+    spec = sampling.spec_from_config(data_config)
+    vt, vs = _num_views(data_config)
+    size = int(data_config.image_size)
+
+    def fn(ex):
+        idx = sampling_tf.eval_indices(ex["num_frames"], spec, vt)     # [Vt, T]
+        uniq, pos = tf.unique(tf.reshape(idx, [-1]))
+        frames = _decode_all(tf, tf.gather(ex["frames"], uniq))
+        views = augment.to_uint8(_spatial_views(tf, frames, size, vs))  # [Vs, U, S, S, 3]
+        clip = tf.gather(views, tf.reshape(pos, [vt, spec.num_frames]), axis=1)
+        clip = tf.reshape(tf.transpose(clip, [1, 0, 2, 3, 4, 5]),
+                          [vt * vs, spec.num_frames, size, size, 3])
+        if vt * vs == 1:
+            clip = clip[0]
+        return {
+            "clips": clip,
+            "labels": tf.cast(ex["label"], tf.int32),
+            "au_targets": tf.ensure_shape(tf.cast(ex["au_target_all"], tf.float32), [NUM_AUS]),
+            "au_mask": tf.cast(ex["has_au_all"], tf.float32),
+            "mask": tf.constant(1.0, tf.float32),
+            "index": tf.cast(ex["index"], tf.int32),
+        }
+    return fn
+
+
+_CACHE: dict[Any, Any] = {}
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int((seed * 1_000_003 + epoch * 7_919 + 17) % (2 ** 31 - 1))
+
+
+def create_train_dataset(data_config, *, global_batch_size: int, seed: int, epoch: int,
+                         start_batch: int = 0, process_index: Optional[int] = None,
+                         process_count: Optional[int] = None) -> Iterable[dict[str, np.ndarray]]:
+    """One training epoch of this process's local batches.
+
+    Args:
+        data_config: see `default_data_config`.
+        global_batch_size: clips per step over all processes; each process
+            yields `global_batch_size // process_count` (drop_remainder).
+        seed: run seed.
+        epoch: epoch number (0-based or 1-based, only used as a key).
+        start_batch: local batches of this epoch to skip (resume); skipped
+            records are read but never decoded.
+        process_index, process_count: default `jax.process_index()/count()`.
+
+    Returns:
+        An iterable of batch dicts of NumPy arrays (module docstring).
+
+    Raises:
+        FileNotFoundError: the fold is not prepared.
+        ValueError: bad config values or batch size.
+    """
+    tf = _tf()
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    pi, pc = _process(process_index, process_count)
+    local = _local_batch(global_batch_size, pc)
+    start, end = shard_range(_num_examples(data_config, "train"), pi, pc)
+    if end - start < local:
+        raise ValueError(f"process {pi} has {end - start} training clips, fewer than "
+                         f"its batch of {local}")
+    eseed = _epoch_seed(int(seed), int(epoch))
+    if _get(data_config, "cache", False):
+        key = (prepared_path(data_config), start, end)
+        if key not in _CACHE:
+            _CACHE[key] = _read(data_config, "train", start, end).cache()
+        ds = _CACHE[key]
+    else:
+        ds = _read(data_config, "train", start, end, shuffle_seed=eseed)
+    buffer = int(_get(data_config, "shuffle_buffer", 1024))
+    if buffer > 1:
+        ds = ds.shuffle(buffer, seed=eseed, reshuffle_each_iteration=False)
+    if start_batch:
+        ds = ds.skip(int(start_batch) * local)
+    ds = ds.map(_make_train_fn(data_config, int(seed), int(epoch)),
+                num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = ds.batch(local, drop_remainder=True)
+    return tfds.as_numpy(_finish(ds))
+
+
+def create_eval_dataset(data_config, *, global_batch_size: int,
+                        process_index: Optional[int] = None,
+                        process_count: Optional[int] = None
+                        ) -> tuple[Iterable[dict[str, np.ndarray]], int]:
+    """The test split, deterministic, padded so every process runs `num_steps`.
+
+    Padding clips are zeros with ``mask = 0``, ``index = -1``. With
+    ``eval_temporal_views * eval_spatial_views = V > 1`` the clips are
+    ``[B, V, T, H, W, 3]``; the AU target is the vote over all valid frames.
+
+    Returns:
+        (iterable of local batch dicts, num_steps).
+    """
+    tf = _tf()
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    pi, pc = _process(process_index, process_count)
+    local = _local_batch(global_batch_size, pc)
+    n = _num_examples(data_config, "test")
+    start, end = shard_range(n, pi, pc)
+    num_steps = max(1, math.ceil(math.ceil(n / pc) / local))
+    ds = _read(data_config, "test", start, end)
+    ds = ds.map(_make_eval_fn(data_config), num_parallel_calls=tf.data.AUTOTUNE,
+                deterministic=True)
+    pad = num_steps * local - (end - start)
+    if pad:
+        spec = ds.element_spec
+        zero = {k: tf.zeros([d if d is not None else 0 for d in s.shape], s.dtype)
+                for k, s in spec.items()}
+        zero["mask"] = tf.constant(0.0)
+        zero["index"] = tf.constant(-1, tf.int32)
+        ds = ds.concatenate(tf.data.Dataset.from_tensors(zero).repeat(pad))
+    ds = ds.batch(local, drop_remainder=True)
+    return tfds.as_numpy(_finish(ds)), num_steps

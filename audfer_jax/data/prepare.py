@@ -1,0 +1,296 @@
+"""`audfer-jax prepare`: a release on disk -> TFDS TFRecords, offline.
+
+One prepared dataset per fold (train and test splits), written by the TFDS
+builders of `audfer_jax.data.tfds` under
+``<data_dir>/<builder>/<config>/<version>/``. Beside the data:
+
+* ``index_<split>.npz``: key, index, label, num_frames and the all-frame AU
+  vote of every clip, so that class counts and AU statistics never need the
+  frames (written from the generator, or rebuilt from the records);
+* ``../prepare_report.txt``: counts, every skipped clip with file and reason.
+
+Resumable: a fold whose data is complete is skipped; TFDS writes a fold into a
+temporary folder renamed at the end, so an interrupted fold leaves no data and
+is redone (its stale temporary folder is removed first; one writer per data
+dir assumed).
+
+Source: ../shared/spec/datasets.md sections 0 and 9, engineering.md section 6.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import sys
+from typing import Callable, Optional, Sequence, Union
+
+import numpy as np
+
+from audfer_jax import classes
+from audfer_jax.data import records
+
+REPORT_NAME = "prepare_report.txt"
+_FOLDED = {"dfew": 5, "mafw": 5, "demo": 5, "ferv39k": 0}
+
+
+@dataclasses.dataclass
+class PreparedFold:
+    """What `prepare` did for one fold.
+
+    Attributes:
+        dataset: dataset name.
+        fold: fold number (0 for single-split).
+        path: the prepared version folder (input of `tfds.builder_from_directory`).
+        skipped: True when the fold was already prepared.
+        class_counts: split -> `[C] int64` clips per class.
+        report: problems and counts of this run (empty when skipped).
+    """
+    dataset: str
+    fold: int
+    path: str
+    skipped: bool
+    class_counts: dict[str, np.ndarray]
+    report: records.Report
+
+
+def resolve_folds(dataset: str, folds: Union[None, int, str, Sequence[int]]) -> list[int]:
+    """`None`/`'all'` -> every fold of the dataset; an int or list -> checked list.
+
+    Raises:
+        ValueError: a fold outside 1..5 (0 only for single-split FERV39k).
+    """
+    dataset = dataset.lower()
+    if dataset not in _FOLDED:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(_FOLDED)}")
+    n = _FOLDED[dataset]
+    if folds is None or (isinstance(folds, str) and folds.lower() == "all"):
+        return list(range(1, n + 1)) if n else [0]
+    if isinstance(folds, (int, np.integer)) or isinstance(folds, str):
+        folds = [int(folds)]
+    out = [int(f) for f in folds]
+    allowed = list(range(1, n + 1)) if n else [0]
+    bad = [f for f in out if f not in allowed]
+    if bad:
+        raise ValueError(f"fold(s) {bad} not valid for {dataset}; allowed {allowed} or 'all'")
+    return out
+
+
+def version_dir(data_dir: str, dataset: str, fold: int, frame_set=None,
+                au_source=None, prepare_size=None, reader_options=None) -> str:
+    """Path of a prepared fold: ``<data_dir>/<builder>/<config>/<version>``."""
+    from audfer_jax.data.tfds import builders, common  # pylint: disable=g-import-not-at-top
+    cls = builders.builder_class(dataset)
+    return os.path.join(os.fspath(data_dir), cls.name,
+                        common.config_name(fold, frame_set, au_source, prepare_size,
+                                           reader_options),
+                        str(common.VERSION))
+
+
+def is_prepared(path: str) -> bool:
+    """True when `path` (a version folder) holds a finished TFDS dataset."""
+    return os.path.isfile(os.path.join(path, "dataset_info.json"))
+
+
+def _remove_stale(config_dir: str) -> None:
+    """Deletes temporary folders an interrupted TFDS run left behind."""
+    if not os.path.isdir(config_dir):
+        return
+    for name in os.listdir(config_dir):
+        if "incomplete" in name.lower():
+            shutil.rmtree(os.path.join(config_dir, name), ignore_errors=True)
+
+
+def write_index(path: str, split: str, rows: list[dict]) -> str:
+    """Writes the per-split sidecar index (see module docstring); returns its path."""
+    out = os.path.join(path, f"index_{split}.npz")
+    tmp = out + ".tmp.npz"
+    np.savez(tmp,
+             key=np.array([r["key"] for r in rows], dtype=object).astype(str),
+             index=np.array([r["index"] for r in rows], np.int32),
+             label=np.array([r["label"] for r in rows], np.int32),
+             num_frames=np.array([r["num_frames"] for r in rows], np.int32),
+             au_target_all=np.array([r["au_target_all"] for r in rows],
+                                    np.float32).reshape(len(rows), -1),
+             has_au_all=np.array([r["has_au_all"] for r in rows], np.float32))
+    os.replace(tmp, out)
+    return out
+
+
+def index_rows_from_records(path: str, split: str) -> list[dict]:
+    """Rebuilds the sidecar rows of a split by reading its records (no decoding)."""
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+    builder = tfds.builder_from_directory(path)
+    ds = builder.as_dataset(split=split, shuffle_files=False,
+                            decoders={"frames": tfds.decode.SkipDecoding()})
+    keep = ("key", "index", "label", "num_frames", "au_target_all", "has_au_all")
+    ds = ds.map(lambda ex: {k: ex[k] for k in keep})
+    rows = []
+    for ex in tfds.as_numpy(ds):
+        row = dict(ex)
+        row["key"] = row["key"].decode()
+        rows.append(row)
+    return rows
+
+
+def load_index(path: str, split: str) -> dict[str, np.ndarray]:
+    """The sidecar index of a prepared split, rebuilt and written if missing."""
+    file = os.path.join(path, f"index_{split}.npz")
+    if not os.path.isfile(file):
+        write_index(path, split, index_rows_from_records(path, split))
+    with np.load(file) as z:
+        return {k: z[k] for k in z.files}
+
+
+def prepare(dataset: str, raw_dir: str, data_dir: str,
+            folds: Union[None, int, str, Sequence[int]] = None, *,
+            frame_set: Optional[str] = None, au_source: Optional[str] = None,
+            prepare_size: Optional[int] = None, on_error: str = "raise",
+            validate: str = "full", reader_options: Optional[dict] = None,
+            log: Callable[[str], None] = print) -> list[PreparedFold]:
+    """Prepares folds of a dataset into TFDS TFRecords, offline and resumable.
+
+    Args:
+        dataset: 'dfew' | 'ferv39k' | 'mafw' | 'demo'.
+        raw_dir: the release root (TFDS `manual_dir`).
+        data_dir: root of the prepared data (passed to TFDS explicitly).
+        folds: int, list, 'all' or None (= all).
+        frame_set, au_source, reader_options: passed to `read_split`.
+        prepare_size: shorter side in pixels to resize frames to, or None.
+        on_error: 'raise' (one error listing every problem) or 'skip' (drop the
+            offending clips, count and report them).
+        validate: 'full' decodes every frame once, 'header' checks size and
+            magic bytes only.
+        log: where progress lines go.
+
+    Returns:
+        One `PreparedFold` per fold.
+
+    Raises:
+        records.DatasetError: with on_error='raise' and any bad input; the
+            report file is written first.
+        ValueError: bad arguments.
+    """
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    from audfer_jax.data.tfds import builders, common  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+    dataset = dataset.lower()
+    if not os.path.isdir(raw_dir):
+        raise ValueError(f"raw_dir {raw_dir!r} is not a folder (the release root)")
+    os.makedirs(data_dir, exist_ok=True)
+    results = []
+    for fold in resolve_folds(dataset, folds):
+        cls = builders.builder_class(dataset)
+        cfg = common.make_config(fold, frame_set, au_source, prepare_size,
+                                 reader_options=reader_options)
+        if cfg.name in cls.builder_configs:
+            cfg = cfg.name  # TFDS wants the predefined object, or its name
+        path = version_dir(data_dir, dataset, fold, frame_set, au_source,
+                           prepare_size, reader_options)
+        config_dir = os.path.dirname(path)
+        report_path = os.path.join(config_dir, REPORT_NAME)
+        if is_prepared(path):
+            log(f"[prepare] {dataset} fold {fold}: already prepared at {path}, skipped")
+            counts = {s: _class_counts(dataset, load_index(path, s)["label"])
+                      for s in common.SPLITS}
+            results.append(PreparedFold(dataset, fold, path, True, counts,
+                                        records.Report()))
+            continue
+        _remove_stale(config_dir)
+        log(f"[prepare] {dataset} fold {fold}: {raw_dir} -> {path}")
+        builder = cls(data_dir=data_dir, config=cfg, validate=validate,
+                      on_error=on_error)
+        try:
+            builder.download_and_prepare(
+                download_config=tfds.download.DownloadConfig(manual_dir=raw_dir))
+        except records.DatasetError as e:
+            _write_report(report_path, dataset, fold, e.report, None)
+            raise
+        except Exception:
+            _write_report(report_path, dataset, fold, builder.report, None)
+            raise
+        counts = {}
+        for split in common.SPLITS:
+            rows = builder.index_rows.get(split)
+            if rows is None:
+                rows = index_rows_from_records(path, split)
+            write_index(path, split, rows)
+            counts[split] = _class_counts(dataset, [r["label"] for r in rows])
+        _write_report(report_path, dataset, fold, builder.report, counts)
+        if builder.report.problems:
+            log(f"[prepare] {len(builder.report.problems)} clip(s) skipped; "
+                f"see {report_path}")
+        results.append(PreparedFold(dataset, fold, path, False, counts, builder.report))
+    log(summary_table(results))
+    return results
+
+
+def _class_counts(dataset: str, labels) -> np.ndarray:
+    n = classes.num_classes(dataset)
+    return np.bincount(np.asarray(labels, np.int64), minlength=n)[:n]
+
+
+def _write_report(path: str, dataset: str, fold: int, report: records.Report,
+                  counts: Optional[dict]) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    lines = [f"dataset {dataset} fold {fold}",
+             "status: " + ("prepared" if counts is not None else "FAILED")]
+    lines += [f"{k}: {v}" for k, v in sorted(report.counts.items())]
+    if counts:
+        for split, c in counts.items():
+            lines.append(f"{split} class counts: {c.tolist()}")
+    lines.append(f"{len(report.problems)} problem(s):")
+    lines += [str(p) for p in report.problems]
+    if report.warnings:
+        lines.append(f"{len(report.warnings)} warning(s):")
+        lines += [str(w) for w in report.warnings]
+    with open(path, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def summary_table(results: list[PreparedFold]) -> str:
+    """Class counts per fold and split as a text table."""
+    if not results:
+        return "(nothing prepared)"
+    names = classes.class_names(results[0].dataset)
+    width = max(8, max(len(n) for n in names) + 1)
+    head = f"{'fold':>4} {'split':<6}" + "".join(f"{n[:width - 1]:>{width}}" for n in names)
+    lines = [head + f"{'total':>8}"]
+    for r in results:
+        for split, c in r.class_counts.items():
+            lines.append(f"{r.fold:>4} {split:<6}" + "".join(f"{int(v):>{width}}" for v in c)
+                         + f"{int(c.sum()):>8}" + ("  (already prepared)" if r.skipped else ""))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`audfer-jax prepare`; returns the exit status."""
+    p = argparse.ArgumentParser(prog="audfer-jax prepare", description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", required=True, choices=sorted(_FOLDED))
+    p.add_argument("--raw_dir", required=True, help="release root (TFDS manual_dir)")
+    p.add_argument("--data_dir", required=True, help="root of the prepared data")
+    p.add_argument("--fold", default="all", help="1..5 or 'all' (FERV39k: 0 or all)")
+    p.add_argument("--frame_set", default=None, help="full | 16f | path (reader default if unset)")
+    p.add_argument("--au_source", default=None, help="AU label source (reader option)")
+    p.add_argument("--prepare_size", type=int, default=None,
+                   help="resize the shorter frame side to this many pixels")
+    p.add_argument("--on_error", default="raise", choices=("raise", "skip"))
+    p.add_argument("--validate", default="full", choices=("full", "header"))
+    args = p.parse_args(argv)
+    try:
+        prepare(args.dataset, args.raw_dir, args.data_dir, args.fold,
+                frame_set=args.frame_set, au_source=args.au_source,
+                prepare_size=args.prepare_size, on_error=args.on_error,
+                validate=args.validate)
+    except (records.DatasetError, ValueError) as e:
+        print(f"audfer-jax prepare: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

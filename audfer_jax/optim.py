@@ -1,0 +1,303 @@
+"""The three backbones' training recipes as optax chains.
+
+Recipes (backbones.md, "Recipe" paragraphs of sections 1-3):
+
+* **Former-DFER** (`main_DFEW.py`): SGD lr 0.01, momentum 0.9, coupled L2
+  weight decay 1e-4 on every parameter (added to the gradient before the
+  momentum, as `torch.optim.SGD(weight_decay=...)`), `StepLR(step_size=40,
+  gamma=0.1)` stepped per epoch.
+* **M3DFEL** (`solver.py`, `utils.py`): AdamW lr 5e-4, betas (0.9, 0.999), eps
+  1e-8, weight decay 0.05 on every parameter; timm `CosineLRScheduler` stepped
+  per iteration *after* each optimiser step (`step_update(epoch * n + i)`):
+  t_initial = 300 epochs, warmup 20 epochs linear from 0, lr_min 5e-6,
+  `warmup_prefix=False`. Optimiser step k therefore runs at `f(max(k - 1, 0))`:
+  the first two steps run at lr 0.
+* **MAE-DFER** (`run_class_finetuning.py`, `utils.cosine_scheduler`,
+  `optim_factory.py`): AdamW betas (0.9, 0.999), eps 1e-8, weight decay 0.05
+  except 1-D tensors, biases and `lg_region_tokens`; lr = 1e-3 * batch / 256,
+  min lr 1e-6 * batch / 256; per iteration `linspace(0, lr, W)` over the W = 5
+  warmup epochs, then `min + (lr - min) / 2 * (1 + cos(pi * i / N))`, i = 0..N-1;
+  layer-wise lr decay 0.75: scale `0.75 ** (L + 1 - id)` with id 0 =
+  `patch_embed`, `blocks_k` = k + 1, the rest L + 1. PyTorch's AdamW multiplies
+  the decoupled decay by the group lr, so the layer scale multiplies both the
+  Adam step and the decay here too. Parameters that never get a gradient
+  (`mae_dfer.frozen_by_design`) get neither decay nor update.
+
+All schedules are functions of the optimiser step count (the number of updates
+already applied), as optax calls them. `make_optimizer` builds any of them from
+an `ml_collections.ConfigDict` (see `configs/common.py` for the fields).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+Schedule = Callable[[Any], Any]
+
+
+# ---------------------------------------------------------------------------
+# Schedules.
+# ---------------------------------------------------------------------------
+
+def step_lr_schedule(base_lr: float, steps_per_epoch: int, step_epochs: int = 40,
+                     gamma: float = 0.1) -> Schedule:
+    """PyTorch `StepLR` stepped once per epoch (Former-DFER `main_DFEW.py`).
+
+    lr(k) = base_lr * gamma ** floor(epoch / step_epochs), epoch = k // steps_per_epoch.
+    Former-DFER: 0.01 for epochs 0-39, 1e-3 for 40-79, 1e-4 for 80-99.
+    """
+    _check_positive(steps_per_epoch=steps_per_epoch, step_epochs=step_epochs)
+
+    def schedule(count):
+        epoch = jnp.asarray(count) // steps_per_epoch
+        return base_lr * jnp.power(gamma, (epoch // step_epochs).astype(jnp.float32))
+
+    return schedule
+
+
+def timm_cosine_schedule(base_lr: float, steps_per_epoch: int, num_epochs: int,
+                         warmup_epochs: float, lr_min: float,
+                         warmup_lr_init: float = 0.0, step_delay: int = 1) -> Schedule:
+    """timm 0.4.12 `CosineLRScheduler(t_in_epochs=False, warmup_prefix=False)`.
+
+    With T = num_epochs * steps_per_epoch and W = warmup_epochs * steps_per_epoch
+    iterations, timm's lr at iteration t is
+    `warmup_lr_init + t * (base_lr - warmup_lr_init) / W` for t < W, else
+    `lr_min + (base_lr - lr_min) / 2 * (1 + cos(pi * t / T))` (the cosine counts
+    from t = 0 because `warmup_prefix` is False). M3DFEL calls
+    `step_update(t)` after optimiser step t, and the scheduler starts the
+    optimiser at `warmup_lr_init`, so optimiser step k uses
+    `lr(max(k - step_delay, 0))` with `step_delay = 1`.
+
+    M3DFEL: base 5e-4, 300 epochs, 20 warmup epochs, lr_min 5e-6, init 0.
+    """
+    _check_positive(steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
+    total = num_epochs * steps_per_epoch
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+
+    def schedule(count):
+        t = jnp.maximum(jnp.asarray(count, jnp.float32) - step_delay, 0.0)
+        cosine = lr_min + 0.5 * (base_lr - lr_min) * (1.0 + jnp.cos(math.pi * t / total))
+        if warmup <= 0:
+            return cosine
+        warm = warmup_lr_init + t * (base_lr - warmup_lr_init) / warmup
+        return jnp.where(t < warmup, warm, cosine)
+
+    return schedule
+
+
+def warmup_cosine_schedule(base_lr: float, steps_per_epoch: int, num_epochs: int,
+                           warmup_epochs: float, min_lr: float,
+                           warmup_start: float = 0.0) -> Schedule:
+    """MAE-DFER / VideoMAE `utils.cosine_scheduler`, one value per iteration.
+
+    W = warmup_epochs * steps_per_epoch iterations of
+    `linspace(warmup_start, base_lr, W)` (both ends included), then, over the
+    N = num_epochs * steps_per_epoch - W remaining iterations,
+    `min_lr + (base_lr - min_lr) / 2 * (1 + cos(pi * i / N))`, i = 0..N-1.
+    Steps past the end keep the last value.
+    """
+    _check_positive(steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
+    total = num_epochs * steps_per_epoch
+    warmup = int(round(warmup_epochs * steps_per_epoch))
+    n = total - warmup
+    if n <= 0:
+        raise ValueError(f"warmup ({warmup} iterations) must be shorter than the run "
+                         f"({total} iterations)")
+
+    def schedule(count):
+        k = jnp.asarray(count, jnp.float32)
+        i = jnp.clip(k - warmup, 0.0, n - 1)
+        cosine = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + jnp.cos(math.pi * i / n))
+        if warmup <= 0:
+            return cosine
+        if warmup == 1:
+            warm = jnp.asarray(warmup_start, jnp.float32)
+        else:
+            warm = warmup_start + k * (base_lr - warmup_start) / (warmup - 1)
+        return jnp.where(k < warmup, warm, cosine)
+
+    return schedule
+
+
+def constant_schedule(base_lr: float) -> Schedule:
+    """A constant learning rate (tests, ablations)."""
+    return lambda count: jnp.full((), base_lr, jnp.float32)
+
+
+def _check_positive(**values):
+    for name, v in values.items():
+        if int(v) <= 0:
+            raise ValueError(f"{name} must be a positive integer, got {v}")
+
+
+# ---------------------------------------------------------------------------
+# Per-parameter rules.
+# ---------------------------------------------------------------------------
+
+def _path_keys(path) -> tuple[str, ...]:
+    out = []
+    for p in path:
+        for attr in ("key", "name", "idx"):
+            if hasattr(p, attr):
+                out.append(str(getattr(p, attr)))
+                break
+        else:
+            out.append(str(p))
+    return tuple(out)
+
+
+def decay_mask(params, rule: str, num_layers: int | None = None):
+    """Pytree of bools like `params`: True where weight decay applies.
+
+    Args:
+        params: parameter pytree (arrays or `ShapeDtypeStruct`s).
+        rule: 'all' (Former-DFER, M3DFEL: every parameter) or 'mae_dfer'
+            (no decay for 1-D leaves, biases, `lg_region_tokens` and the
+            `frozen_by_design` leaves; MAE-DFER `optim_factory.py`).
+        num_layers: model depth, needed by 'mae_dfer'.
+
+    Raises:
+        ValueError: unknown rule, or 'mae_dfer' without `num_layers`.
+    """
+    if rule == "all":
+        return jax.tree.map(lambda _: True, params)
+    if rule == "mae_dfer":
+        if num_layers is None:
+            raise ValueError("decay rule 'mae_dfer' needs num_layers (model depth)")
+        from audfer_jax.models import mae_dfer
+        return jax.tree_util.tree_map_with_path(
+                lambda path, x: not (mae_dfer.no_weight_decay(_path_keys(path), x.shape)
+                                     or mae_dfer.frozen_by_design(_path_keys(path), num_layers)),
+                params)
+    raise ValueError(f"unknown weight-decay rule {rule!r}; expected 'all' or 'mae_dfer'")
+
+
+def layer_scales(params, layer_decay: float, num_layers: int, frozen: bool = True):
+    """Pytree of float lr multipliers for MAE-DFER's layer-wise lr decay.
+
+    scale = layer_decay ** (num_layers + 1 - id) with
+    `audfer_jax.models.mae_dfer.lr_layer_id`; 0 for `frozen_by_design` leaves
+    when `frozen` (they never get a gradient in the original).
+    """
+    from audfer_jax.models import mae_dfer
+
+    def scale(path, _):
+        keys = _path_keys(path)
+        if frozen and mae_dfer.frozen_by_design(keys, num_layers):
+            return 0.0
+        return float(layer_decay ** (num_layers + 1 - mae_dfer.lr_layer_id(keys, num_layers)))
+
+    return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def scale_by_tree(scales) -> optax.GradientTransformation:
+    """Multiplies each update leaf by the matching constant of `scales`."""
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return jax.tree.map(lambda u, s: u * jnp.asarray(s, u.dtype), updates, scales), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+# ---------------------------------------------------------------------------
+# The chain.
+# ---------------------------------------------------------------------------
+
+def make_schedule(cfg, *, steps_per_epoch: int, num_epochs: int,
+                  global_batch_size: int) -> Schedule:
+    """The learning-rate schedule named by `cfg.schedule`.
+
+    Fields of `cfg` (an `ml_collections.ConfigDict`, `config.optim`):
+    `lr`, `min_lr`, `lr_batch_base` (0 = off; else lr and min_lr are multiplied
+    by `global_batch_size / lr_batch_base`, MAE-DFER's 256), `schedule` in
+    {'step', 'timm_cosine', 'warmup_cosine', 'constant'}, `step_epochs`,
+    `gamma`, `warmup_epochs`, `warmup_lr_init`.
+
+    Raises:
+        ValueError: unknown schedule name.
+    """
+    lr, min_lr = float(cfg.lr), float(cfg.get("min_lr", 0.0))
+    base = float(cfg.get("lr_batch_base", 0) or 0)
+    if base:
+        lr *= global_batch_size / base
+        min_lr *= global_batch_size / base
+    name = cfg.schedule
+    if name == "step":
+        return step_lr_schedule(lr, steps_per_epoch, int(cfg.step_epochs), float(cfg.gamma))
+    if name == "timm_cosine":
+        return timm_cosine_schedule(lr, steps_per_epoch, num_epochs,
+                                    float(cfg.warmup_epochs), min_lr,
+                                    float(cfg.get("warmup_lr_init", 0.0)))
+    if name == "warmup_cosine":
+        return warmup_cosine_schedule(lr, steps_per_epoch, num_epochs,
+                                      float(cfg.warmup_epochs), min_lr,
+                                      float(cfg.get("warmup_lr_init", 0.0)))
+    if name == "constant":
+        return constant_schedule(lr)
+    raise ValueError(f"unknown lr schedule {name!r}; expected step, timm_cosine, "
+                     "warmup_cosine or constant")
+
+
+def make_optimizer(cfg, params, *, steps_per_epoch: int, num_epochs: int,
+                   global_batch_size: int, num_layers: int | None = None,
+                   ) -> tuple[optax.GradientTransformation, Schedule]:
+    """Builds the optax chain of a recipe and returns it with its lr schedule.
+
+    Args:
+        cfg: `config.optim` with, beside the schedule fields of `make_schedule`:
+            `optimizer` ('sgd' or 'adamw'), `momentum` (SGD), `b1`, `b2`, `eps`
+            (AdamW), `weight_decay`, `decay_rule` ('all' or 'mae_dfer', see
+            `decay_mask`), `layer_decay` (0 = off; MAE-DFER 0.75), `grad_clip_norm`
+            (0 = off; none of the recipes clip).
+        params: parameter pytree (arrays or `ShapeDtypeStruct`s), used to build
+            the per-leaf masks and scales.
+        steps_per_epoch: optimiser steps per epoch (`num_train // global_batch`).
+        num_epochs: epochs of the run.
+        global_batch_size: clips per optimiser step over all devices.
+        num_layers: transformer depth (MAE-DFER rules only).
+
+    Returns:
+        `(tx, schedule)`; `schedule(step)` is the base lr of step `step`
+        (before layer scales), for logging.
+
+    Raises:
+        ValueError: unknown optimizer or rule.
+    """
+    schedule = make_schedule(cfg, steps_per_epoch=steps_per_epoch, num_epochs=num_epochs,
+                             global_batch_size=global_batch_size)
+    wd = float(cfg.get("weight_decay", 0.0))
+    rule = cfg.get("decay_rule", "all")
+    layer_decay = float(cfg.get("layer_decay", 0.0) or 0.0)
+    parts = []
+    clip = float(cfg.get("grad_clip_norm", 0.0) or 0.0)
+    if clip > 0:
+        parts.append(optax.clip_by_global_norm(clip))
+    if cfg.optimizer == "sgd":
+        # torch.optim.SGD: g += wd * p; buf = momentum * buf + g; p -= lr * buf.
+        if wd:
+            parts.append(optax.add_decayed_weights(wd, mask=decay_mask(params, rule, num_layers)))
+        parts.append(optax.trace(decay=float(cfg.momentum), nesterov=bool(cfg.get("nesterov", False))))
+    elif cfg.optimizer == "adamw":
+        # torch.optim.AdamW: p -= lr * (adam_step + wd * p).
+        parts.append(optax.scale_by_adam(b1=float(cfg.b1), b2=float(cfg.b2), eps=float(cfg.eps)))
+        if wd:
+            parts.append(optax.add_decayed_weights(wd, mask=decay_mask(params, rule, num_layers)))
+    else:
+        raise ValueError(f"unknown optimizer {cfg.optimizer!r}; expected 'sgd' or 'adamw'")
+    if layer_decay:
+        if num_layers is None:
+            raise ValueError("layer_decay needs num_layers (model depth)")
+        parts.append(scale_by_tree(layer_scales(params, layer_decay, num_layers)))
+    parts.append(optax.scale_by_schedule(lambda count: -schedule(count)))
+    return optax.chain(*parts), schedule

@@ -1,0 +1,166 @@
+"""Data parallelism: the mesh, shardings, global batches and two step strategies.
+
+* **jit** (default, engineering.md section 3): one 1-D mesh `('data',)` over
+  all devices of all processes, batch sharded `P('data')`, train state
+  replicated `P()`, one `jax.jit` train step with the state donated. Under jit
+  a mean over the global batch is the global mean and BatchNorm statistics are
+  computed over the global batch: no collective is written by hand.
+* **pmap** (explicit collectives): `jax.pmap` over the local devices with
+  `axis_name='data'`. The train step then sums gradients with `lax.psum` (each
+  device's loss is its masked numerator over the *global* denominator, so the
+  sum is the exact global mean gradient also for unequal per-device counts)
+  and averages BatchNorm running statistics with `lax.pmean`. BatchNorm
+  normalises with per-device batch statistics in this mode (as PyTorch
+  `DataParallel`, which M3DFEL used), so it equals jit exactly only for models
+  without BatchNorm and without per-device randomness (dropout masks and
+  mixup pairs are drawn per device).
+
+Both strategies wrap the same step function `step_fn(state, batch, axis_name)`
+built by `audfer_jax.train.make_train_step`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
+
+DATA_AXIS = "data"
+STRATEGIES = ("jit", "pmap")
+
+PyTree = Any
+
+
+def make_mesh(devices=None) -> jax.sharding.Mesh:
+    """A 1-D `('data',)` mesh over `devices` (default: all devices of all processes).
+
+    Axis type Auto: plain data parallelism, the compiler places collectives
+    (engineering.md section 3: `jax.make_mesh` defaults to Explicit now).
+    """
+    if devices is None:
+        return jax.make_mesh((jax.device_count(),), (DATA_AXIS,),
+                             axis_types=(AxisType.Auto,))
+    devices = list(devices)
+    return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=(AxisType.Auto,),
+                         devices=devices)
+
+
+def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Sharding of the train state: a full copy on every device."""
+    return NamedSharding(mesh, P())
+
+
+def batch_sharded(mesh: jax.sharding.Mesh) -> NamedSharding:
+    """Sharding of a batch: the leading (clip) axis split over `'data'`."""
+    return NamedSharding(mesh, P(DATA_AXIS))
+
+
+def local_batch_size(global_batch_size: int, mesh: jax.sharding.Mesh | None = None) -> int:
+    """Clips this process reads per step.
+
+    Raises:
+        ValueError: `global_batch_size` is not divisible by the device count
+            (every device must get the same number of clips).
+    """
+    n_dev = mesh.size if mesh is not None else jax.device_count()
+    if global_batch_size % n_dev:
+        raise ValueError(f"global batch size {global_batch_size} is not divisible by "
+                         f"the {n_dev} devices; choose a multiple of {n_dev}")
+    return global_batch_size // jax.process_count()
+
+
+def global_batch(local: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict:
+    """Assembles each process's local batch into global `jax.Array`s.
+
+    Args:
+        local: dict of NumPy arrays with leading axis = local batch size
+            (`[B_local, ...]`), the same keys and shapes on every process.
+        mesh: the data mesh.
+
+    Returns:
+        dict of `jax.Array`s of leading size `B_local * process_count`, sharded
+        `P('data')` (`jax.make_array_from_process_local_data`).
+    """
+    sharding = batch_sharded(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+            for k, v in local.items()}
+
+
+def jit_step(step_fn: Callable, mesh: jax.sharding.Mesh, state_sharding: PyTree | None = None,
+             ) -> Callable:
+    """The jit strategy: `(state, global_batch) -> (state, metrics)`.
+
+    The state (argument 0) is donated: its buffers are reused for the new
+    state, so the caller must not touch the old one afterwards. The state stays
+    replicated (or in `state_sharding`), metrics come back replicated.
+    """
+    state_sharding = replicated(mesh) if state_sharding is None else state_sharding
+    return jax.jit(functools.partial(step_fn, axis_name=None),
+                   in_shardings=(state_sharding, batch_sharded(mesh)),
+                   out_shardings=(state_sharding, replicated(mesh)),
+                   donate_argnums=(0,))
+
+
+def pmap_step(step_fn: Callable) -> Callable:
+    """The pmap strategy: `(stacked_state, device_batch) -> (stacked_state, metrics)`.
+
+    Arguments and results carry a leading local-device axis (see
+    `to_pmap_state`, `to_pmap_batch`); `step_fn` is called with
+    `axis_name='data'` and must do its own collectives.
+    """
+    return jax.pmap(functools.partial(step_fn, axis_name=DATA_AXIS), axis_name=DATA_AXIS,
+                    donate_argnums=(0,))
+
+
+def to_pmap_state(state: PyTree, devices=None) -> PyTree:
+    """Copies a state onto each local device, stacked along a new axis 0."""
+    devices = jax.local_devices() if devices is None else list(devices)
+    n = len(devices)
+    sharding = jax.sharding.PmapSharding.default((n,), sharded_dim=0, devices=devices)
+
+    def put(x):
+        x = np.asarray(jax.device_get(x))
+        return jax.device_put(np.broadcast_to(x, (n,) + x.shape), sharding)
+
+    return jax.tree.map(put, state)
+
+
+def from_pmap_state(state: PyTree) -> PyTree:
+    """The copy of device 0 of a pmap-stacked state, as host NumPy arrays."""
+    return jax.tree.map(lambda x: np.asarray(jax.device_get(x[0])), state)
+
+
+def to_pmap_batch(local: Mapping[str, np.ndarray], num_devices: int | None = None) -> dict:
+    """Splits a local batch `[B, ...]` into `[num_local_devices, B / n, ...]`.
+
+    Raises:
+        ValueError: B is not divisible by the local device count.
+    """
+    n = jax.local_device_count() if num_devices is None else num_devices
+    out = {}
+    for k, v in local.items():
+        v = np.asarray(v)
+        if v.shape[0] % n:
+            raise ValueError(f"batch key {k!r}: {v.shape[0]} clips do not split over "
+                             f"{n} local devices")
+        out[k] = v.reshape((n, v.shape[0] // n) + v.shape[1:])
+    return out
+
+
+def psum_if(x: PyTree, axis_name: str | None) -> PyTree:
+    """`lax.psum(x, axis_name)`, or `x` when there is no axis (jit strategy)."""
+    return x if axis_name is None else jax.lax.psum(x, axis_name)
+
+
+def pmean_if(x: PyTree, axis_name: str | None) -> PyTree:
+    """`lax.pmean(x, axis_name)`, or `x` when there is no axis (jit strategy)."""
+    return x if axis_name is None else jax.lax.pmean(x, axis_name)
+
+
+def device_index(axis_name: str | None) -> jax.Array:
+    """This device's index along `axis_name` (0 under jit)."""
+    return jnp.zeros((), jnp.int32) if axis_name is None else jax.lax.axis_index(axis_name)

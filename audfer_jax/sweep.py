@@ -1,0 +1,517 @@
+"""`audfer-jax sweep`: train the folds of a config in sequence and tabulate them.
+
+    audfer-jax sweep --config configs/former_dfer.py:dataset=dfew,loss=au \\
+        --folds 1-5 --workdir runs/former_dfer_dfew_au [--config.batch_size=16 ...]
+
+Fold k trains in `WORKDIR/fold_k` with the config variant `fold=k`
+(`train.train_and_evaluate`). A fold whose `fold_k/metrics.json` exists is
+finished and is read back, not rerun; an unfinished fold is started again and
+the trainer resumes it from its newest checkpoint. So an interrupted sweep is
+resumed by running the same command again.
+
+Evaluation protocol (../shared/spec/datasets.md section 8): DFEW and MAFW are
+scored per fold and the figures are the **mean over folds of the per-fold
+values**, reported together with every per-fold value; predictions are never
+pooled across folds. Each run has two figures that are never mixed: the
+last-epoch evaluation and the best epoch (one epoch chosen by the run's
+criterion, default WAR+UAR, picked on the test split, hence optimistic). Every
+table is labelled "last" or "best". The spread is the **sample** standard
+deviation across folds (ddof = 1, divisor k - 1), undefined (NaN, printed
+"n/a") for a single fold.
+
+Outputs in WORKDIR: `results.md` (Markdown tables), `results.csv` (one row per
+table x fold plus the mean and std rows) and `results.json` (the per-fold
+records and the rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import importlib.util
+import io
+import json
+import math
+import os
+import sys
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+EPOCH_CHOICES = ("last", "best")
+STD_LABEL = "std (sample, ddof=1)"
+
+Row = dict[str, Any]
+
+
+# ---------------------------------------------------------------------------
+# Configs: `path.py:arg` files and `--config.x=y` overrides.
+# ---------------------------------------------------------------------------
+
+def load_config_file(spec: str):
+    """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`.
+
+    The big_vision / ml_collections `config_flags` convention: everything after
+    the first ':' that follows the `.py` file name is passed as the string
+    argument (None when absent).
+
+    Args:
+        spec: `"configs/former_dfer.py:dataset=dfew,fold=1,loss=au"`.
+
+    Returns:
+        The `ml_collections.ConfigDict` the file returns.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file has no `get_config`.
+    """
+    path, arg = spec, None
+    if ".py:" in spec:
+        cut = spec.index(".py:") + 3
+        path, arg = spec[:cut], spec[cut + 1:]
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found (from --config {spec!r})")
+    name = "_audfer_config_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    # Configs import their siblings (`from configs import common`) or the
+    # directory beside them; make both resolvable.
+    here = os.path.dirname(os.path.abspath(path))
+    for extra in (os.path.dirname(here), here):
+        if extra not in sys.path:
+            sys.path.insert(0, extra)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path}: no get_config(arg) function")
+    return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Separates `--config.a.b=value` (or `--config.a.b value`) from other flags.
+
+    Returns:
+        `(rest, overrides)`: the other arguments in order, and `(dotted key,
+        value text)` pairs in order.
+
+    Raises:
+        ValueError: `--config.x` as the last argument without a value.
+    """
+    rest, overrides = [], []
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        item = argv[i]
+        if item.startswith("--config."):
+            body = item[len("--config."):]
+            if "=" in body:
+                key, value = body.split("=", 1)
+            else:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{item} needs a value (--config.key=value)")
+                key, value = body, argv[i + 1]
+                i += 1
+            overrides.append((key, value))
+        else:
+            rest.append(item)
+        i += 1
+    return rest, overrides
+
+
+def _parse_value(text: str, current: Any) -> Any:
+    """Converts override text to the type of the field's current value."""
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean (true/false), got {text!r}")
+    if isinstance(current, int):
+        return int(text)
+    if isinstance(current, float):
+        return float(text)
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+        return type(current)(value)
+    return value
+
+
+def apply_overrides(config, overrides: Iterable[tuple[str, str]]):
+    """Sets `config.a.b = value` for each `("a.b", "value")`, typed like the field.
+
+    Works on `ml_collections.ConfigDict` (or nested dicts). A key that does not
+    exist is an error (a typo would otherwise train a different experiment).
+
+    Returns:
+        The same `config` object, modified.
+
+    Raises:
+        KeyError: unknown key (names the known keys at that level).
+        ValueError: a value that does not parse as the field's type.
+    """
+    for key, text in overrides:
+        node = config
+        parts = key.split(".")
+        for depth, part in enumerate(parts[:-1]):
+            if part not in node:
+                raise KeyError(f"--config.{key}: no field {'.'.join(parts[:depth + 1])!r}")
+            node = node[part]
+        leaf = parts[-1]
+        if leaf not in node:
+            known = sorted(node.keys()) if hasattr(node, "keys") else []
+            raise KeyError(f"--config.{key}: unknown field {leaf!r}; known here: {known}")
+        try:
+            value = _parse_value(text, node[leaf])
+        except ValueError as e:
+            raise ValueError(f"--config.{key}={text}: {e}") from None
+        if hasattr(node, "unlocked"):
+            with node.unlocked():
+                node[leaf] = value
+        else:
+            node[leaf] = value
+    return config
+
+
+def with_fold(spec: str, fold: int) -> str:
+    """`spec` with its config argument's `fold=` entry set to `fold`.
+
+    `configs/x.py:dataset=dfew,loss=au` -> `configs/x.py:dataset=dfew,loss=au,fold=3`;
+    an existing `fold=` entry is replaced.
+    """
+    if ".py:" in spec:
+        cut = spec.index(".py:") + 3
+        path, arg = spec[:cut], spec[cut + 1:]
+    else:
+        path, arg = spec, ""
+    items = [x for x in arg.split(",") if x and not x.strip().startswith("fold=")]
+    items.append(f"fold={int(fold)}")
+    return f"{path}:{','.join(items)}"
+
+
+def parse_folds(text: str) -> list[int]:
+    """`"1-5"` -> [1, 2, 3, 4, 5]; `"1,3"` -> [1, 3]; `"2"` -> [2].
+
+    Raises:
+        ValueError: an empty list, a fold < 1, a repeated fold or bad syntax.
+    """
+    folds: list[int] = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        try:
+            if "-" in part:
+                lo, hi = (int(x) for x in part.split("-", 1))
+                if hi < lo:
+                    raise ValueError
+                folds.extend(range(lo, hi + 1))
+            else:
+                folds.append(int(part))
+        except ValueError:
+            raise ValueError(f"--folds {text!r}: expected e.g. '1-5' or '1,3,5'") from None
+    if not folds or min(folds) < 1 or len(set(folds)) != len(folds):
+        raise ValueError(f"--folds {text!r}: need distinct folds >= 1")
+    return folds
+
+
+# ---------------------------------------------------------------------------
+# Tables.
+# ---------------------------------------------------------------------------
+
+def fold_record(result: Mapping[str, Any]) -> dict:
+    """The part of a run's result a sweep tabulates.
+
+    Args:
+        result: what `train.train_and_evaluate` returns (and writes to
+            `metrics.json`): `{"last": {"epoch", "uar", "war",
+            "per_class_recall", ...}, "best": {..., "criterion"}, ...}`.
+
+    Returns:
+        `{"last": {...}, "best": {...}}` with `epoch`, `uar`, `war` (%),
+        `per_class_recall` ({name: %}) and for best its `criterion`.
+
+    Raises:
+        ValueError: the result lacks a last or best evaluation (an unfinished
+            or failed run).
+    """
+    out = {}
+    for choice in EPOCH_CHOICES:
+        rec = result.get(choice)
+        if not rec or "uar" not in rec or "war" not in rec:
+            raise ValueError(f"run result has no {choice!r} evaluation with uar/war "
+                             f"(keys: {sorted(result)})")
+        entry = {"epoch": rec.get("epoch"), "uar": float(rec["uar"]),
+                 "war": float(rec["war"])}
+        if rec.get("per_class_recall"):
+            entry["per_class_recall"] = {k: float(v)
+                                         for k, v in rec["per_class_recall"].items()}
+        if choice == "best":
+            entry["criterion"] = rec.get("criterion", result.get("best_metric"))
+        out[choice] = entry
+    return out
+
+
+def _metric_columns(per_fold: Mapping[int, Mapping], choice: str) -> list[str]:
+    """uar, war, then `recall/<class>` when every fold reports that class."""
+    cols = ["uar", "war"]
+    names = None
+    for rec in per_fold.values():
+        pcr = rec[choice].get("per_class_recall")
+        if not pcr:
+            return cols
+        names = list(pcr) if names is None else [n for n in names if n in pcr]
+    return cols + [f"recall/{n}" for n in names or []]
+
+
+def _value(entry: Mapping, col: str) -> float:
+    if col.startswith("recall/"):
+        return float(entry["per_class_recall"][col[len("recall/"):]])
+    return float(entry[col])
+
+
+def sample_std(values: Sequence[float]) -> float:
+    """Sample standard deviation (ddof = 1, divisor n - 1); NaN for n < 2."""
+    x = np.asarray(values, np.float64)
+    return float(np.std(x, ddof=1)) if x.size >= 2 else float("nan")
+
+
+def summarize_folds(per_fold: Mapping[int, Mapping[str, Any]]) -> list[Row]:
+    """Per-fold rows plus mean and sample std, for the last and the best epoch.
+
+    Args:
+        per_fold: `{fold: {"last": {"uar", "war", "epoch"?, "per_class_recall"?},
+            "best": {...}}}` (`fold_record` of each fold; figures in %).
+
+    Returns:
+        Rows (dicts), first all "last" rows then all "best" rows; each has
+        `table` ("last" | "best"), `fold` (the fold number, "mean" or "std"),
+        `epoch` (the epoch a fold's figures come from; None for mean/std), and
+        one key per metric column: `uar`, `war` and `recall/<class>` (when all
+        folds report per-class recall). Per-fold rows are sorted by fold. The
+        mean is the arithmetic mean of the per-fold values (never pooled
+        predictions, datasets.md section 8); "std" is the sample standard
+        deviation (ddof = 1), NaN with one fold.
+
+    Raises:
+        ValueError: `per_fold` is empty or a fold lacks a last/best entry.
+    """
+    if not per_fold:
+        raise ValueError("no fold to summarise")
+    rows: list[Row] = []
+    for choice in EPOCH_CHOICES:
+        for fold, rec in per_fold.items():
+            if choice not in rec:
+                raise ValueError(f"fold {fold} has no {choice!r} figures")
+        cols = _metric_columns(per_fold, choice)
+        values = {c: [] for c in cols}
+        for fold in sorted(per_fold):
+            entry = per_fold[fold][choice]
+            row: Row = {"table": choice, "fold": int(fold), "epoch": entry.get("epoch")}
+            for c in cols:
+                row[c] = _value(entry, c)
+                values[c].append(row[c])
+            rows.append(row)
+        rows.append({"table": choice, "fold": "mean", "epoch": None,
+                     **{c: float(np.mean(values[c])) for c in cols}})
+        rows.append({"table": choice, "fold": "std", "epoch": None,
+                     **{c: sample_std(values[c]) for c in cols}})
+    return rows
+
+
+def _fmt(x: Any) -> str:
+    if x is None:
+        return ""
+    if isinstance(x, float):
+        return "n/a" if math.isnan(x) else f"{x:.2f}"
+    return str(x)
+
+
+def _header(col: str) -> str:
+    return {"uar": "UAR", "war": "WAR"}.get(col, col)
+
+
+def to_markdown(rows: Sequence[Row], per_fold: Mapping[int, Mapping] | None = None,
+                title: str = "") -> str:
+    """Markdown: one table for the last epoch, one for the best epoch.
+
+    Figures in %; the std row is labelled as the sample std (ddof = 1).
+    """
+    out = []
+    if title:
+        out += [f"# {title}", ""]
+    out += ["Figures in %. Mean = mean of the per-fold values (predictions are never "
+            "pooled across folds); std = sample standard deviation across folds "
+            "(ddof=1). Best epoch = chosen on the test split (no validation split "
+            "exists), hence optimistic.", ""]
+    for choice in EPOCH_CHOICES:
+        sub = [r for r in rows if r["table"] == choice]
+        if not sub:
+            continue
+        cols = [k for k in sub[0] if k not in ("table", "fold", "epoch")]
+        if choice == "last":
+            heading = "## Last epoch"
+        else:
+            crit = None
+            if per_fold:
+                crits = {rec["best"].get("criterion") for rec in per_fold.values()}
+                crit = ", ".join(sorted(str(c) for c in crits))
+            heading = "## Best epoch" + (f" (criterion: {crit})" if crit else "")
+        out += [heading, "",
+                "| table | fold | epoch | " + " | ".join(_header(c) for c in cols) + " |",
+                "|---|---|---|" + "---|" * len(cols)]
+        for r in sub:
+            fold = {"mean": "mean", "std": STD_LABEL}.get(r["fold"], r["fold"])
+            out.append(f"| {choice} | {fold} | {_fmt(r['epoch'])} | "
+                       + " | ".join(_fmt(r[c]) for c in cols) + " |")
+        out.append("")
+    return "\n".join(out)
+
+
+def to_csv(rows: Sequence[Row]) -> str:
+    """CSV with columns table, fold, epoch and every metric column (union).
+
+    The std row's `fold` is `std_sample_ddof1`; NaN is written as an empty cell.
+    """
+    cols: list[str] = []
+    for r in rows:
+        for k in r:
+            if k not in cols:
+                cols.append(k)
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(cols)
+    for r in rows:
+        line = []
+        for c in cols:
+            v = r.get(c)
+            if c == "fold" and v == "std":
+                v = "std_sample_ddof1"
+            if isinstance(v, float):
+                v = "" if math.isnan(v) else repr(round(v, 6))
+            line.append("" if v is None else v)
+        writer.writerow(line)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------
+# Running.
+# ---------------------------------------------------------------------------
+
+def fold_dir(workdir: str, fold: int) -> str:
+    """`WORKDIR/fold_<k>`."""
+    return os.path.join(workdir, f"fold_{int(fold)}")
+
+
+def finished_result(directory: str) -> dict | None:
+    """The run result in `directory/metrics.json` if the run finished, else None.
+
+    A run writes `metrics.json` only after its last epoch (`train.py`); a
+    stopped or crashed run has none (or one without a last evaluation).
+    """
+    path = os.path.join(directory, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        try:
+            result = json.load(f)
+        except json.JSONDecodeError:
+            return None
+    if not (result.get("last") and result.get("best")):
+        return None
+    return result
+
+
+Runner = Callable[[Any, str], Mapping[str, Any]]
+
+
+def run_sweep(make_config: Callable[[int], Any], folds: Sequence[int], workdir: str, *,
+              runner: Runner | None = None, log: Callable[[str], None] = print,
+              title: str = "") -> tuple[dict[int, dict], list[Row]]:
+    """Runs the folds in sequence (skipping finished ones) and writes the tables.
+
+    Args:
+        make_config: fold -> the config of that fold.
+        folds: fold numbers, run in this order.
+        workdir: sweep directory; fold k runs in `workdir/fold_k`.
+        runner: `(config, fold_workdir) -> result` (default
+            `train.train_and_evaluate`); tests pass a fake.
+        log: progress messages.
+        title: heading of `results.md`.
+
+    Returns:
+        `(per_fold, rows)`: `fold_record` of each fold and `summarize_folds` rows.
+        Also writes `results.md`, `results.csv`, `results.json` in `workdir`.
+
+    Raises:
+        RuntimeError: a fold's run returned without finishing (e.g. stopped
+            early); the sweep stops there, the finished folds stay on disk.
+    """
+    if runner is None:
+        from audfer_jax import train
+        runner = train.train_and_evaluate
+    os.makedirs(workdir, exist_ok=True)
+    per_fold: dict[int, dict] = {}
+    for fold in folds:
+        directory = fold_dir(workdir, fold)
+        result = finished_result(directory)
+        if result is not None:
+            log(f"fold {fold}: finished earlier, read {os.path.join(directory, 'metrics.json')}")
+        else:
+            log(f"fold {fold}: training in {directory}")
+            result = dict(runner(make_config(fold), directory))
+            if not (result.get("last") and result.get("best")):
+                raise RuntimeError(f"fold {fold} in {directory} did not finish (result keys "
+                                   f"{sorted(result)}); run the sweep again to resume it")
+        per_fold[fold] = fold_record(result)
+        rec = per_fold[fold]
+        log(f"fold {fold}: last UAR {rec['last']['uar']:.2f} WAR {rec['last']['war']:.2f} | "
+            f"best UAR {rec['best']['uar']:.2f} WAR {rec['best']['war']:.2f} "
+            f"(epoch {rec['best']['epoch']})")
+    rows = summarize_folds(per_fold)
+    with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
+        f.write(to_markdown(rows, per_fold, title))
+    with open(os.path.join(workdir, "results.csv"), "w", encoding="utf-8", newline="") as f:
+        f.write(to_csv(rows))
+    with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
+        json.dump({"std": "sample (ddof=1)", "per_fold": {str(k): v for k, v in per_fold.items()},
+                   "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                             for k, v in r.items()} for r in rows]}, f, indent=2)
+    return per_fold, rows
+
+
+def main(argv: list[str]) -> int:
+    """`audfer-jax sweep --config FILE.py:ARGS --folds 1-5 --workdir DIR [--config.x=y]`."""
+    rest, overrides = split_config_overrides(argv)
+    parser = argparse.ArgumentParser(
+            prog="audfer-jax sweep",
+            description="Train folds in sequence (resuming finished ones) and write "
+                        "per-fold UAR/WAR with mean and sample std (ddof=1), last and "
+                        "best epoch, to WORKDIR/results.{md,csv,json}.")
+    parser.add_argument("--config", required=True,
+                        help="configs/<backbone>.py:dataset=...,loss=... (fold is set per fold)")
+    parser.add_argument("--folds", default="1-5", help="e.g. 1-5 or 1,3 (default 1-5)")
+    parser.add_argument("--workdir", required=True, help="sweep directory (fold_k inside)")
+    parser.epilog = "--config.key=value overrides apply to every fold's config."
+    args = parser.parse_args(rest)
+    for key, _ in overrides:
+        if key in ("data.fold", "fold"):
+            parser.error("the fold is set by --folds, not by --config.data.fold")
+    try:
+        folds = parse_folds(args.folds)
+        # Fail before the first fold trains if the config or an override is bad.
+        apply_overrides(load_config_file(with_fold(args.config, folds[0])), overrides)
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"audfer-jax sweep: {e}", file=sys.stderr)
+        return 2
+
+    def make_config(fold: int):
+        return apply_overrides(load_config_file(with_fold(args.config, fold)), overrides)
+
+    _, rows = run_sweep(make_config, folds, os.path.abspath(args.workdir),
+                        title=f"{args.config} (folds {args.folds})")
+    print(to_markdown(rows))
+    print(f"wrote {os.path.join(args.workdir, 'results.md')}, results.csv, results.json")
+    return 0

@@ -1,0 +1,119 @@
+"""Defaults shared by every experiment config (big_vision-style `get_config(arg)`).
+
+A backbone config (`configs/former_dfer.py`, `m3dfel.py`, `mae_dfer.py`,
+`demo.py`) starts from `base_config()` and sets its paper's recipe
+(backbones.md "Recipe" paragraphs). Variants are chosen on the command line:
+
+    audfer-jax train --config configs/m3dfel.py:dataset=ferv39k,loss=au_distinct \
+        --workdir runs/m3dfel_ferv39k --config.batch_size=64
+
+`arg` is a comma-separated list of `key=value` (`dataset`, `fold`, `loss`,
+`prior`, `model`) parsed by `parse_arg`.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+DATASETS = ("dfew", "ferv39k", "mafw", "demo")
+LOSSES = ("ce", "au", "au_none", "au_distinct", "au_minor", "au_from_data")
+# Official fold counts: DFEW and MAFW have 5 folds, FERV39k one split (datasets.md).
+NUM_FOLDS = {"dfew": 5, "mafw": 5, "ferv39k": 1, "demo": 1}
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+    """Parses `"dataset=dfew,fold=2,loss=au"` over `defaults`.
+
+    Values are converted to the type of the default (int, float, bool, str).
+
+    Raises:
+        ValueError: an entry without '=' or a key not in `defaults`.
+    """
+    out = dict(defaults)
+    for item in filter(None, (arg or "").split(",")):
+        if "=" not in item:
+            raise ValueError(f"config argument {item!r} is not key=value (in {arg!r})")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if key not in out:
+            raise ValueError(f"unknown config argument {key!r}; known: {sorted(out)}")
+        kind = type(out[key])
+        if kind is bool:
+            out[key] = value.lower() in ("1", "true", "yes")
+        elif kind in (int, float):
+            out[key] = kind(value)
+        else:
+            out[key] = value
+    return ml_collections.ConfigDict(out)
+
+
+def check_variant(dataset: str, fold: int, loss: str) -> None:
+    """Raises ValueError for an unknown dataset or loss, or a fold out of range."""
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+    if not 1 <= fold <= NUM_FOLDS[dataset]:
+        raise ValueError(f"{dataset} has folds 1..{NUM_FOLDS[dataset]}, got fold={fold}")
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every field the trainer reads, with neutral defaults."""
+    c = ml_collections.ConfigDict()
+    c.model = "former_dfer"
+    c.model_overrides = ml_collections.ConfigDict()
+    # Passed onto `audfer_jax.data.pipeline.default_data_config()`.
+    c.data = ml_collections.ConfigDict(dict(dataset="dfew", fold=1, data_dir="data/prepared"))
+    c.seed = 0
+    c.batch_size = 32             # global, over all devices and processes
+    c.eval_batch_size = 0         # 0 = batch_size
+    c.num_epochs = 100
+
+    c.optim = ml_collections.ConfigDict(dict(
+            optimizer="sgd", lr=0.01, min_lr=0.0, lr_batch_base=0, momentum=0.9,
+            nesterov=False, b1=0.9, b2=0.999, eps=1e-8, weight_decay=1e-4,
+            decay_rule="all", layer_decay=0.0, grad_clip_norm=0.0, schedule="step",
+            step_epochs=40, gamma=0.1, warmup_epochs=0.0, warmup_lr_init=0.0))
+
+    # AU-DFER loss (au_dfer_method.md section 2): L = (1 - lam) CE + lam L_AU.
+    c.loss = "au"
+    c.au = ml_collections.ConfigDict(dict(
+            lam=0.25, scale=5.0, prior="dataset", prior_rescale="reference",
+            per_class=False, minor_classes=("surprise", "disgust", "fear")))
+    c.label_smoothing = 0.0
+    c.mixup = ml_collections.ConfigDict(dict(
+            enabled=False, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5, prob=1.0,
+            label_smoothing=0.1))
+
+    c.strategy = "jit"            # or 'pmap' (explicit collectives)
+    c.eval_every_epochs = 1
+    c.best_metric = "war+uar"     # datasets.md section 8; or uar, war, au_f1_mean
+    c.checkpoint_every_steps = 0  # 0 = epoch ends only
+    c.keep_checkpoints = 2
+    c.async_checkpoints = True
+    c.log_every_steps = 50
+    c.progress_bar = True
+    c.init_from = ""              # a variables checkpoint from `audfer-jax convert`
+    c.stop_after_steps = 0        # testing: stop (as if killed) after this step
+
+    c.multihost = False           # call jax.distributed.initialize()
+    c.coordinator_address = ""
+    c.num_processes = 0
+    c.process_id = -1
+    return c
+
+
+def apply_variant(c: ml_collections.ConfigDict, dataset: str, fold: int, loss: str
+                  ) -> ml_collections.ConfigDict:
+    """Sets dataset, fold and loss; MAFW (no published prior) estimates its prior."""
+    check_variant(dataset, fold, loss)
+    c.data.dataset = dataset
+    c.data.fold = fold
+    c.loss = loss
+    if dataset == "mafw":
+        # No published AU-expression matrix or pos_weight (au_dfer_method.md section 4).
+        c.au.prior = "from_data"
+        if loss in ("au", "au_distinct", "au_minor"):
+            c.loss = "au_from_data"
+            c.au.per_class = loss != "au"
+    return c

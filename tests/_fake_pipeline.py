@@ -1,0 +1,85 @@
+"""An in-memory stand-in for `audfer_jax.data.pipeline`, for trainer tests only.
+
+Same functions and batch layout as the real pipeline (layout.md): train
+batches `clips [B, T, H, W, 3] uint8`, `labels [B] int32`, `au_targets [B, 18]
+float32`, `au_mask [B]`, `mask [B]`, `index [B] int32`, the global batch split
+evenly over processes; eval batches padded with `mask` 0. The order of an epoch
+depends only on (seed, epoch), so a resumed run sees the same batches.
+Clips carry a class-dependent brightness so that a model can learn something.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+DataInfo = collections.namedtuple("DataInfo", "num_train num_test class_names train_class_counts")
+CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
+
+
+def default_data_config() -> dict:
+    return dict(dataset="demo", num_train=16, num_test=10, num_frames=8, image_size=32,
+                views=1, seed=0)
+
+
+def _clip(cfg, split, i):
+    rng = np.random.default_rng([cfg["seed"], 0 if split == "train" else 1, i])
+    label = i % len(CLASSES)
+    base = 30 * label
+    clip = rng.integers(0, 60, size=(cfg["num_frames"], cfg["image_size"], cfg["image_size"], 3))
+    au = (rng.random(18) < 0.3).astype(np.float32)
+    au_mask = np.float32(i % 5 != 4)        # some clips without AU labels
+    return (clip + base).astype(np.uint8), np.int32(label), au, au_mask
+
+
+def _stack(items, index, mask):
+    clips, labels, au, au_mask = zip(*items)
+    return {"clips": np.stack(clips), "labels": np.asarray(labels, np.int32),
+            "au_targets": np.stack(au).astype(np.float32),
+            "au_mask": np.asarray(au_mask, np.float32), "mask": np.asarray(mask, np.float32),
+            "index": np.asarray(index, np.int32)}
+
+
+def dataset_info(cfg) -> DataInfo:
+    counts = np.bincount(np.arange(cfg["num_train"]) % len(CLASSES), minlength=len(CLASSES))
+    return DataInfo(cfg["num_train"], cfg["num_test"], CLASSES, counts)
+
+
+def train_au_statistics(cfg):
+    items = [_clip(cfg, "train", i) for i in range(cfg["num_train"])]
+    return (np.stack([x[2] for x in items]), np.asarray([x[3] for x in items]),
+            np.asarray([x[1] for x in items]))
+
+
+def create_train_dataset(cfg, *, global_batch_size, seed, epoch, start_batch=0,
+                         process_index=None, process_count=None):
+    pi = process_index or 0
+    pc = process_count or 1
+    order = np.random.default_rng([seed, epoch]).permutation(cfg["num_train"])
+    steps = cfg["num_train"] // global_batch_size
+    local = global_batch_size // pc
+    for b in range(start_batch, steps):
+        ids = order[b * global_batch_size:(b + 1) * global_batch_size][pi * local:(pi + 1) * local]
+        yield _stack([_clip(cfg, "train", i) for i in ids], ids, np.ones(len(ids)))
+
+
+def create_eval_dataset(cfg, *, global_batch_size, process_index=None, process_count=None):
+    pi = process_index or 0
+    pc = process_count or 1
+    n = cfg["num_test"]
+    steps = -(-n // global_batch_size)
+    local = global_batch_size // pc
+
+    def gen():
+        for b in range(steps):
+            ids = np.arange(b * global_batch_size, (b + 1) * global_batch_size)
+            ids = ids[pi * local:(pi + 1) * local]
+            valid = ids < n
+            items = [_clip(cfg, "test", int(i) if v else 0) for i, v in zip(ids, valid)]
+            batch = _stack(items, np.where(valid, ids, -1), valid)
+            if cfg["views"] > 1:
+                batch["clips"] = np.stack([batch["clips"]] * cfg["views"], axis=1)
+            yield batch
+
+    return gen(), steps
