@@ -506,7 +506,7 @@ def _device_batch(local: Mapping[str, np.ndarray]) -> dict:
 class _Setup:
     """What training and evaluation share: mesh, data, model, state, steps."""
 
-    def __init__(self, config, workdir, data, *, for_training: bool):
+    def __init__(self, config, workdir, data, *, for_training: bool, model=None):
         self.config = config
         self.data = data
         self.mesh = parallel.make_mesh()
@@ -515,7 +515,7 @@ class _Setup:
         self.class_names = list(self.info.class_names)
         self.num_classes = len(self.class_names)
         self.dataset = str(config.data.get("dataset", "dfew"))
-        self.model = build_model(config, self.num_classes)
+        self.model = build_model(config, self.num_classes) if model is None else model
         self.input_shape = model_input_shape(self.model, config.model)
         self.global_batch = int(config.batch_size)
         parallel.local_batch_size(self.global_batch, self.mesh)
@@ -586,7 +586,7 @@ def _write_eval(writer, step: int, summary: dict, prefix: str) -> None:
 # ---------------------------------------------------------------------------
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       data=None) -> dict:
+                       data=None, model=None) -> dict:
     """Trains `config` in `workdir`, resuming from its newest checkpoint.
 
     Args:
@@ -594,6 +594,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         workdir: run directory (created).
         data: the input-pipeline module (default `audfer_jax.data.pipeline`);
             tests pass an in-memory stand-in with the same functions.
+        model: a Flax module to train instead of `config.model` (tests,
+            benchmarks); it must take `num_classes` from the dataset.
 
     Returns:
         `{"class_names", "steps", "best_metric", "last": {epoch, step, uar,
@@ -616,11 +618,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     if jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
     with jax.set_mesh(parallel.make_mesh()):
-        return _train(config, workdir, data)
+        return _train(config, workdir, data, model)
 
 
-def _train(config, workdir, data) -> dict:
-    setup = _Setup(config, workdir, data, for_training=True)
+def _train(config, workdir, data, model) -> dict:
+    setup = _Setup(config, workdir, data, for_training=True, model=model)
     mesh, spe = setup.mesh, setup.steps_per_epoch
     process0 = jax.process_index() == 0
     save_config(config, workdir)
@@ -814,7 +816,7 @@ def _flatten_config(d: Mapping, prefix: str = "") -> dict:
 
 
 def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir_or_checkpoint: str, *,
-                        best: bool = False, data=None) -> dict:
+                        best: bool = False, data=None, model=None) -> dict:
     """Evaluates a saved train state on the config's test split.
 
     Args:
@@ -825,6 +827,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir_or_checkpoint
             `.../checkpoints/<step>` written by `TrainCheckpointer`.
         best: pick the best checkpoint of a workdir.
         data: the input-pipeline module (default `audfer_jax.data.pipeline`).
+        model: a Flax module instead of `config.model` (tests).
 
     Returns:
         `metrics.summarize` figures plus `loss`, `step` and `checkpoint`.
@@ -837,7 +840,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir_or_checkpoint
         from audfer_jax.data import pipeline as data
     path = os.path.abspath(workdir_or_checkpoint)
     with jax.set_mesh(parallel.make_mesh()):
-        setup = _Setup(config, path, data, for_training=False)
+        setup = _Setup(config, path, data, for_training=False, model=model)
         if os.path.isdir(os.path.join(path, "checkpoints")) or os.path.isdir(
                 os.path.join(path, "best")):
             ckpt = ckpt_lib.TrainCheckpointer(path)

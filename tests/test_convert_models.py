@@ -477,7 +477,8 @@ def test_tiny_round_trip(name):
 # ------------------------------------------------------------------ loading
 
 
-def test_load_former_dfer_style_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("zipfile", [True, False])   # torch >= 1.6 format; legacy
+def test_load_former_dfer_style_checkpoint(tmp_path, monkeypatch, zipfile):
     """`__main__.RecorderMeter` with NumPy arrays, a scalar tensor `best_acc`, and
     an optimizer dict: plain `weights_only=True` refuses it, ours reads the weights."""
     torch = pytest.importorskip("torch")
@@ -492,7 +493,7 @@ def test_load_former_dfer_style_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "fold1-model_best.pth"
     torch.save({"epoch": 12, "state_dict": weights, "best_acc": torch.tensor(65.2),
                 "optimizer": {"state": {}, "param_groups": [{"lr": 0.01}]},
-                "recorder": RecorderMeter()}, path)
+                "recorder": RecorderMeter()}, path, _use_new_zipfile_serialization=zipfile)
     monkeypatch.delattr(sys.modules["__main__"], "RecorderMeter")
     with pytest.raises(Exception):
         torch.load(path, weights_only=True)
@@ -567,8 +568,7 @@ def test_cli_converts_and_saves(tmp_path, monkeypatch, capsys):
     sd, template = _tiny_state_dict("former_dfer_tiny", seed=1)
     path = tmp_path / "tiny-model_best.pth"
     torch.save({"epoch": 1, "state_dict": {"module." + k: torch.from_numpy(np.ascontiguousarray(v))
-                                           for k, v in sd.items() if not k.startswith("AU_fc")}},
-               path)
+                                           for k, v in sd.items()}}, path)
     saved = {}
 
     def fake_save(directory, variables, metadata):
@@ -581,7 +581,8 @@ def test_cli_converts_and_saves(tmp_path, monkeypatch, capsys):
                        "--out", str(out), "--num_classes", "7"])
     assert rc == 0
     printed = capsys.readouterr().out
-    assert "fresh params/AU_fc (2 leaves): no AU head" in printed
+    assert "0 leaves fresh, 0 errors" in printed
+    assert saved["directory"] == str(out)
     meta = saved["metadata"]
     assert meta["model"] == "former_dfer_tiny" and meta["num_classes"] == 7
     assert meta["source_file"] == str(path) and meta["source"] == "former_dfer"
@@ -589,15 +590,30 @@ def test_cli_converts_and_saves(tmp_path, monkeypatch, capsys):
     json.dumps(meta)
     params = saved["variables"]["params"]
     np.testing.assert_array_equal(params["fc"]["kernel"], sd["fc.weight"].T)
-    # The fresh AU head holds a real initialisation, not an abstract shape.
-    assert isinstance(params["AU_fc"]["kernel"], np.ndarray)
-    assert params["AU_fc"]["kernel"].shape == template["params"]["AU_fc"]["kernel"].shape
-    assert np.std(params["AU_fc"]["kernel"]) > 0
+    np.testing.assert_array_equal(params["AU_fc"]["bias"], sd["AU_fc.bias"])
     # A 6-class model with --strict fails and names the head.
     rc = convert.main(["--model", "former_dfer_tiny", "--checkpoint", str(path),
                        "--out", str(tmp_path / "out2"), "--num_classes", "6", "--strict"])
     assert rc == 1
     assert "fc.weight" in capsys.readouterr().err
+    assert convert.main(["--model", "former_dfer_tiny", "--checkpoint",
+                         str(tmp_path / "absent.pth"), "--out", str(tmp_path / "o3")]) == 1
+
+
+def test_fill_fresh_uses_the_initialiser_for_abstract_leaves_only():
+    import flax.linen as nn
+
+    model = nn.Dense(3)
+    x = jnp.zeros((1, 4))
+    template = jax.eval_shape(model.init, jax.random.key(0), x)
+    loaded = {"params": {"kernel": np.full((4, 3), 2.0, np.float32),
+                         "bias": template["params"]["bias"]}}
+    filled = convert.fill_fresh(loaded, lambda: {"params": {"kernel": np.zeros((4, 3)),
+                                                            "bias": np.arange(3.0)}})
+    np.testing.assert_array_equal(filled["params"]["kernel"], 2.0)
+    np.testing.assert_array_equal(filled["params"]["bias"], [0.0, 1.0, 2.0])
+    with pytest.raises(ValueError, match="bias"):
+        convert.fill_fresh(loaded, lambda: {"params": {}})
 
 
 def test_cli_writes_orbax_checkpoint(tmp_path):

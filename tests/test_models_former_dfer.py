@@ -18,9 +18,8 @@ from flax.traverse_util import flatten_dict
 
 from audfer_jax.models import former_dfer, layers
 from audfer_jax.models.base import ModelOutput
-
-def _count(tree) -> int:
-    return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+from model_testing import count as _count
+from model_testing import numpy_variables
 
 
 def _abstract_variables(model, clips_shape):
@@ -37,9 +36,7 @@ def _tiny_clips(batch: int = 2, seed: int = 0) -> jnp.ndarray:
 @pytest.fixture(scope="module")
 def tiny():
     model = former_dfer.former_dfer_tiny(num_classes=7)
-    variables = jax.jit(lambda c: model.init({"params": jax.random.key(1)}, c, train=False))(
-        _tiny_clips())
-    return model, variables
+    return model, numpy_variables(model, _tiny_clips(), train=False, seed=1)
 
 
 def test_full_parameter_counts_match_the_original():
@@ -47,8 +44,12 @@ def test_full_parameter_counts_match_the_original():
     variables = _abstract_variables(former_dfer.former_dfer(num_classes=7), (1, 16, 112, 112, 3))
     params = variables["params"]
     by_module = {k: _count(v) for k, v in params.items()}
-    assert by_module == {"s_former": 11_715_392, "t_former": 6_312_960, "fc": 3_591,
-                         "AU_fc": 512 * 18 + 18}
+    assert by_module == {
+        "s_former": 11_715_392,
+        "t_former": 6_312_960,
+        "fc": 3_591,
+        "AU_fc": 512 * 18 + 18
+    }
     assert _count(params) - by_module["AU_fc"] == 18_031_943
     # Running statistics: one mean and one var per BatchNorm channel.
     n_bn_channels = 64 + 4 * 64 + 4 * 128 + 128 + 4 * 256 + 256 + 4 * 512 + 512
@@ -59,7 +60,8 @@ def test_full_parameter_shapes_match_the_state_dict():
     # Every PyTorch parameter has a Flax leaf with the same number of elements;
     # spot-check the layouts of backbones.md section 4.
     params = flatten_dict(_abstract_variables(former_dfer.former_dfer(),
-                                              (1, 16, 112, 112, 3))["params"], sep="/")
+                                              (1, 16, 112, 112, 3))["params"],
+                          sep="/")
     shapes = {k: tuple(v.shape) for k, v in params.items()}
     assert shapes["s_former/pos_embedding"] == (1, 49, 256)
     assert shapes["s_former/conv1/kernel"] == (7, 7, 3, 64)
@@ -81,17 +83,18 @@ def test_full_output_and_intermediate_shapes():
     variables = _abstract_variables(model, (1, 16, 112, 112, 3))
 
     def run(v, c):
-        return model.apply(v, c, train=False, capture_intermediates=True,
-                           mutable=["intermediates"])
+        return model.apply(v, c, train=False, capture_intermediates=True, mutable=["intermediates"])
 
     out, state = jax.eval_shape(run, variables, jax.ShapeDtypeStruct((2, 16, 112, 112, 3),
-                                                                    jnp.uint8))
+                                                                     jnp.uint8))
     assert isinstance(out, ModelOutput)
     assert out.logits.shape == (2, 7) and out.logits.dtype == jnp.float32
     assert out.au_logits.shape == (2, 18) and out.au_logits.dtype == jnp.float32
     assert out.features.shape == (2, 512)
-    inter = {k[:-1]: getattr(v[0], "shape", None)
-             for k, v in flatten_dict(state["intermediates"]).items()}
+    inter = {
+        k[:-1]: getattr(v[0], "shape", None)
+        for k, v in flatten_dict(state["intermediates"]).items()
+    }
     # former_dfer.json intermediate_shapes, batch 2 -> 32 frames, NCHW -> NHWC.
     assert inter[("s_former", "conv1")] == (32, 56, 56, 64)
     assert inter[("s_former", "layer1_1")] == (32, 28, 28, 64)
@@ -112,8 +115,8 @@ def test_bfloat16_keeps_float32_params_and_outputs():
                          jax.ShapeDtypeStruct((2, 8, 32, 32, 3), jnp.uint8))
     assert out.logits.dtype == jnp.float32 and out.au_logits.dtype == jnp.float32
     inter = jax.eval_shape(
-        lambda v, c: model.apply(v, c, train=False, capture_intermediates=True,
-                                 mutable=["intermediates"])[1], variables,
+        lambda v, c: model.apply(
+            v, c, train=False, capture_intermediates=True, mutable=["intermediates"])[1], variables,
         jax.ShapeDtypeStruct((2, 8, 32, 32, 3), jnp.uint8))
     assert inter["intermediates"]["s_former"]["conv1"]["__call__"][0].dtype == jnp.bfloat16
 
@@ -150,12 +153,19 @@ def test_tiny_train_step_updates_params_and_batch_stats(tiny):
 
     @jax.jit
     def step(params, stats, opt_state):
+
         def loss_fn(p):
-            out, new = model.apply({"params": p, "batch_stats": stats}, clips, train=True,
+            out, new = model.apply({
+                "params": p,
+                "batch_stats": stats
+            },
+                                   clips,
+                                   train=True,
                                    mutable=["batch_stats"])
             loss = optax.softmax_cross_entropy_with_integer_labels(out.logits, labels).mean()
             loss += optax.sigmoid_binary_cross_entropy(out.au_logits, 0.5).mean()
             return loss, new["batch_stats"]
+
         (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), new_stats, opt_state, loss, grads
@@ -165,8 +175,8 @@ def test_tiny_train_step_updates_params_and_batch_stats(tiny):
     # Every parameter receives a gradient (backbones.md: backward reaches all).
     zero = [k for k, g in flatten_dict(grads, sep="/").items() if not np.any(np.asarray(g))]
     assert zero == []
-    assert not np.allclose(np.asarray(new_params["fc"]["kernel"]),
-                           np.asarray(params["fc"]["kernel"]))
+    assert not np.allclose(np.asarray(new_params["fc"]["kernel"]), np.asarray(
+        params["fc"]["kernel"]))
     # Train mode updates the running statistics with momentum 0.1 (PyTorch).
     old_mean = np.asarray(stats["s_former"]["bn1"]["mean"])
     new_mean = np.asarray(new_stats["s_former"]["bn1"]["mean"])
@@ -194,9 +204,10 @@ def test_attention_packed_qkv_is_head_major():
     attn = layers.Attention(heads=4, dim_head=6)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((2, 5, 12)).astype(np.float32)
-    params = attn.init(jax.random.key(0), jnp.asarray(x))["params"]
+    params = numpy_variables(attn, jnp.asarray(x))["params"]
     got = np.asarray(attn.apply({"params": params}, jnp.asarray(x)))
-    core = _np_attention(x.astype(np.float64), np.asarray(params["to_qkv"]["kernel"], np.float64),
+    core = _np_attention(x.astype(np.float64),
+                         np.asarray(params["to_qkv"]["kernel"], np.float64),
                          heads=4)
     want = core @ np.asarray(params["to_out"]["kernel"]) + np.asarray(params["to_out"]["bias"])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
@@ -206,16 +217,16 @@ def test_transformer_layer_is_pre_norm_with_tanh_gelu():
     layer = layers.TransformerLayer(heads=2, dim_head=4, mlp_dim=16)
     rng = np.random.default_rng(1)
     x = rng.standard_normal((3, 4, 8)).astype(np.float32)
-    params = layer.init(jax.random.key(0), jnp.asarray(x))["params"]
+    params = numpy_variables(layer, jnp.asarray(x))["params"]
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
 
     def ln(y, s):
         mu = y.mean(-1, keepdims=True)
-        var = ((y - mu) ** 2).mean(-1, keepdims=True)
+        var = ((y - mu)**2).mean(-1, keepdims=True)
         return (y - mu) / np.sqrt(var + 1e-5) * s["scale"] + s["bias"]
 
     def gelu_tanh(y):
-        return 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y ** 3)))
+        return 0.5 * y * (1 + np.tanh(np.sqrt(2 / np.pi) * (y + 0.044715 * y**3)))
 
     y = x.astype(np.float64)
     a = _np_attention(ln(y, p["attn_norm"]), p["attn"]["to_qkv"]["kernel"], heads=2)
@@ -232,7 +243,7 @@ def test_basic_block_2d_pads_like_pytorch():
     block = layers.BasicBlock(8, (2, 2))
     rng = np.random.default_rng(2)
     x = rng.standard_normal((2, 10, 10, 4)).astype(np.float32)
-    variables = block.init(jax.random.key(0), jnp.asarray(x), train=False)
+    variables = numpy_variables(block, jnp.asarray(x), train=False)
     p = variables["params"]
     got = np.asarray(block.apply(variables, jnp.asarray(x), train=False))
 

@@ -99,10 +99,24 @@ def crop_box(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor, *,
 def resize(frames: tf.Tensor, size: int) -> tf.Tensor:
     """Bilinear resize of `[T, H, W, 3]` to `[T, size, size, 3] float32` in [0, 255].
 
-    Antialiased, like PIL's bilinear resize the references use when shrinking.
+    Antialiased when shrinking, like PIL's bilinear resize the references use
+    (the antialiased kernel is about 3x slower, and equals plain bilinear when
+    enlarging); frames already at the size are passed through.
     """
-    return tf.image.resize(tf.cast(frames, tf.float32), [size, size],
-                           method="bilinear", antialias=True)
+    x = tf.cast(frames, tf.float32)
+    h, w = tf.shape(x)[1], tf.shape(x)[2]
+
+    def shrink():
+        return tf.image.resize(x, [size, size], method="bilinear", antialias=True)
+
+    def enlarge():
+        return tf.image.resize(x, [size, size], method="bilinear")
+
+    def keep():
+        return tf.ensure_shape(x, [None, size, size, None])
+
+    return tf.cond((h == size) & (w == size), keep,
+                   lambda: tf.cond((h > size) | (w > size), shrink, enlarge))
 
 
 def to_uint8(x: tf.Tensor) -> tf.Tensor:

@@ -242,6 +242,8 @@ class _Canvas:
 
     def paint(self, win, alpha: np.ndarray, color) -> None:
         """Blends `color` ([3] or [T, 3], 0-255) with coverage `alpha` [T, h, w]."""
+        if win[0].start >= win[0].stop or win[1].start >= win[1].stop:
+            return
         col = np.asarray(color, np.float32)
         for c in range(3):
             sub = self.img[c, :, win[0], win[1]]
@@ -251,6 +253,11 @@ class _Canvas:
     def frames(self) -> np.ndarray:
         """`[T, S, S, 3] float32` RGB frames."""
         return np.moveaxis(self.img, 0, -1)
+
+
+def _active(weight: np.ndarray) -> bool:
+    """Whether an AU-driven detail is visible in any frame (else it is skipped)."""
+    return float(np.max(weight)) > 0.02
 
 
 def _cover(d_px: np.ndarray, soft: float = 1.0) -> np.ndarray:
@@ -306,7 +313,7 @@ def _identity(rng: np.random.Generator) -> dict:
         "brow_gap": rng.uniform(0.16, 0.23), "brow_r": rng.uniform(0.025, 0.045),
         "ny": rng.uniform(0.2, 0.32), "nw": rng.uniform(0.09, 0.14),
         "my": rng.uniform(0.52, 0.64), "mw": rng.uniform(0.26, 0.36),
-        "ul": rng.uniform(0.03, 0.05), "ll": rng.uniform(0.04, 0.065),
+        "ul": rng.uniform(0.035, 0.055), "ll": rng.uniform(0.045, 0.07),
         "light": rng.uniform(-0.2, 0.2), "gaze": rng.uniform(-0.025, 0.025, 2),
     }
 
@@ -321,7 +328,8 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
         image_size: frame side S in pixels.
 
     Returns:
-        `[T, S, S, 3] float32` RGB frames, values 0-255 (before sensor noise).
+        `[T, S, S, 3] float32` RGB frames, values 0-255, before head roll and
+        sensor noise; and the pose `(cx, cy, degrees)` for `_roll`.
     """
     T = intensities.shape[0]
     a = {name: intensities[:, i] / 5.0 for i, name in enumerate(RENDER_AUS)}
@@ -374,7 +382,7 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
     ex, ey, ew = idn["ex"], idn["ey"], idn["ew"]
     # Forehead wrinkles (AU1/AU2).
     wr = np.maximum(a["AU01"], a["AU02"])
-    for k in range(2):
+    for k in range(2 if _active(wr) else 0):
         yy = ey - idn["brow_gap"] - 0.12 - 0.07 * k
         win, al = _capsule(cv, fx - 0.3, yy + np.zeros(T), fx + 0.3, yy + np.zeros(T), 0.01)
         cv.paint(win, al * _b(0.7 * wr), dark)
@@ -389,7 +397,7 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
         for p0, p1 in (((ix, iy), (mx, my)), ((mx, my), (ox, oy))):
             cv.paint(*_capsule(cv, *p0, *p1, idn["brow_r"]), idn["brow"])
     # Glabella furrows (AU4).
-    for s in (-1, 1):
+    for s in (-1, 1) if _active(a["AU04"]) else ():
         win, al = _capsule(cv, fx + s * 0.045, by + 0.02 + np.zeros(T), fx + s * 0.035,
                            by + 0.12 + np.zeros(T), 0.009)
         cv.paint(win, al * _b(0.8 * a["AU04"]), dark)
@@ -414,7 +422,7 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
         cv.paint(win, sclera * _cover((r - 0.06) * p), idn["iris"])
         cv.paint(win, sclera * _cover((r - 0.025) * p), (12, 10, 10))
         # Crow's feet (AU6).
-        for k in (-1, 1):
+        for k in (-1, 1) if _active(a["AU06"]) else ():
             x0 = exc + s * (ew + 0.04)
             win, al = _capsule(cv, x0, eyc + 0.01 * k, x0 + s * 0.08, eyc + 0.045 * k, 0.008)
             cv.paint(win, al * _b(0.7 * a["AU06"]), dark)
@@ -429,14 +437,14 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
     for s in (-1, 1):
         cv.paint(*_ellipse(cv, nx + s * nw * 0.55, ny + 0.025 - lift,
                            0.032 * (1 + 0.5 * a["AU10"]), 0.017 + z), (55, 35, 35))
-    for k in range(3):
+    for k in range(3 if _active(a["AU09"]) else 0):
         yy = ey + 0.09 + 0.04 * k + z
         win, al = _capsule(cv, nx * 0.8 - 0.06, yy, nx * 0.8 + 0.06, yy, 0.008)
         cv.paint(win, al * _b(0.85 * a["AU09"]), dark * 0.9)
     # Mouth.
     cw = idn["mw"] * (1 + 0.15 * a["AU12"] + 0.25 * a["AU20"] - 0.12 * a["AU23"]
                       - 0.05 * a["AU14"])
-    mcy = idn["my"] + jaw * 0.4 - 0.1 * a["AU12"] + 0.09 * a["AU15"] + 0.02 * a["AU20"]
+    mcy = idn["my"] + jaw * 0.4 - 0.16 * a["AU12"] + 0.12 * a["AU15"] + 0.02 * a["AU20"]
     opening = 0.035 * a["AU25"] + 0.17 * a["AU26"] + 0.02 * a["AU16"]
     yum = idn["my"] + jaw * 0.2 - 0.06 * a["AU10"] - 0.02 * a["AU09"]
     ylm = idn["my"] + jaw * 0.2 + opening + 0.05 * a["AU16"] - 0.03 * a["AU17"]
@@ -447,8 +455,9 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
         win, al = _capsule(cv, nx + s * nw * 1.05 + z, ny + 0.03 + z, fx + s * (cw + 0.03),
                            mcy + 0.02, 0.009, soft=1.5)
         cv.paint(win, al * _b(fold), dark)
-        win, al = _ellipse(cv, fx + s * (cw + 0.045), mcy + z, 0.018 + z, 0.026 + z)
-        cv.paint(win, al * _b(0.8 * a["AU14"]), dark)
+        if _active(a["AU14"]):
+            win, al = _ellipse(cv, fx + s * (cw + 0.045), mcy + z, 0.018 + z, 0.026 + z)
+            cv.paint(win, al * _b(0.8 * a["AU14"]), dark)
     win = cv.window(fx - idn["mw"] * 1.5, idn["my"] - 0.3, fx + idn["mw"] * 1.5,
                     idn["my"] + 0.45)
     X, Y, p = cv.coords(win)
@@ -469,26 +478,64 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
     cv.paint(win, interior, (55, 18, 22))
     cv.paint(win, interior * np.clip((yui + 0.035 - Y) * p + 0.5, 0, 1), (235, 230, 215))
     # Chin boss (AU17).
-    win, al = _capsule(cv, fx - 0.12, ylm + idn["ll"] + 0.09, fx + 0.12,
-                       ylm + idn["ll"] + 0.09, 0.012, soft=2.0)
-    cv.paint(win, al * _b(0.6 * a["AU17"]), dark)
-    return _roll(cv.frames(), cx, cy, np.rad2deg(roll))
+    if _active(a["AU17"]):
+        win, al = _capsule(cv, fx - 0.12, ylm + idn["ll"] + 0.09, fx + 0.12,
+                           ylm + idn["ll"] + 0.09, 0.012, soft=2.0)
+        cv.paint(win, al * _b(0.6 * a["AU17"]), dark)
+    return cv.frames(), (cx, cy, np.rad2deg(roll))
 
 
-def _roll(frames: np.ndarray, cx, cy, degrees) -> np.ndarray:
-    """Rotates each frame `[T, S, S, 3] float32` about its face centre (head roll)."""
+def _to_uint8(frames: np.ndarray) -> np.ndarray:
+    """`[T, S, S, 3]` float frames (a channel-first view) -> uint8, same layout.
+
+    Converts in the canvas' own channel-first memory order, then transposes
+    the 4x smaller uint8 array.
+    """
+    planes = np.moveaxis(frames, -1, 0)
+    return np.moveaxis(np.clip(planes, 0, 255, out=planes).astype(np.uint8), 0, -1)
+
+
+def _roll(frames: np.ndarray, pose) -> np.ndarray:
+    """Rotates each frame `[T, S, S, 3] uint8` about its face centre (head roll).
+
+    Args:
+        frames: the clip.
+        pose: `(cx [T], cy [T], degrees [T])` from `render_clip`.
+    """
+    cx, cy, degrees = pose
     out = np.empty_like(frames)
+    size = frames.shape[2:0:-1]
     for t in range(frames.shape[0]):
         m = cv2.getRotationMatrix2D((float(cx[t]), float(cy[t])), float(degrees[t]), 1.0)
-        out[t] = cv2.warpAffine(frames[t], m, frames.shape[2:0:-1], flags=cv2.INTER_LINEAR,
+        out[t] = cv2.warpAffine(frames[t], m, size, flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_REFLECT)
     return out
 
 
-def _noise_bank(seed: int, size: int, count: int = 24) -> np.ndarray:
-    """`[count, S, S, 3] float32` unit Gaussian noise fields shared by all clips."""
+NOISE_SIGMAS = (2.0, 3.5, 5.0, 6.5)  # sensor noise levels, 0-255 scale
+
+
+def _noise_bank(seed: int, size: int, count: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian sensor noise shared by all clips, split into uint8 parts.
+
+    Returns:
+        `(positive, negative)`, each `[len(NOISE_SIGMAS), count, S, S, 3] uint8`,
+        so that noise is added with saturating uint8 arithmetic (cheap).
+    """
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0xB0B]))
-    return rng.standard_normal((count, size, size, 3), dtype=np.float32)
+    unit = rng.standard_normal((count, size, size, 3), dtype=np.float32)
+    noise = np.stack([np.rint(unit * s) for s in NOISE_SIGMAS])
+    return (np.clip(noise, 0, 255).astype(np.uint8),
+            np.clip(-noise, 0, 255).astype(np.uint8))
+
+
+def _add_noise(frames: np.ndarray, bank, level: int, picks: np.ndarray) -> np.ndarray:
+    """Adds bank noise to `[T, S, S, 3] uint8` frames in place (saturating)."""
+    T, S = frames.shape[0], frames.shape[1]
+    flat = frames.reshape(T * S, S, 3)
+    cv2.add(flat, bank[0][level][picks].reshape(T * S, S, 3), dst=flat)
+    cv2.subtract(flat, bank[1][level][picks].reshape(T * S, S, 3), dst=flat)
+    return frames
 
 
 # --------------------------------------------------------------------------
@@ -546,15 +593,17 @@ def openface_rows(rng: np.random.Generator, intensities: np.ndarray,
 def _write_clips(job: tuple) -> tuple[int, int]:
     """Worker: renders and writes clips `indices`; returns (clips, frames)."""
     dfew_dir, seed, image_size, quality, indices, labels, lengths, ids = job
+    cv2.setNumThreads(1)  # one process per core already; avoid oversubscription
     bank = _noise_bank(seed, image_size)
     frames = 0
     for i, label, n, cid in zip(indices, labels, lengths, ids):
         rng = np.random.default_rng(np.random.SeedSequence([seed, int(i)]))
         inten = au_intensities(rng, int(label), int(n))
-        img = render_clip(rng, inten, image_size)
-        sigma = rng.uniform(2.0, 7.0)
-        picks = rng.integers(0, len(bank), int(n))
-        img = np.clip(img + sigma * bank[picks], 0, 255).astype(np.uint8)
+        img, pose = render_clip(rng, inten, image_size)
+        img = np.ascontiguousarray(_to_uint8(img))
+        level = int(rng.integers(len(NOISE_SIGMAS)))
+        picks = rng.integers(0, bank[0].shape[1], int(n))
+        img = _roll(_add_noise(img, bank, level, picks), pose)
         folder = os.path.join(dfew_dir, "Clip", "clip_224x224", cid)
         os.makedirs(folder, exist_ok=True)
         q = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality + rng.integers(-8, 1))]

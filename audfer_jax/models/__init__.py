@@ -21,12 +21,12 @@ from flax import linen as nn
 # None: read the size off the built module (its `num_frames` and `image_size`
 # or `img_size` attributes).
 _REGISTRY: dict[str, tuple[str, str, tuple[int, int, int] | None]] = {
-        "former_dfer": ("audfer_jax.models.former_dfer", "former_dfer", (16, 112, 112)),
-        "former_dfer_tiny": ("audfer_jax.models.former_dfer", "former_dfer_tiny", None),
-        "m3dfel": ("audfer_jax.models.m3dfel", "m3dfel", (16, 112, 112)),
-        "m3dfel_tiny": ("audfer_jax.models.m3dfel", "m3dfel_tiny", None),
-        "mae_dfer": ("audfer_jax.models.mae_dfer", "mae_dfer", (16, 160, 160)),
-        "mae_dfer_tiny": ("audfer_jax.models.mae_dfer", "mae_dfer_tiny", None),
+    "former_dfer": ("audfer_jax.models.former_dfer", "former_dfer", (16, 112, 112)),
+    "former_dfer_tiny": ("audfer_jax.models.former_dfer", "former_dfer_tiny", None),
+    "m3dfel": ("audfer_jax.models.m3dfel", "m3dfel", (16, 112, 112)),
+    "m3dfel_tiny": ("audfer_jax.models.m3dfel", "m3dfel_tiny", None),
+    "mae_dfer": ("audfer_jax.models.mae_dfer", "mae_dfer", (16, 160, 160)),
+    "mae_dfer_tiny": ("audfer_jax.models.mae_dfer", "mae_dfer_tiny", None),
 }
 
 
@@ -38,12 +38,11 @@ def available_models() -> list[str]:
 def _entry(name: str) -> tuple[str, str, tuple[int, int, int] | None]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known models: "
-                                          f"{', '.join(available_models())}")
+                         f"{', '.join(available_models())}")
     return _REGISTRY[name]
 
 
-def get_model(name: str, num_classes: int = 7, num_aus: int = 18,
-                            **overrides: Any) -> nn.Module:
+def get_model(name: str, num_classes: int = 7, num_aus: int = 18, **overrides: Any) -> nn.Module:
     """Builds a backbone with its AU head.
 
     Args:

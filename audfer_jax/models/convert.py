@@ -981,32 +981,53 @@ def load_torch_checkpoint(path: str, info: Optional[dict[str, Any]] = None
 
 
 def _model_template(model: Any, model_name: str):
-    """`jax.eval_shape` of `model.init` on one zero clip of the default size."""
+    """The model's variables as `jax.ShapeDtypeStruct`s (`jax.eval_shape` of
+    `model.init` on one uint8 clip of the default size), and a function that
+    initialises them for real (`Module.lazy_init`: no forward computation)."""
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     from audfer_jax.models import default_input_shape  # pylint: disable=import-outside-toplevel
 
     t, h, w = default_input_shape(model_name)
     clips = jax.ShapeDtypeStruct((1, t, h, w, 3), jnp.uint8)
+    key = jax.random.key(0)
 
     def init(key, x):
         return model.init({"params": key, "dropout": key}, x, train=False)
 
-    key = jax.random.key(0)
-    return init, jax.eval_shape(init, key, clips), (key, clips)
+    def real_init():
+        return model.lazy_init({"params": key, "dropout": key}, clips, train=False)
+
+    return jax.eval_shape(init, key, clips), real_init
 
 
-def _fill_fresh(variables: dict[str, Any], init: Callable, args) -> dict[str, Any]:
-    """Replaces abstract (fresh) leaves by a real initialisation of the model."""
+def fill_fresh(variables: Mapping[str, Any], init: Callable[[], Any]) -> dict[str, Any]:
+    """Replaces the leaves a conversion left abstract by real initial values.
+
+    Args:
+        variables: `convert_state_dict` output on a `jax.eval_shape` template:
+            NumPy leaves (loaded) and `jax.ShapeDtypeStruct` leaves (fresh).
+        init: `() -> variables` of the same structure (the model's own
+            initialisers); called only when some leaf is abstract (it compiles
+            the initialisation, which takes a while on a CPU).
+
+    Returns:
+        The same structure with NumPy leaves only.
+
+    Raises:
+        ValueError: `init` lacks a leaf that is abstract in `variables`.
+    """
     import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
     flat = _flatten(variables)
-    if all(isinstance(v, np.ndarray) for v in flat.values()):
-        return variables
-    key, clips = args
-    real = _flatten(jax.device_get(jax.jit(init)(key, jnp.zeros(clips.shape, clips.dtype))))
-    return _unflatten({p: v if isinstance(v, np.ndarray) else np.asarray(real[p])
+    abstract = [p for p, v in flat.items() if isinstance(v, jax.ShapeDtypeStruct)]
+    if not abstract:
+        return _unflatten({p: np.asarray(v) for p, v in flat.items()})
+    real = _flatten(jax.device_get(init()))
+    missing = [p for p in abstract if p not in real]
+    if missing:
+        raise ValueError(f"the initialiser gives no value for {', '.join(map('/'.join, missing))}")
+    return _unflatten({p: np.asarray(real[p]) if p in abstract else np.asarray(v)
                        for p, v in flat.items()})
 
 
@@ -1022,8 +1043,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     Flags: `--model` (a `get_model` name), `--checkpoint X.pth`, `--out DIR`
     (must not exist), `--num_classes` (7), `--num_aus` (18), `--source`
     (`auto` or a `SOURCES` name), `--strict`, `--verbose`. Builds the model's
-    variable template with `jax.eval_shape`, converts (a real `model.init`
-    fills the fresh leaves), prints the report and writes the variables with
+    variable template with `jax.eval_shape`, converts (the model's own
+    initialisers fill the fresh leaves, if any: `fill_fresh`), prints the report and writes the variables with
     metadata `{model, num_classes, num_aus, source_file, source, checkpoint_info,
     report}` through `audfer_jax.checkpoint.save_variables`.
 
@@ -1056,7 +1077,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f"audfer-jax convert: {e}", file=sys.stderr)
         return 1
     model = get_model(args.model, num_classes=args.num_classes, num_aus=args.num_aus)
-    init, template, init_args = _model_template(model, args.model)
+    template, real_init = _model_template(model, args.model)
     try:
         variables, report = convert_state_dict(args.model, state_dict, template,
                                                source=args.source, strict=args.strict)
@@ -1064,7 +1085,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(e.report.summary(args.verbose), file=sys.stderr)
         return 1
     print(report.summary(args.verbose))
-    variables = _fill_fresh(variables, init, init_args)
+    variables = fill_fresh(variables, real_init)
     metadata = {"model": args.model, "num_classes": args.num_classes,
                 "num_aus": args.num_aus, "source_file": os.path.abspath(args.checkpoint),
                 "source": report.source,

@@ -54,14 +54,14 @@ class SFormer(nn.Module):
 
     Attributes:
         widths: channels of stem/layer1, layer2, layer3, layer4 (64,128,256,512).
-        image_size: input side (112); the token grid is `image_size / 16` squared.
         depth, heads, dim_head, mlp_dim: transformer sizes (1, 8, 32, 512).
         dtype: activation dtype.
 
-    Input `[N, S, S, 3]` float in [0, 1]; output `[N, widths[3]]`.
+    Input `[N, S, S, 3]` float in [0, 1]; output `[N, widths[3]]`. The token grid
+    is the layer3 map, `S / 16` squared (7 x 7 = 49 tokens at S = 112), and sizes
+    `pos_embedding`.
     """
     widths: Sequence[int] = (64, 128, 256, 512)
-    image_size: int = 112
     depth: int = 1
     heads: int = 8
     dim_head: int = 32
@@ -71,26 +71,33 @@ class SFormer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         w = self.widths
-        x = nn.Conv(w[0], (7, 7), strides=(2, 2), padding=((3, 3), (3, 3)), use_bias=False,
-                                dtype=self.dtype, param_dtype=jnp.float32,
-                                kernel_init=layers.kaiming_normal_fan_out, name="conv1")(x)
+        x = nn.Conv(w[0], (7, 7),
+                    strides=(2, 2),
+                    padding=((3, 3), (3, 3)),
+                    use_bias=False,
+                    dtype=self.dtype,
+                    param_dtype=jnp.float32,
+                    kernel_init=layers.kaiming_normal_fan_out,
+                    name="conv1")(x)
         x = nn.relu(layers.batch_norm(train, self.dtype, "bn1")(x))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         for k, (width, stride) in enumerate(zip(w[:3], (1, 2, 2)), start=1):
             for j in range(2):
                 s = stride if j == 0 else 1
-                x = layers.BasicBlock(width, (s, s), self.dtype,
-                                                          name=f"layer{k}_{j}")(x, train)
+                x = layers.BasicBlock(width, (s, s), self.dtype, name=f"layer{k}_{j}")(x, train)
         n, h, wd, c = x.shape
         # Row-major reshape of [H, W, C] gives token h*W + w, the same order as
         # PyTorch's reshape of [C, H, W] to [C, H*W] followed by a permute.
         tokens = x.reshape(n, h * wd, c)
-        pos = self.param("pos_embedding", nn.initializers.normal(1.0),
-                                          (1, h * wd, c), jnp.float32)
+        pos = self.param("pos_embedding", nn.initializers.normal(1.0), (1, h * wd, c), jnp.float32)
         tokens = tokens + pos.astype(self.dtype)
-        tokens = layers.Transformer(self.depth, self.heads, self.dim_head, self.mlp_dim,
-                                                                approximate_gelu=True, dtype=self.dtype,
-                                                                name="spatial_transformer")(tokens, train)
+        tokens = layers.Transformer(self.depth,
+                                    self.heads,
+                                    self.dim_head,
+                                    self.mlp_dim,
+                                    approximate_gelu=True,
+                                    dtype=self.dtype,
+                                    name="spatial_transformer")(tokens, train)
         x = tokens.reshape(n, h, wd, c)
         for j in range(2):
             s = 2 if j == 0 else 1
@@ -117,13 +124,16 @@ class TFormer(nn.Module):
     def __call__(self, x: Array, train: bool) -> Array:
         b, t, d = x.shape
         cls = self.param("cls_token", nn.initializers.normal(1.0), (1, 1, d), jnp.float32)
-        pos = self.param("pos_embedding", nn.initializers.normal(1.0), (1, t + 1, d),
-                                          jnp.float32)
+        pos = self.param("pos_embedding", nn.initializers.normal(1.0), (1, t + 1, d), jnp.float32)
         x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, d)), x], axis=1)
         x = x + pos.astype(self.dtype)
-        x = layers.Transformer(self.depth, self.heads, self.dim_head, self.mlp_dim,
-                                                      approximate_gelu=True, dtype=self.dtype,
-                                                      name="spatial_transformer")(x, train)
+        x = layers.Transformer(self.depth,
+                               self.heads,
+                               self.dim_head,
+                               self.mlp_dim,
+                               approximate_gelu=True,
+                               dtype=self.dtype,
+                               name="spatial_transformer")(x, train)
         return x[:, 0]
 
 
@@ -167,11 +177,20 @@ class FormerDFER(nn.Module):
         b, t = clips.shape[:2]
         x = layers.to_float_clips(clips, self.dtype)
         x = x.reshape((b * t,) + x.shape[2:])
-        x = SFormer(self.widths, self.image_size, self.s_depth, self.s_heads,
-                                self.s_dim_head, self.s_mlp_dim, self.dtype, name="s_former")(x, train)
+        x = SFormer(self.widths,
+                    self.s_depth,
+                    self.s_heads,
+                    self.s_dim_head,
+                    self.s_mlp_dim,
+                    self.dtype,
+                    name="s_former")(x, train)
         x = x.reshape(b, t, x.shape[-1])
-        feat = TFormer(self.t_depth, self.t_heads, self.t_dim_head, self.t_mlp_dim,
-                                      self.dtype, name="t_former")(x, train)
+        feat = TFormer(self.t_depth,
+                       self.t_heads,
+                       self.t_dim_head,
+                       self.t_mlp_dim,
+                       self.dtype,
+                       name="t_former")(x, train)
         feat = feat.astype(jnp.float32)
         d = feat.shape[-1]
         logits = layers.torch_dense(self.num_classes, d, name="fc")(feat)
@@ -187,8 +206,16 @@ def former_dfer(num_classes: int = 7, num_aus: int = 18, **overrides: Any) -> Fo
 def former_dfer_tiny(num_classes: int = 7, num_aus: int = 18, **overrides: Any) -> FormerDFER:
     """A tiny Former-DFER for tests: 8 x 32 x 32 clips, widths (8,16,32,64),
     2x2 token grid, 2-layer T-Former; same code path as the full model."""
-    cfg: dict[str, Any] = dict(num_frames=8, image_size=32, widths=(8, 16, 32, 64),
-                                                          s_depth=1, s_heads=2, s_dim_head=8, s_mlp_dim=32,
-                                                          t_depth=2, t_heads=2, t_dim_head=16, t_mlp_dim=64)
+    cfg: dict[str, Any] = dict(num_frames=8,
+                               image_size=32,
+                               widths=(8, 16, 32, 64),
+                               s_depth=1,
+                               s_heads=2,
+                               s_dim_head=8,
+                               s_mlp_dim=32,
+                               t_depth=2,
+                               t_heads=2,
+                               t_dim_head=16,
+                               t_mlp_dim=64)
     cfg.update(overrides)
     return FormerDFER(num_classes=num_classes, num_aus=num_aus, **cfg)

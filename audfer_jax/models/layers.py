@@ -35,13 +35,12 @@ Initializer = Callable[..., Array]
 # U(-1/sqrt(fan_in), 1/sqrt(fan_in)); variance_scaling(1/3, fan_in, uniform)
 # draws U(-sqrt(3 * (1/3) / fan_in), ...) which is the same interval.
 torch_default_kernel_init: Initializer = nn.initializers.variance_scaling(
-        1.0 / 3.0, "fan_in", "uniform")
+    1.0 / 3.0, "fan_in", "uniform")
 
 # torchvision ResNet / Former-DFER S-Former: kaiming_normal_(mode='fan_out',
 # nonlinearity='relu') = N(0, 2 / fan_out), untruncated.
 # (In this JAX, "normal" is untruncated; "truncated_normal" is the cut one.)
-kaiming_normal_fan_out: Initializer = nn.initializers.variance_scaling(
-        2.0, "fan_out", "normal")
+kaiming_normal_fan_out: Initializer = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
 
 
 def torch_uniform_init(fan_in: int) -> Initializer:
@@ -63,8 +62,12 @@ def torch_uniform_init(fan_in: int) -> Initializer:
     return init
 
 
-def torch_dense(features: int, fan_in: int, *, use_bias: bool = True,
-                                dtype: Dtype = jnp.float32, name: str | None = None) -> nn.Dense:
+def torch_dense(features: int,
+                fan_in: int,
+                *,
+                use_bias: bool = True,
+                dtype: Dtype = jnp.float32,
+                name: str | None = None) -> nn.Dense:
     """A Dense with PyTorch's default `nn.Linear` initialisation.
 
     Args:
@@ -78,9 +81,13 @@ def torch_dense(features: int, fan_in: int, *, use_bias: bool = True,
         An unbound `nn.Dense`; its kernel is `[fan_in, features]` (PyTorch
         `weight.T`).
     """
-    return nn.Dense(features, use_bias=use_bias, dtype=dtype, param_dtype=jnp.float32,
-                                    kernel_init=torch_default_kernel_init,
-                                    bias_init=torch_uniform_init(fan_in), name=name)
+    return nn.Dense(features,
+                    use_bias=use_bias,
+                    dtype=dtype,
+                    param_dtype=jnp.float32,
+                    kernel_init=torch_default_kernel_init,
+                    bias_init=torch_uniform_init(fan_in),
+                    name=name)
 
 
 def batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
@@ -90,15 +97,22 @@ def batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
     statistics in the `batch_stats` collection; scale 1, bias 0 at init (the
     PyTorch default and torchvision's explicit init).
     """
-    return nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                            use_fast_variance=False, dtype=dtype,
-                                            param_dtype=jnp.float32, name=name)
+    return nn.BatchNorm(use_running_average=not train,
+                        momentum=0.9,
+                        epsilon=1e-5,
+                        use_fast_variance=False,
+                        dtype=dtype,
+                        param_dtype=jnp.float32,
+                        name=name)
 
 
 def layer_norm(dtype: Dtype, name: str, epsilon: float = 1e-5) -> nn.LayerNorm:
     """PyTorch-equivalent LayerNorm (eps 1e-5 default, two-pass variance)."""
-    return nn.LayerNorm(epsilon=epsilon, use_fast_variance=False, dtype=dtype,
-                                            param_dtype=jnp.float32, name=name)
+    return nn.LayerNorm(epsilon=epsilon,
+                        use_fast_variance=False,
+                        dtype=dtype,
+                        param_dtype=jnp.float32,
+                        name=name)
 
 
 def to_float_clips(clips: Array, dtype: Dtype) -> Array:
@@ -128,9 +142,8 @@ def check_clips(clips: Array, num_frames: int, image_size: int, model: str) -> N
     """
     expected = (num_frames, image_size, image_size, 3)
     if clips.ndim != 5 or tuple(clips.shape[1:]) != expected:
-        raise ValueError(
-                f"{model}: clips must have shape [B, {num_frames}, {image_size}, "
-                f"{image_size}, 3] (B, T, H, W, RGB), got {tuple(clips.shape)}")
+        raise ValueError(f"{model}: clips must have shape [B, {num_frames}, {image_size}, "
+                         f"{image_size}, 3] (B, T, H, W, RGB), got {tuple(clips.shape)}")
 
 
 class BasicBlock(nn.Module):
@@ -167,15 +180,22 @@ class BasicBlock(nn.Module):
         k3 = (3,) * ndim
         pad1 = ((1, 1),) * ndim
         conv = lambda feats, k, s, p, name: nn.Conv(  # noqa: E731
-                feats, k, strides=tuple(s), padding=p, use_bias=False, dtype=self.dtype,
-                param_dtype=jnp.float32, kernel_init=kaiming_normal_fan_out, name=name)
+            feats,
+            k,
+            strides=tuple(s),
+            padding=p,
+            use_bias=False,
+            dtype=self.dtype,
+            param_dtype=jnp.float32,
+            kernel_init=kaiming_normal_fan_out,
+            name=name)
         y = conv(self.features, k3, self.strides, pad1, "conv1")(x)
         y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
         y = conv(self.features, k3, (1,) * ndim, pad1, "conv2")(y)
         y = batch_norm(train, self.dtype, "bn2")(y)
         if any(s != 1 for s in self.strides) or x.shape[-1] != self.features:
             x = conv(self.features, (1,) * ndim, self.strides, ((0, 0),) * ndim,
-                              "downsample_conv")(x)
+                     "downsample_conv")(x)
             x = batch_norm(train, self.dtype, "downsample_bn")(x)
         return nn.relu(y + x)
 
@@ -202,8 +222,8 @@ def multi_head_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
     d = inner // heads
     split = lambda t: t.reshape(t.shape[:-1] + (heads, d))  # noqa: E731
     qh, kh, vh = split(q), split(k), split(v)
-    logits = jnp.einsum("...nhd,...mhd->...hnm", qh.astype(jnp.float32),
-                                            kh.astype(jnp.float32)) * (d ** -0.5)
+    logits = jnp.einsum("...nhd,...mhd->...hnm", qh.astype(jnp.float32), kh.astype(
+        jnp.float32)) * (d**-0.5)
     weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
     out = jnp.einsum("...hnm,...mhd->...nhd", weights, vh)
     return out.reshape(out.shape[:-2] + (inner,))
@@ -301,11 +321,11 @@ class TransformerLayer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         dp = DropPath(self.drop_path)
-        y = Attention(self.heads, self.dim_head, self.dtype, name="attn")(
-                layer_norm(self.dtype, "attn_norm")(x))
+        y = Attention(self.heads, self.dim_head, self.dtype,
+                      name="attn")(layer_norm(self.dtype, "attn_norm")(x))
         x = x + dp(y, deterministic=not train)
-        y = FeedForward(self.mlp_dim, self.approximate_gelu, self.dtype, name="ff")(
-                layer_norm(self.dtype, "ff_norm")(x))
+        y = FeedForward(self.mlp_dim, self.approximate_gelu, self.dtype,
+                        name="ff")(layer_norm(self.dtype, "ff_norm")(x))
         return x + dp(y, deterministic=not train)
 
 
@@ -324,9 +344,12 @@ class Transformer(nn.Module):
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
         for i in range(self.depth):
-            x = TransformerLayer(self.heads, self.dim_head, self.mlp_dim,
-                                                      self.approximate_gelu, dtype=self.dtype,
-                                                      name=f"layers_{i}")(x, train)
+            x = TransformerLayer(self.heads,
+                                 self.dim_head,
+                                 self.mlp_dim,
+                                 self.approximate_gelu,
+                                 dtype=self.dtype,
+                                 name=f"layers_{i}")(x, train)
         return x
 
 
@@ -389,8 +412,13 @@ class TorchLSTMCell(nn.RNNCellBase):
         c, h = carry
         init = torch_uniform_init(self.features)
         dense = lambda name: nn.Dense(  # noqa: E731
-                self.features, use_bias=True, kernel_init=init, bias_init=init,
-                dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+            self.features,
+            use_bias=True,
+            kernel_init=init,
+            bias_init=init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name=name)
         gate = lambda g: dense("i" + g)(inputs) + dense("h" + g)(h)  # noqa: E731
         i = nn.sigmoid(gate("i"))
         f = nn.sigmoid(gate("f"))
@@ -439,8 +467,9 @@ class BiLSTM(nn.Module):
     def __call__(self, x: Array) -> Array:
         # parent=None leaves the cells and RNNs unbound here, so that they nest
         # under the Bidirectional as `forward_rnn/cell` and `backward_rnn/cell`.
-        rnn = lambda: nn.RNN(TorchLSTMCell(self.hidden, dtype=self.dtype, parent=None),  # noqa: E731
-                                                  parent=None)
+        rnn = lambda: nn.RNN(
+            TorchLSTMCell(self.hidden, dtype=self.dtype, parent=None),  # noqa: E731
+            parent=None)
         for k in range(self.num_layers):
             x = nn.Bidirectional(rnn(), rnn(), name=f"l{k}")(x)
         return x

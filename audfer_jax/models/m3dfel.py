@@ -69,12 +69,16 @@ def make_bag(clips: Array, instance_length: int) -> Array:
     b, t = clips.shape[:2]
     if t % instance_length:
         raise ValueError(f"M3DFEL: {t} frames do not split into instances of "
-                                          f"{instance_length}")
+                         f"{instance_length}")
     return clips.reshape((b * (t // instance_length), instance_length) + clips.shape[2:])
 
 
-def dmin(a: Array, weight: Array, bias: Array, mean_weight: Array, var_weight: Array,
-                  eps: float = 1e-5) -> Array:
+def dmin(a: Array,
+         weight: Array,
+         bias: Array,
+         mean_weight: Array,
+         var_weight: Array,
+         eps: float = 1e-5) -> Array:
     """Dynamic Multi-Instance Normalisation (M3DFEL utils.py `DMIN`), pure.
 
     With i over the N instances and f over the F features of one clip:
@@ -98,7 +102,7 @@ def dmin(a: Array, weight: Array, bias: Array, mean_weight: Array, var_weight: A
     mu_in = jnp.mean(a, axis=1, keepdims=True)
     var_in = jnp.var(a, axis=1, ddof=1, keepdims=True)
     mu_ln = jnp.mean(mu_in, axis=2, keepdims=True)
-    var_ln = jnp.mean(var_in + mu_in ** 2, axis=2, keepdims=True) - mu_ln ** 2
+    var_ln = jnp.mean(var_in + mu_in**2, axis=2, keepdims=True) - mu_ln**2
     wm = jax.nn.softmax(mean_weight.astype(jnp.float32))
     wv = jax.nn.softmax(var_weight.astype(jnp.float32))
     mean = wm[0] * mu_in + wm[1] * mu_ln
@@ -138,16 +142,19 @@ class R3D18Features(nn.Module):
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        x = nn.Conv(self.widths[0], (3, 7, 7), strides=(1, 2, 2),
-                                padding=((1, 1), (3, 3), (3, 3)), use_bias=False, dtype=self.dtype,
-                                param_dtype=jnp.float32, kernel_init=layers.kaiming_normal_fan_out,
-                                name="stem_conv")(x)
+        x = nn.Conv(self.widths[0], (3, 7, 7),
+                    strides=(1, 2, 2),
+                    padding=((1, 1), (3, 3), (3, 3)),
+                    use_bias=False,
+                    dtype=self.dtype,
+                    param_dtype=jnp.float32,
+                    kernel_init=layers.kaiming_normal_fan_out,
+                    name="stem_conv")(x)
         x = nn.relu(layers.batch_norm(train, self.dtype, "stem_bn")(x))
         for k, (width, stride) in enumerate(zip(self.widths, (1, 2, 2, 2)), start=1):
             for j in range(2):
                 s = stride if j == 0 else 1
-                x = layers.BasicBlock(width, (s, s, s), self.dtype,
-                                                          name=f"layer{k}_{j}")(x, train)
+                x = layers.BasicBlock(width, (s, s, s), self.dtype, name=f"layer{k}_{j}")(x, train)
         return jnp.mean(x, axis=(1, 2, 3))
 
 
@@ -192,16 +199,19 @@ class M3DFEL(nn.Module):
         h = layers.BiLSTM(self.lstm_hidden, self.lstm_layers, self.dtype, name="lstm")(x)
         width = h.shape[-1]
         qkv = layers.torch_dense(3 * width, width, use_bias=False, dtype=self.dtype,
-                                                          name="to_qkv")(h)
+                                 name="to_qkv")(h)
         a = layers.multi_head_attention(*layers.split_qkv(qkv), heads=self.heads)
         g = h * nn.sigmoid(DMIN(name="norm")(a)).astype(h.dtype)
         # Conv1d(bag -> 1, k3, p1): the instances are the channels and the 1024
         # features the length, so channels-last input is [B, F, N].
         fan_in = bag * 3
-        pooled = nn.Conv(1, (3,), padding=((1, 1),), dtype=self.dtype, param_dtype=jnp.float32,
-                                          kernel_init=layers.torch_default_kernel_init,
-                                          bias_init=layers.torch_uniform_init(fan_in),
-                                          name="pwconv")(jnp.swapaxes(g, 1, 2))
+        pooled = nn.Conv(1, (3,),
+                         padding=((1, 1),),
+                         dtype=self.dtype,
+                         param_dtype=jnp.float32,
+                         kernel_init=layers.torch_default_kernel_init,
+                         bias_init=layers.torch_uniform_init(fan_in),
+                         name="pwconv")(jnp.swapaxes(g, 1, 2))
         feat = pooled.reshape(b, width).astype(jnp.float32)
         logits = layers.torch_dense(self.num_classes, width, name="fc")(feat)
         au_logits = layers.torch_dense(self.num_aus, width, name="fc_au")(feat)
@@ -216,7 +226,11 @@ def m3dfel(num_classes: int = 7, num_aus: int = 18, **overrides: Any) -> M3DFEL:
 def m3dfel_tiny(num_classes: int = 7, num_aus: int = 18, **overrides: Any) -> M3DFEL:
     """A tiny M3DFEL for tests: 8 x 32 x 32 clips as 4 instances of 2 frames,
     widths (8,16,32,64), LSTM hidden 16, 2 heads; same code path."""
-    cfg: dict[str, Any] = dict(num_frames=8, instance_length=2, image_size=32,
-                                                          widths=(8, 16, 32, 64), lstm_hidden=16, heads=2)
+    cfg: dict[str, Any] = dict(num_frames=8,
+                               instance_length=2,
+                               image_size=32,
+                               widths=(8, 16, 32, 64),
+                               lstm_hidden=16,
+                               heads=2)
     cfg.update(overrides)
     return M3DFEL(num_classes=num_classes, num_aus=num_aus, **cfg)

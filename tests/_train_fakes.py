@@ -1,4 +1,4 @@
-"""An in-memory stand-in for `audfer_jax.data.pipeline`, for trainer tests only.
+"""Trainer test stand-ins: an in-memory `audfer_jax.data.pipeline` and a micro model.
 
 Same functions and batch layout as the real pipeline (layout.md): train
 batches `clips [B, T, H, W, 3] uint8`, `labels [B] int32`, `au_targets [B, 18]
@@ -83,3 +83,63 @@ def create_eval_dataset(cfg, *, global_batch_size, process_index=None, process_c
             yield batch
 
     return gen(), steps
+
+
+# ---------------------------------------------------------------------------
+# A micro model with the backbones' interface; compiles in about a second
+# (the tiny backbones take minutes to compile on a loaded 2-core machine).
+# ---------------------------------------------------------------------------
+
+import flax.linen as nn  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from audfer_jax.models.base import ModelOutput  # noqa: E402
+
+
+class MicroModel(nn.Module):
+    """`[B, T, H, W, 3] uint8 -> ModelOutput`: frame means, Dense, norm, heads.
+
+    `norm` is 'layer' (no cross-clip statistics: jit and pmap agree exactly)
+    or 'batch' (BatchNorm with running statistics in `batch_stats`).
+    """
+    num_classes: int = 7
+    num_aus: int = 18
+    num_frames: int = 8
+    image_size: int = 32
+    norm: str = "layer"
+    dropout: float = 0.0
+
+    @nn.compact
+    def __call__(self, clips, train: bool = False):
+        x = clips.astype(jnp.float32) / 255.0
+        x = x.reshape(x.shape[0], x.shape[1], 4, x.shape[2] // 4, 4, x.shape[3] // 4, 3)
+        x = x.mean(axis=(3, 5)).reshape(x.shape[0], -1)          # [B, T*4*4*3]
+        x = nn.Dense(32)(x)
+        if self.norm == "batch":
+            x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
+        else:
+            x = nn.LayerNorm()(x)
+        x = nn.relu(x)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        return ModelOutput(nn.Dense(self.num_classes)(x), nn.Dense(self.num_aus, name="au_head")(x), x)
+
+
+def micro_config(**overrides):
+    """A trainer config for the micro model and the in-memory data."""
+    from configs import common
+    c = common.base_config()
+    c.model = "micro"
+    c.data = dict(default_data_config())
+    c.batch_size = 8
+    c.num_epochs = 2
+    c.log_every_steps = 1
+    c.progress_bar = False
+    c.async_checkpoints = False
+    c.optim.update(dict(optimizer="adamw", lr=1e-2, weight_decay=0.05, schedule="constant"))
+    for k, v in overrides.items():
+        node = c
+        parts = k.split(".")
+        for p in parts[:-1]:
+            node = node[p]
+        node[parts[-1]] = v
+    return c
