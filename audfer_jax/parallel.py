@@ -120,7 +120,9 @@ def to_pmap_state(state: PyTree, devices=None) -> PyTree:
     """Copies a state onto each local device, stacked along a new axis 0."""
     devices = jax.local_devices() if devices is None else list(devices)
     n = len(devices)
-    sharding = jax.sharding.PmapSharding.default((n,), sharded_dim=0, devices=devices)
+    # pmap is jit(shard_map) since JAX 0.10: a leading axis split over a mesh
+    # of the same devices is the layout it consumes without a copy.
+    sharding = NamedSharding(jax.sharding.Mesh(np.asarray(devices), (DATA_AXIS,)), P(DATA_AXIS))
 
     def put(x):
         x = np.asarray(jax.device_get(x))

@@ -289,7 +289,7 @@ def make_train_step(model, config: ml_collections.ConfigDict, *,
         metrics = {"loss": loss, "ce": ce, "au_bce": au_term,
                    "accuracy": correct / jnp.maximum(ce_den, 1.0),
                    "lr": jnp.asarray(schedule(state.step), jnp.float32),
-                   "grad_norm": optax.global_norm(grads), "count": ce_den}
+                   "grad_norm": optax.tree.norm(grads), "count": ce_den}
         return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
     return step

@@ -114,7 +114,9 @@ class MicroModel(nn.Module):
         x = clips.astype(jnp.float32) / 255.0
         x = x.reshape(x.shape[0], x.shape[1], 4, x.shape[2] // 4, 4, x.shape[3] // 4, 3)
         x = x.mean(axis=(3, 5)).reshape(x.shape[0], -1)          # [B, T*4*4*3]
-        x = nn.Dense(32)(x)
+        # No bias before BatchNorm: its exact gradient is 0, and Adam would turn
+        # the rounding noise of that 0 into full-size steps.
+        x = nn.Dense(32, use_bias=self.norm != "batch")(x)
         if self.norm == "batch":
             x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
         else:

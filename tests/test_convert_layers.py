@@ -311,9 +311,9 @@ class _BiLSTM(nn.Module):
     @nn.compact
     def __call__(self, x):
         for i in range(self.layers):
-            x = nn.Bidirectional(nn.RNN(nn.LSTMCell(self.hidden, parent=None)),
-                                 nn.RNN(nn.LSTMCell(self.hidden, parent=None)),
-                                 name=f"layer{i}")(x)
+            # parent=None: the RNNs nest under the Bidirectional, not under self.
+            rnn = lambda: nn.RNN(nn.LSTMCell(self.hidden, parent=None), parent=None)  # noqa: E731
+            x = nn.Bidirectional(rnn(), rnn(), name=f"layer{i}")(x)
         return x
 
 
@@ -328,6 +328,22 @@ def test_bidirectional_two_layer_lstm_parity():
     got = _apply(_BiLSTM(hidden), {"params": params}, _np(x))
     assert got.shape == want.shape == (2, 4, 2 * hidden)
     np.testing.assert_allclose(got, want, **TOL)
+
+
+def test_model_bilstm_with_both_biases_parity():
+    """The M3DFEL model's `layers.BiLSTM` (TorchLSTMCell keeps bias_ih and bias_hh)."""
+    layers = pytest.importorskip("audfer_jax.models.layers")
+    hidden = 6
+    lstm = torch.nn.LSTM(10, hidden, num_layers=2, batch_first=True, bidirectional=True)
+    x = torch.randn(2, 4, 10)
+    sfx = lambda i, rev: f"_l{i}" + ("_reverse" if rev else "")  # noqa: E731
+    cell = lambda i, rev: convert.lstm_cell_torch_biases(  # noqa: E731
+        *(_np(getattr(lstm, n + sfx(i, rev))) for n in ("weight_ih", "weight_hh", "bias_ih",
+                                                         "bias_hh")))
+    params = {f"l{i}": {"forward_rnn": {"cell": cell(i, False)},
+                        "backward_rnn": {"cell": cell(i, True)}} for i in range(2)}
+    got = _apply(layers.BiLSTM(hidden, 2), {"params": params}, _np(x))
+    np.testing.assert_allclose(got, _np(lstm(x)[0]), **TOL)
 
 
 def test_lstm_cell_gate_order_and_bias_sum():

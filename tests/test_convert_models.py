@@ -164,6 +164,8 @@ def _check_round_trip(family: str, sd: dict, variables, report, rename=lambda k:
         np.testing.assert_array_equal(np.asarray(value), _expected_value(path, key, sd[key]),
                                       err_msg=path)
         assert value.dtype == np.float32
+    assert len(report.loaded) + len(report.fresh) == len(list(_leaves(variables))), \
+        "a Flax leaf is neither loaded nor fresh"
     used = {k for keys in loaded.values() for k in keys}
     dropped = {k for k, _ in report.dropped}
     assert used | dropped == set(sd), "a key is neither loaded nor dropped"
@@ -206,8 +208,9 @@ def test_m3dfel_round_trip():
     assert _fresh_modules(report) == {"fc_au"}
     # LSTM: layers.TorchLSTMCell keeps bias_ih on `i*` and bias_hh on `h*`.
     cell = variables["params"]["lstm"]["l1"]["backward_rnn"]["cell"]
-    np.testing.assert_array_equal(cell["if"]["bias"], unprefixed["lstm.bias_ih_l1_reverse"][512:1024])
-    np.testing.assert_array_equal(cell["hf"]["bias"], unprefixed["lstm.bias_hh_l1_reverse"][512:1024])
+    f_rows = slice(512, 1024)   # gate f = row block 1 of [i | f | g | o]
+    np.testing.assert_array_equal(cell["if"]["bias"], unprefixed["lstm.bias_ih_l1_reverse"][f_rows])
+    np.testing.assert_array_equal(cell["hf"]["bias"], unprefixed["lstm.bias_hh_l1_reverse"][f_rows])
 
 
 def test_r3d18_kinetics_round_trip():
@@ -436,7 +439,8 @@ def _torch_former_dfer(sd, clips, cfg):
     x = tok.permute(0, 2, 1).reshape(n, c, h, wd)
     x = block(block(x, "s_former.layer4.0", 2), "s_former.layer4.1", 1)
     x = x.mean(dim=(2, 3)).reshape(b, t, -1)
-    x = torch.cat([w["t_former.cls_token"].expand(b, 1, -1), x], dim=1) + w["t_former.pos_embedding"]
+    x = torch.cat([w["t_former.cls_token"].expand(b, 1, -1), x], dim=1)
+    x = x + w["t_former.pos_embedding"]
     x = transformer(x, "t_former.spatial_transformer", cfg["t_depth"], cfg["t_heads"])[:, 0]
     return F.linear(x, w["fc.weight"], w["fc.bias"]).numpy(), F.linear(
         x, w["AU_fc.weight"], w["AU_fc.bias"]).numpy()
@@ -495,7 +499,7 @@ def test_load_former_dfer_style_checkpoint(tmp_path, monkeypatch, zipfile):
                 "optimizer": {"state": {}, "param_groups": [{"lr": 0.01}]},
                 "recorder": RecorderMeter()}, path, _use_new_zipfile_serialization=zipfile)
     monkeypatch.delattr(sys.modules["__main__"], "RecorderMeter")
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="RecorderMeter"):
         torch.load(path, weights_only=True)
     info = {}
     sd = convert.load_torch_checkpoint(str(path), info)
@@ -598,6 +602,11 @@ def test_cli_converts_and_saves(tmp_path, monkeypatch, capsys):
     assert "fc.weight" in capsys.readouterr().err
     assert convert.main(["--model", "former_dfer_tiny", "--checkpoint",
                          str(tmp_path / "absent.pth"), "--out", str(tmp_path / "o3")]) == 1
+    assert "no such checkpoint" in capsys.readouterr().err
+    (tmp_path / "exists").mkdir()
+    assert convert.main(["--model", "former_dfer_tiny", "--checkpoint", str(path),
+                         "--out", str(tmp_path / "exists")]) == 1
+    assert "already exists" in capsys.readouterr().err
 
 
 def test_fill_fresh_uses_the_initialiser_for_abstract_leaves_only():

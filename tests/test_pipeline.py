@@ -153,6 +153,17 @@ def test_exact_resume_and_epoch_dependence(prepared):
     assert not np.array_equal(order, np.concatenate([b["index"] for b in other]))
 
 
+def test_cache_keeps_order_and_resume(prepared):
+    config, train, _ = prepared
+    cfg = _cfg(config, cache=True, augment="none")
+    full = _train(cfg, global_batch_size=3, seed=2, epoch=1)
+    resumed = _train(cfg, global_batch_size=3, seed=2, epoch=1, start_batch=1)
+    assert sorted(np.concatenate([b["index"] for b in full]).tolist()) == sorted(train)
+    for a, b in zip(full[1:], resumed):
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k])
+
+
 def test_train_shards_disjoint_and_complete(prepared):
     config, train, _ = prepared
     seen = []
@@ -211,6 +222,9 @@ def test_unprepared_fold_is_a_clear_error(prepared):
     config, _, _ = prepared
     with pytest.raises(FileNotFoundError, match="audfer-jax prepare"):
         pipeline.dataset_info(_cfg(config, fold=3))
+    with pytest.raises(ValueError, match="raw_dir is empty"):
+        pipeline.ensure_prepared(_cfg(config, fold=3))
+    assert pipeline.ensure_prepared(config) == pipeline.prepared_path(config)
 
 
 def test_recipes_m3dfel_and_mae_dfer(prepared):

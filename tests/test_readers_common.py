@@ -64,7 +64,8 @@ def test_read_lines_reports_undecodable_lines(tmp_path):
 
 def test_find_base_one_nesting_level(tmp_path):
     os.makedirs(tmp_path / "X" / "X" / "EmoLabel_DataSplit")
-    assert common.find_base(str(tmp_path / "X"), ["EmoLabel_DataSplit"]) == str(tmp_path / "X" / "X")
+    found = common.find_base(str(tmp_path / "X"), ["EmoLabel_DataSplit"])
+    assert found == str(tmp_path / "X" / "X")
     assert common.find_base(str(tmp_path), ["EmoLabel_DataSplit"]) is None   # two levels
     path, tried = common.resolve_path(str(tmp_path / "X"), ["Clip", "X/EmoLabel_DataSplit"])
     assert path == str(tmp_path / "X" / "X" / "EmoLabel_DataSplit")

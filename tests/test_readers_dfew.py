@@ -234,6 +234,12 @@ def test_audfer_keys_index_the_16_frame_set(tmp_path):
         read_split("dfew", str(tmp_path), "train", 1, au_source=str(path))
     clips = read_split("dfew", str(tmp_path), "train", 1, frame_set="16f", au_source=str(path))
     assert all(c.au_valid.all() and c.au_frames[:, 0].all() for c in clips)
+    report = Report()
+    clips = read_split("dfew", str(tmp_path), "test", 1, frame_set="16f", au_source=str(path),
+                       report=report)
+    assert not any(c.au_valid.any() for c in clips)       # 00005, 00006 have no lines
+    assert report.counts["au/keys_not_in_split"] == 4
+    assert report.counts["au/clips_without_au"] == 2
     # On full-length frames, clips 00003 (8 frames) and 00004 (12) keep the
     # entries that name one of their frames.
     clips = read_split("dfew", str(tmp_path), "train", 1, au_source=str(path),

@@ -217,13 +217,15 @@ def test_tf_au_vote_matches_numpy(tf_mod):
     except ImportError:
         clip_au_target = None
     rng = np.random.default_rng(3)
-    vote = tf.function(sampling_tf.au_vote)
+    vote = tf.function(sampling_tf.au_vote, input_signature=[
+        tf.TensorSpec([None, 18], tf.uint8), tf.TensorSpec([None], tf.bool),
+        tf.TensorSpec([None], tf.int64)])
     for case in range(60):
         n = int(rng.integers(1, 40))
         au = rng.integers(0, 2, (n, 18)).astype(np.uint8)
         valid = rng.random(n) < (0.0 if case % 10 == 0 else 0.8)
         idx = np.minimum(np.sort(rng.integers(0, n + 4, 16)), n - 1)   # with repeats
-        target, has = vote(tf.constant(au), tf.constant(valid), tf.constant(idx))
+        target, has = vote(tf.constant(au), tf.constant(valid), tf.constant(idx, tf.int64))
         ref_t, ref_h = _vote_reference(au, valid, idx)
         np.testing.assert_array_equal(target.numpy(), ref_t)
         assert float(has) == ref_h

@@ -111,3 +111,18 @@ def test_demo_through_real_readers(tmp_path):
     ex = next(iter(got.values()))
     assert tf.io.decode_jpeg(ex["frames"][0]).shape == (32, 32, 3)
     assert ex["au_frames"].shape == (ex["num_frames"], 18)
+    # The demo's OpenFace CSVs give per-frame AUs for most clips.
+    assert np.mean([e["has_au_all"] for e in got.values()]) > 0.5
+    # And the input pipeline reads it.
+    from audfer_jax.data import pipeline
+    config = pipeline.default_data_config()
+    config.update(name="demo", data_dir=str(tmp_path / "data"), image_size=32)
+    assert pipeline.ensure_prepared(config) == res[0].path
+    batches, steps = pipeline.create_eval_dataset(config, global_batch_size=4,
+                                                  process_index=0, process_count=1)
+    batches = list(batches)
+    assert len(batches) == steps == -(-n_test // 4)
+    assert batches[0]["clips"].shape == (4, 16, 32, 32, 3)
+    assert sum(float(b["mask"].sum()) for b in batches) == n_test
+    labels = sorted(int(l) for b in batches for l, m in zip(b["labels"], b["mask"]) if m)
+    assert labels == sorted(int(e["label"]) for e in got.values())

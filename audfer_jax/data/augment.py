@@ -120,8 +120,8 @@ def resize(frames: tf.Tensor, size: int) -> tf.Tensor:
 
 
 def to_uint8(x: tf.Tensor) -> tf.Tensor:
-    """float in [0, 255] -> uint8, rounded and saturated."""
-    return tf.cast(tf.clip_by_value(tf.round(x), 0.0, 255.0), tf.uint8)
+    """float in [0, 255] -> uint8, rounded (half up) and saturated."""
+    return tf.saturate_cast(x + 0.5, tf.uint8)
 
 
 def maybe_flip(x: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:

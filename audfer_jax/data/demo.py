@@ -485,14 +485,18 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
     return cv.frames(), (cx, cy, np.rad2deg(roll))
 
 
-def _to_uint8(frames: np.ndarray) -> np.ndarray:
-    """`[T, S, S, 3]` float frames (a channel-first view) -> uint8, same layout.
+def _to_bgr_uint8(frames: np.ndarray) -> np.ndarray:
+    """`[T, S, S, 3]` float RGB frames (a channel-first view) -> contiguous BGR uint8.
 
-    Converts in the canvas' own channel-first memory order, then transposes
-    the 4x smaller uint8 array.
+    Clips and converts in the canvas' own channel-first memory, then interleaves
+    each frame's planes in OpenCV's BGR order (what `cv2.imencode` expects).
     """
     planes = np.moveaxis(frames, -1, 0)
-    return np.moveaxis(np.clip(planes, 0, 255, out=planes).astype(np.uint8), 0, -1)
+    planes = np.clip(planes, 0, 255, out=planes).astype(np.uint8)
+    out = np.empty(frames.shape, np.uint8)
+    for t in range(frames.shape[0]):
+        out[t] = cv2.merge([planes[2, t], planes[1, t], planes[0, t]])
+    return out
 
 
 def _roll(frames: np.ndarray, pose) -> np.ndarray:
@@ -600,7 +604,7 @@ def _write_clips(job: tuple) -> tuple[int, int]:
         rng = np.random.default_rng(np.random.SeedSequence([seed, int(i)]))
         inten = au_intensities(rng, int(label), int(n))
         img, pose = render_clip(rng, inten, image_size)
-        img = np.ascontiguousarray(_to_uint8(img))
+        img = _to_bgr_uint8(img)
         level = int(rng.integers(len(NOISE_SIGMAS)))
         picks = rng.integers(0, bank[0].shape[1], int(n))
         img = _roll(_add_noise(img, bank, level, picks), pose)
@@ -608,11 +612,10 @@ def _write_clips(job: tuple) -> tuple[int, int]:
         os.makedirs(folder, exist_ok=True)
         q = [int(cv2.IMWRITE_JPEG_QUALITY), int(quality + rng.integers(-8, 1))]
         for k in range(int(n)):
-            ok, buf = cv2.imencode(".jpg", img[k, :, :, ::-1], q)
+            ok, buf = cv2.imencode(".jpg", img[k], q)
             if not ok:
                 raise RuntimeError(f"JPEG encoding failed for clip {cid} frame {k + 1}")
-            with open(os.path.join(folder, f"{k + 1}.jpg"), "wb") as f:
-                f.write(buf.tobytes())
+            buf.tofile(os.path.join(folder, f"{k + 1}.jpg"))
         lines, _, _ = openface_rows(rng, inten, all_failed=rng.random() < 0.01)
         with open(os.path.join(dfew_dir, "OpenFace", f"{cid}.csv"), "w",
                   encoding="utf-8") as f:
@@ -699,7 +702,8 @@ def main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="audfer-jax demo",
         description="Write the SYNTHETIC FACS-driven demo set in the DFEW release layout.")
-    parser.add_argument("--out", required=True, help="output folder (DFEW/ is made inside)")
+    parser.add_argument("--out", "--out_dir", dest="out", required=True,
+                        help="output folder (DFEW/ is made inside)")
     parser.add_argument("--num_clips", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=112, help="frame side in pixels")

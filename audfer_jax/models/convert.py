@@ -9,7 +9,9 @@ their tests of key handling run without it). Three layers:
    Linear `[O, I] -> [I, O]`, BatchNorm weight/bias/running stats -> `params`
    scale/bias and `batch_stats` mean/var, packed `to_qkv` split head-major,
    MAE-DFER `q`/`kv` with `q_bias`/`v_bias` and no k bias, LSTM gate rows
-   i, f, g, o with `bias_ih + bias_hh` on the `h*` Dense, DMIN reshapes).
+   i, f, g, o with `bias_ih + bias_hh` on the `h*` Dense of `nn.LSTMCell` or
+   both biases kept by `layers.TorchLSTMCell`, DMIN reshapes), and
+   `activations_to_flax` for the activation layouts.
 2. Whole-model mappings: `convert_state_dict(model_name, state_dict,
    target_variables)` maps the keys of the five checkpoint kinds of
    backbones.md sections 1-3 (Former-DFER fine-tuned, torchvision R3D-18
@@ -18,10 +20,16 @@ their tests of key handling run without it). Three layers:
    tree of `audfer_jax.models.get_model(model_name)`. Every checkpoint key is
    mapped, dropped by a named rule, or an error; every Flax leaf is loaded or
    reported fresh (`ConversionReport`).
-3. `load_torch_checkpoint(path)`: a restricted unpickler (torch's
-   `weights_only` loader, unknown classes such as `__main__.RecorderMeter` and
-   `argparse.Namespace` replaced by inert stubs), and the CLI
-   `audfer-jax convert` (`main(argv)`).
+3. `load_torch_checkpoint(path)`: torch's restricted `weights_only` unpickler
+   with every unknown global (`__main__.RecorderMeter`, NumPy reconstructors,
+   any function) allow-listed as an inert stub and `argparse.Namespace` as
+   itself, so no training script is imported or run; and the CLI
+   `audfer-jax convert` (`main(argv)`), which writes the converted variables
+   with `audfer_jax.checkpoint.save_variables`.
+
+The model's Flax paths come from the module docstrings of former_dfer.py,
+m3dfel.py and mae_dfer.py (PyTorch key -> Flax path tables); the rules below
+follow them, and `convert_state_dict` refuses any leaf that no rule covers.
 """
 
 from __future__ import annotations
@@ -34,7 +42,11 @@ import re
 import sys
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+
+from audfer_jax.models import available_models, default_input_shape, get_model
 
 # ---------------------------------------------------------------------------
 # 1. Layer conversions (backbones.md section 4). Inputs are NumPy arrays in
@@ -533,7 +545,8 @@ SOURCES: dict[str, _Source] = {
         fresh=lambda rule: ("not in the pre-training checkpoint"
                             if rule.role in ("head", "au_head", "fc_norm") else None)),
     "mae_dfer": _Source(
-        "mae_dfer", "mae_dfer", "MAE-DFER fine-tuned checkpoint (utils.save_model)", _mae_dfer_rules,
+        "mae_dfer", "mae_dfer", "MAE-DFER fine-tuned checkpoint (utils.save_model)",
+        _mae_dfer_rules,
         renames=((r"^(AU_fc|fc_au)\.", "au_head."),)),
 }
 
@@ -550,7 +563,8 @@ def detect_source(model_name: str, keys: Iterable[str]) -> str:
     """The checkpoint kind (a `SOURCES` name) for a model and its (unprefixed) keys.
 
     M3DFEL: torchvision R3D-18 keys start with `stem.`; MAE-DFER: pre-training
-    keys start with `encoder.` or `decoder.` (backbones.md section 4 table).
+    keys start with `encoder.` or `decoder.` (backbones.md section 4 table;
+    `backbone.` too, which MAE-DFER's fine-tuning also strips).
 
     Raises:
         ValueError: unknown model name.
@@ -558,7 +572,8 @@ def detect_source(model_name: str, keys: Iterable[str]) -> str:
     family, keys = _family(model_name), list(keys)
     if family == "m3dfel" and any(k.startswith(("stem.", "layer1.")) for k in keys):
         return "r3d18_kinetics"
-    if family == "mae_dfer" and any(k.startswith(("encoder.", "decoder.")) for k in keys):
+    if family == "mae_dfer" and any(k.startswith(("encoder.", "decoder.", "backbone."))
+                                    for k in keys):
         return "mae_dfer_pretrain"
     return family
 
@@ -811,8 +826,9 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any],
     for (collection, *path), leaf in template.items():
         for n in range(len(path), 0, -1):
             mstr = "/".join(path[:n])
+            is_leaf = n == len(path)   # `param` rules name leaves, the others modules
             hit = next(((i, m) for i, rx in enumerate(flax_regexes)
-                        if (m := rx.match(mstr)) and (rules[i].kind == "param") == (n == len(path))),
+                        if (m := rx.match(mstr)) and (rules[i].kind == "param") == is_leaf),
                        None)
             if hit is not None:
                 owner = (tuple(path[:n]), hit[0])
@@ -984,9 +1000,6 @@ def _model_template(model: Any, model_name: str):
     """The model's variables as `jax.ShapeDtypeStruct`s (`jax.eval_shape` of
     `model.init` on one uint8 clip of the default size), and a function that
     initialises them for real (`Module.lazy_init`: no forward computation)."""
-    import jax  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    from audfer_jax.models import default_input_shape  # pylint: disable=import-outside-toplevel
 
     t, h, w = default_input_shape(model_name)
     clips = jax.ShapeDtypeStruct((1, t, h, w, 3), jnp.uint8)
@@ -1017,7 +1030,6 @@ def fill_fresh(variables: Mapping[str, Any], init: Callable[[], Any]) -> dict[st
     Raises:
         ValueError: `init` lacks a leaf that is abstract in `variables`.
     """
-    import jax  # pylint: disable=import-outside-toplevel
 
     flat = _flatten(variables)
     abstract = [p for p, v in flat.items() if isinstance(v, jax.ShapeDtypeStruct)]
@@ -1044,7 +1056,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     (must not exist), `--num_classes` (7), `--num_aus` (18), `--source`
     (`auto` or a `SOURCES` name), `--strict`, `--verbose`. Builds the model's
     variable template with `jax.eval_shape`, converts (the model's own
-    initialisers fill the fresh leaves, if any: `fill_fresh`), prints the report and writes the variables with
+    initialisers fill the fresh leaves, if any: `fill_fresh`), prints the
+    report and writes the variables with
     metadata `{model, num_classes, num_aus, source_file, source, checkpoint_info,
     report}` through `audfer_jax.checkpoint.save_variables`.
 
@@ -1052,7 +1065,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         0 on success, 1 when the conversion fails (the report names every
         problem), 2 on bad flags.
     """
-    from audfer_jax.models import available_models, get_model  # pylint: disable=import-outside-toplevel
 
     parser = argparse.ArgumentParser(
         prog="audfer-jax convert",
@@ -1070,6 +1082,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="list every loaded leaf")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
+    if os.path.exists(args.out):
+        print(f"audfer-jax convert: {args.out} already exists; choose a new --out",
+              file=sys.stderr)
+        return 1
     info: dict[str, Any] = {}
     try:
         state_dict = load_torch_checkpoint(args.checkpoint, info)

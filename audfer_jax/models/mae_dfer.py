@@ -635,6 +635,7 @@ def weight_decay_mask(params: Any, num_layers: int) -> Any:
     Use as `optax.adamw(..., mask=weight_decay_mask(params, depth))`.
     """
     flat = traverse_util.flatten_dict(params)
-    mask = {k: not (no_weight_decay(k, getattr(v, "shape", None)) or frozen_by_design(k, num_layers))
+    mask = {k: not (no_weight_decay(k, getattr(v, 'shape', None))
+                    or frozen_by_design(k, num_layers))
             for k, v in flat.items()}
     return traverse_util.unflatten_dict(mask)

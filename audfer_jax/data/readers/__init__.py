@@ -46,7 +46,8 @@ def read_split(dataset: str, root: str, split: str, fold: Optional[int] = None, 
             its `OpenFace/` folder is used when present).
         root: the dataset folder or a folder holding it (one nesting level).
         split: "train" or "test".
-        fold: 1..5 for DFEW, MAFW and demo; ignored for FERV39k.
+        fold: 1..5 for DFEW, MAFW and demo (demo: None or 0 means 1); ignored
+            for FERV39k.
         frame_set: DFEW "full" | "16f" | path; FERV39k and MAFW a path.
         au_source: folder of OpenFace 2.0 CSVs or an AU-DFER .txt file
             (`au_labels` module doc for the CSV naming rule). Fills
@@ -73,6 +74,8 @@ def read_split(dataset: str, root: str, split: str, fold: Optional[int] = None, 
     if name == "dfew":
         return read_dfew(root, split, fold, **kwargs)
     if name == "demo":
+        # The demo set has DFEW's 5 folds; configs treat it as one split (fold 1).
+        fold = 1 if fold in (None, 0) else fold
         if au_source is None:
             candidate = os.path.join(find_dfew_base(root), "OpenFace")
             kwargs["au_source"] = candidate if os.path.isdir(candidate) else None

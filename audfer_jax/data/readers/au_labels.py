@@ -345,6 +345,16 @@ class AUSource:
         self.full_length = full_length
         self.is_folder = os.path.isdir(path)
         self.table = None if self.is_folder else _parse_audfer(path, self.dataset, report)
+        self.used: set[str] = set()
+
+    def report_unused(self) -> None:
+        """Counts AU-DFER clip keys that no clip of this read asked for.
+
+        An AU-DFER file covers every fold, so this is information
+        (`au/keys_not_in_split`), not an error.
+        """
+        if self.table is not None:
+            self.report.count("au/keys_not_in_split", len(set(self.table) - self.used))
 
     def csv_candidates(self, key: str) -> list[str]:
         """The CSV paths tried for clip `key`, in order (module doc)."""
@@ -385,6 +395,7 @@ class AUSource:
                     return au, valid, None
             self.report.count("au/no_csv")
             return (*empty, None)
+        self.used.add(key)
         entries = self.table.get(key)
         if not entries:
             self.report.count("au/clips_without_au")

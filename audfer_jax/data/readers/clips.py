@@ -141,6 +141,8 @@ def build_clips(entries: Iterable[Entry], *, dataset: str, split: str, fold: int
         clips.append(Clip(key=e.key, label=e.label, frames=frames, split=split,
                           fold=fold, origin=e.origin, au_frames=au_frames,
                           au_valid=au_valid, multi_label=e.multi_label))
+    if au is not None:
+        au.report_unused()
     count_clips(clips, classes, report)
     return clips
 

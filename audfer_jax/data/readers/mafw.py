@@ -194,9 +194,10 @@ def read_mafw(root: str, split: str, fold: Optional[int], *, frame_set: Optional
 
     path = split_file or list_path(split, fold)
     if path is None:
-        raise FileNotFoundError(
-            f"MAFW list not found: {os.path.join(base, split_root, label_type, caption, f'set_{fold}', split + '.txt')}"
-            " (set split_root= if the folder is renamed)")
+        expected = os.path.join(base, split_root, label_type, caption, f"set_{fold}",
+                                f"{split}.txt")
+        raise FileNotFoundError(f"MAFW list not found: {expected} (set split_root= if "
+                                "the folder is renamed)")
     log.info("mafw %s fold %d: list %s, frames %s", split, fold, path, frame_root)
 
     entries = [clips_lib.Entry(key=k, label=y, origin=o, multi_label=m,

@@ -2,11 +2,12 @@
 
 Formats (../shared/spec/datasets.md section 5), detected from the first line:
 
-| format | example line | fields |
-|---|---|---|
-| three-field (Former-DFER, DFER-CLIP, IAL) | `<prefix>/DFEW_Face/02522 66 5` | clip dir, num_frames, label |
-| two-field (MAE-DFER) | `<prefix>/DFEW/Clip/jpg_256/02522 5` | clip dir, label |
-| header CSV (S2D) | `video_name,label` / `02522,5`; `path,id` / `Crime/Angry/0063,0` | by column name |
+- three-field (Former-DFER, DFER-CLIP, IAL): `<clip_dir> <num_frames> <label>`,
+  e.g. `<prefix>/DFEW_Face/02522 66 5`; no header.
+- two-field (MAE-DFER): `<clip_dir> <label>`, e.g.
+  `<prefix>/DFEW/Clip/jpg_256/02522 5`; no header.
+- header CSV (S2D): columns found by name, e.g. `video_name,label` / `02522,5`
+  or `path,id` / `Crime/Angry/0063,0`.
 
 - Rebasing: the prefix is dropped; the last path component (DFEW, MAFW) or the
   last three (FERV39k) are resolved against `frame_root`.
@@ -68,8 +69,9 @@ def label_map(dataset: str, source_order: str) -> list[int]:
                          f"{sorted(SOURCE_ORDERS)}")
     orders = SOURCE_ORDERS[source_order]
     if dataset not in orders:
+        defined = sorted(k for k, v in SOURCE_ORDERS.items() if dataset in v)
         raise ValueError(f"source_order {source_order!r} is not defined for {dataset}; "
-                         f"choose one of {sorted(k for k, v in SOURCE_ORDERS.items() if dataset in v)}")
+                         f"choose one of {defined}")
     return [classes_lib.label_from_name(n, dataset) for n in orders[dataset]]
 
 

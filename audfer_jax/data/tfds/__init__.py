@@ -7,3 +7,5 @@ Importing this package registers the builders `dfew`, `ferv39k`, `mafw` and
 
 from audfer_jax.data.tfds.builders import BUILDERS, builder_class  # noqa: F401
 from audfer_jax.data.tfds.common import config_name, make_config  # noqa: F401
+
+__all__ = ["BUILDERS", "builder_class", "config_name", "make_config"]

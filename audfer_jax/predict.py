@@ -1,0 +1,640 @@
+"""`audfer-jax predict`: expression and AU probabilities for one video or frame folder.
+
+    audfer-jax predict --checkpoint runs/x VIDEO_OR_FRAME_DIR [--top_k 3]
+        [--json out.json] [--detect_face] [--which best|last]
+
+Steps, each mirroring the evaluation input pipeline (`data/pipeline.py`) of
+the run that made the checkpoint:
+
+1. Read every frame: a video with PyAV (any container/codec FFmpeg decodes),
+   or an image folder (`.jpg/.jpeg/.png`) ordered by the trailing integer of
+   each file stem, like the dataset readers (`1.jpg, 2.jpg, ..., 10.jpg`, not
+   lexicographic; datasets.md section 0).
+2. Optionally (`--detect_face`, for raw videos rather than face crops) find
+   the largest frontal face per frame with OpenCV's Haar cascade
+   (`haarcascade_frontalface_default.xml`, Viola-Jones) and crop one box for
+   the whole clip: the median centre and median side of the per-frame boxes,
+   made square and widened by `margin` of the side on each side.
+3. Sample T frames with the run's deterministic evaluation scheme
+   (`sampling.eval_indices`, datasets.md section 7) and `eval_temporal_views`
+   views; resize each frame to S x S (bilinear, antialiased; aspect not kept,
+   as the references and the pipeline do) or, with several spatial views,
+   shorter side to S and evenly spaced S x S crops.
+4. Apply the model in eval mode; class probabilities are the mean over views
+   of the softmax (as the trainer's eval step and MAE-DFER's multi-view test),
+   AU probabilities the sigmoid of the view-averaged AU logits.
+
+The AU head is an auxiliary training head of AU-DFER (au_dfer_method.md
+section 1); its probabilities are shown for inspection only.
+
+Checkpoints accepted by `load_predictor`:
+* a training run directory (`config.json` + `best/<step>` and/or
+  `checkpoints/<step>`, written by `train.py`): its best state by default;
+* one step directory `RUN/checkpoints/<step>` or `RUN/best/<step>`;
+* a variables checkpoint written by `checkpoint.save_variables`, whose
+  metadata names the model: `model` (registry name), `class_names`, and
+  optionally `model_overrides` (dict), `data` (data-config fields such as
+  `num_frames`, `image_size`, `sampling`, ...) or a whole run `config` dict.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import json
+import os
+import sys
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from audfer_jax.data import sampling
+
+VIDEO_HINT = "a video file PyAV can decode (.mp4, .avi, ...) or a folder of .jpg/.png frames"
+
+
+class PredictError(ValueError):
+    """Unusable input for `predict` (unreadable video, empty folder, bad checkpoint)."""
+
+
+# ---------------------------------------------------------------------------
+# Reading frames.
+# ---------------------------------------------------------------------------
+
+def read_video(path: str) -> np.ndarray:
+    """Decodes every frame of a video with PyAV.
+
+    Args:
+        path: video file.
+
+    Returns:
+        `[N, H, W, 3] uint8` RGB frames, N >= 1.
+
+    Raises:
+        PredictError: missing file, not a decodable video, no video stream, or
+            no frame decoded (names the file and the decoder's message).
+    """
+    import av  # pylint: disable=g-import-not-at-top
+    if not os.path.isfile(path):
+        raise PredictError(f"{path}: no such file (expected {VIDEO_HINT})")
+    frames = []
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise PredictError(f"{path}: no video stream in this file")
+            stream = container.streams.video[0]
+            for frame in container.decode(stream):
+                frames.append(frame.to_ndarray(format="rgb24"))
+    except PredictError:
+        raise
+    except (av.error.FFmpegError, UnicodeDecodeError, OSError, ValueError) as e:
+        raise PredictError(f"{path}: cannot read as a video ({e}); expected {VIDEO_HINT}"
+                           ) from None
+    if not frames:
+        raise PredictError(f"{path}: the video has no decodable frame")
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise PredictError(f"{path}: frame size changes within the video {sorted(shapes)}")
+    return np.stack(frames)
+
+
+def read_frame_folder(folder: str) -> tuple[np.ndarray, list[str]]:
+    """Reads an image folder in temporal order (trailing integer of each stem).
+
+    Args:
+        folder: directory of `.jpg/.jpeg/.png` frames (other files ignored).
+
+    Returns:
+        `([N, H, W, 3] uint8 RGB frames, [N] paths)`.
+
+    Raises:
+        PredictError: no images, a name without trailing integer, a repeated
+            number, an undecodable image, or frames of different sizes (each
+            names the folder or frame).
+    """
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    from audfer_jax.data.readers import common  # pylint: disable=g-import-not-at-top
+    try:
+        paths = common.list_frames(folder)
+    except common.FrameFolderError as e:
+        raise PredictError(f"{e} (expected {VIDEO_HINT})") from None
+    frames = []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                frames.append(np.asarray(im.convert("RGB"), np.uint8))
+        except OSError as e:
+            raise PredictError(f"{p}: cannot decode image ({e})") from None
+    shapes = {f.shape for f in frames}
+    if len(shapes) > 1:
+        raise PredictError(f"{folder}: frames have different sizes {sorted(shapes)}")
+    return np.stack(frames), paths
+
+
+def read_clip(path: str) -> np.ndarray:
+    """`[N, H, W, 3] uint8` frames of a video file or a frame folder.
+
+    Raises:
+        PredictError: see `read_video` and `read_frame_folder`.
+    """
+    if os.path.isdir(path):
+        return read_frame_folder(path)[0]
+    if not os.path.exists(path):
+        raise PredictError(f"{path}: no such file or folder (expected {VIDEO_HINT})")
+    return read_video(path)
+
+
+# ---------------------------------------------------------------------------
+# Face box.
+# ---------------------------------------------------------------------------
+
+def combine_face_boxes(boxes: Sequence[Optional[Sequence[float]]], height: int, width: int,
+                       margin: float = 0.15) -> Optional[tuple[int, int, int, int]]:
+    """One square crop for a clip from per-frame face boxes.
+
+    The centre is the median of the per-frame box centres and the side the
+    median of the per-frame `max(w, h)`, widened by `margin * side` on each
+    side (medians ignore a few missed or spurious detections). The square is
+    shifted to lie inside the frame where it fits, else clipped to the frame.
+
+    Args:
+        boxes: per frame `(x, y, w, h)` in pixels (OpenCV's convention), or
+            None where no face was found.
+        height, width: frame size in pixels.
+        margin: fraction of the face side added on each side.
+
+    Returns:
+        `(x0, y0, x1, y1)` integer pixel bounds (x1, y1 exclusive), or None
+        when no frame has a face.
+    """
+    found = np.asarray([b for b in boxes if b is not None], np.float64).reshape(-1, 4)
+    if found.size == 0:
+        return None
+    cx = float(np.median(found[:, 0] + found[:, 2] / 2))
+    cy = float(np.median(found[:, 1] + found[:, 3] / 2))
+    side = float(np.median(np.maximum(found[:, 2], found[:, 3]))) * (1 + 2 * margin)
+    side = int(round(min(side, height, width)))
+
+    def span(centre, size):
+        lo = int(round(centre - side / 2))
+        lo = min(max(lo, 0), size - side)
+        return lo, lo + side
+
+    x0, x1 = span(cx, width)
+    y0, y1 = span(cy, height)
+    return x0, y0, x1, y1
+
+
+def _cascade():
+    import cv2  # pylint: disable=g-import-not-at-top
+    path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
+    cascade = cv2.CascadeClassifier(path)
+    if cascade.empty():
+        raise PredictError(f"{path}: OpenCV Haar cascade not found or unreadable "
+                           "(needs opencv-python-headless < 5)")
+    return cascade
+
+
+def largest_face(frame: np.ndarray, cascade=None) -> Optional[tuple[int, int, int, int]]:
+    """The largest frontal face `(x, y, w, h)` in `[H, W, 3] uint8` RGB, or None."""
+    import cv2  # pylint: disable=g-import-not-at-top
+    cascade = _cascade() if cascade is None else cascade
+    gray = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY))
+    min_side = max(24, min(gray.shape) // 10)
+    faces = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
+                                     minSize=(min_side, min_side))
+    if len(faces) == 0:
+        return None
+    x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
+    return int(x), int(y), int(w), int(h)
+
+
+def detect_face_box(frames: np.ndarray, frame_indices: Optional[Sequence[int]] = None,
+                    margin: float = 0.15) -> Optional[tuple[int, int, int, int]]:
+    """One face crop `(x0, y0, x1, y1)` for a clip, or None if no face is found.
+
+    Args:
+        frames: `[N, H, W, 3] uint8`.
+        frame_indices: frames to run the detector on (default: up to 16
+            evenly spaced ones).
+        margin: see `combine_face_boxes`.
+    """
+    n, h, w = frames.shape[:3]
+    if frame_indices is None:
+        frame_indices = np.unique(np.linspace(0, n - 1, min(n, 16)).round().astype(int))
+    cascade = _cascade()
+    boxes = [largest_face(frames[int(i)], cascade) for i in frame_indices]
+    return combine_face_boxes(boxes, h, w, margin)
+
+
+# ---------------------------------------------------------------------------
+# The model.
+# ---------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Predictor:
+    """A model ready for inference.
+
+    Attributes:
+        model: the Flax module (`models.get_model`).
+        variables: `{'params': ..., 'batch_stats'?: ...}`.
+        class_names: C names in label order.
+        spec: the evaluation `SamplingSpec` of the run.
+        temporal_views, spatial_views: evaluation views (1, 1 except MAE-DFER).
+        image_size: S, the model's input side in pixels.
+        source: what was loaded (path and step).
+        apply: jitted `(variables, clips [V, T, S, S, 3] uint8) -> ModelOutput`.
+    """
+    model: Any
+    variables: Any
+    class_names: list
+    spec: sampling.SamplingSpec
+    temporal_views: int
+    spatial_views: int
+    image_size: int
+    source: str
+    apply: Callable = None
+
+    def __post_init__(self):
+        if self.apply is None:
+            self.apply = functools.partial(_eval_apply(), self.model)
+
+
+@functools.lru_cache(maxsize=1)
+def _eval_apply():
+    """`jit(model.apply(variables, clips, train=False))` with the module static.
+
+    Flax modules hash and compare by their attributes, so predictors of equal
+    models (the CLI and the API in one process) share one compilation.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    return jax.jit(lambda model, v, x: model.apply(v, x, train=False), static_argnums=0)
+
+
+def _data_config(config) -> Any:
+    """The pipeline's default data config updated with `config.data` (as train.py)."""
+    from audfer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
+    dc = pipeline.default_data_config()
+    overrides = dict(config.get("data", {}) or {})
+    with dc.unlocked():
+        for k, v in overrides.items():
+            dc[k] = v
+    return dc
+
+
+def _class_names(meta: Mapping, config) -> list:
+    if meta.get("class_names"):
+        return list(meta["class_names"])
+    from audfer_jax import classes  # pylint: disable=g-import-not-at-top
+    dc = config.get("data", {}) or {}
+    return list(classes.class_names(dc.get("dataset", dc.get("name", "dfew"))))
+
+
+def _variables_shape(model, input_shape):
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    rng = jax.random.PRNGKey(0)
+    return jax.eval_shape(lambda: model.init({"params": rng, "dropout": rng}, jnp.zeros(
+            (1, *input_shape, 3), jnp.uint8), train=False))
+
+
+def _abstract_train_state(config, model, input_shape):
+    """The `train.TrainState` structure of a run, as `ShapeDtypeStruct`s (no memory).
+
+    The optimizer state's structure does not depend on the schedule lengths,
+    so steps_per_epoch = 1 is enough to rebuild it.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from audfer_jax import optim, train  # pylint: disable=g-import-not-at-top
+    shapes = _variables_shape(model, input_shape)
+    params = shapes["params"]
+    tx, _ = optim.make_optimizer(config.optim, params, steps_per_epoch=1,
+                                 num_epochs=int(config.get("num_epochs", 1)),
+                                 global_batch_size=int(config.get("batch_size", 1)),
+                                 num_layers=train.model_depth(model))
+    key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
+    return train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                            batch_stats=shapes.get("batch_stats", {}),
+                            opt_state=jax.eval_shape(tx.init, params), rng=key)
+
+
+def _is_variables_checkpoint(path: str) -> bool:
+    return (os.path.isdir(os.path.join(path, "variables"))
+            and os.path.isdir(os.path.join(path, "metadata")))
+
+
+def _is_state_step(path: str) -> bool:
+    return os.path.isdir(os.path.join(path, "state"))
+
+
+def _newest_step(directory: str) -> Optional[str]:
+    if not os.path.isdir(directory):
+        return None
+    steps = sorted(int(n) for n in os.listdir(directory)
+                   if n.isdigit() and _is_state_step(os.path.join(directory, n)))
+    return os.path.join(directory, str(steps[-1])) if steps else None
+
+
+def _fit_spec(spec: sampling.SamplingSpec, num_frames: int) -> sampling.SamplingSpec:
+    """`spec` with T = `num_frames` when they differ.
+
+    Only a variables checkpoint without data settings gets here (a run's
+    config always agrees with its model): `segments` keeps D frames per
+    segment when T is a multiple of D, else uses T segments of 1 frame.
+    """
+    if spec.num_frames == num_frames:
+        return spec
+    d = spec.frames_per_segment if num_frames % spec.frames_per_segment == 0 else 1
+    return dataclasses.replace(spec, num_frames=num_frames, num_segments=num_frames // d,
+                               frames_per_segment=d)
+
+
+def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
+    """Builds the model and restores its variables from a checkpoint.
+
+    Args:
+        checkpoint: a run directory, a step directory or a variables checkpoint
+            (see the module docstring).
+        which: for a run directory, `best` (default; falls back to the newest
+            latest checkpoint when the run has no best one yet) or `last`.
+
+    Returns:
+        A `Predictor`.
+
+    Raises:
+        PredictError: the path does not exist or holds no usable checkpoint, or
+            its metadata does not name the model (names the path and what is
+            missing).
+    """
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from audfer_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+    from audfer_jax import train  # pylint: disable=g-import-not-at-top
+    path = os.path.abspath(checkpoint)
+    if not os.path.exists(path):
+        raise PredictError(f"{path}: checkpoint not found (expected a training run "
+                           "directory, a step directory or a variables checkpoint)")
+    if which not in ("best", "last"):
+        raise PredictError(f"which={which!r}: expected 'best' or 'last'")
+
+    if _is_variables_checkpoint(path):
+        variables, meta = ckpt_lib.restore_variables(path)
+        config = ml_collections.ConfigDict(meta.get("config") or {})
+        if not config.get("model"):
+            if not meta.get("model"):
+                raise PredictError(f"{path}: variables checkpoint metadata names no model "
+                                   f"(keys: {sorted(meta)}); expected 'model' and "
+                                   "'class_names'")
+            config = ml_collections.ConfigDict({
+                    "model": meta["model"],
+                    "model_overrides": dict(meta.get("model_overrides") or {}),
+                    "data": dict(meta.get("data") or {})})
+        class_names = _class_names(meta, config)
+        model = train.build_model(config, len(class_names))
+        source = path
+    else:
+        if _is_state_step(path):
+            step_dir, run_dir = path, os.path.dirname(os.path.dirname(path))
+        else:
+            run_dir = path
+            order = ("best", "checkpoints") if which == "best" else ("checkpoints",)
+            step_dir = None
+            for sub in order:
+                step_dir = _newest_step(os.path.join(path, sub))
+                if step_dir:
+                    break
+            if step_dir is None:
+                raise PredictError(f"{path}: no checkpoint found (looked for "
+                                   f"{' and '.join(o + '/<step>' for o in order)}, or a "
+                                   "variables checkpoint)")
+        config_path = os.path.join(run_dir, "config.json")
+        if not os.path.isfile(config_path):
+            raise PredictError(f"{config_path}: the run's config is missing; it is needed "
+                               f"to rebuild the model of {step_dir}")
+        with open(config_path, encoding="utf-8") as f:
+            config = ml_collections.ConfigDict(json.load(f))
+        # Class names live in the checkpoint's meta; the model needs their count
+        # first, so take the dataset's names and check them after restoring.
+        class_names = _class_names({}, config)
+        model = train.build_model(config, len(class_names))
+        input_shape = train.model_input_shape(model, config.model)
+        state, meta = ckpt_lib.restore_state_from_directory(
+                step_dir, _abstract_train_state(config, model, input_shape))
+        probe_names = meta.get("class_names")
+        if probe_names and list(probe_names) != class_names:
+            raise PredictError(f"{step_dir}: checkpoint classes {probe_names} differ from "
+                               f"the config's dataset classes {class_names}")
+        variables = {"params": state.params}
+        import jax  # pylint: disable=g-import-not-at-top
+        if jax.tree.leaves(state.batch_stats):
+            variables["batch_stats"] = state.batch_stats
+        source = f"{step_dir} (step {meta.get('step', os.path.basename(step_dir))})"
+
+    dc = _data_config(config)
+    input_shape = train.model_input_shape(model, config.model)
+    spec = _fit_spec(sampling.spec_from_config(dc), input_shape[0])
+    return Predictor(model=model, variables=variables, class_names=list(class_names),
+                     spec=spec, temporal_views=int(dc.get("eval_temporal_views", 1) or 1),
+                     spatial_views=int(dc.get("eval_spatial_views", 1) or 1),
+                     image_size=int(input_shape[1]), source=source)
+
+
+# ---------------------------------------------------------------------------
+# Inference.
+# ---------------------------------------------------------------------------
+
+def _resize(frame: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear, antialiased when shrinking (PIL), `[h, w, 3] uint8`."""
+    from PIL import Image  # pylint: disable=g-import-not-at-top
+    if frame.shape[:2] == (height, width):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((width, height), Image.BILINEAR),
+                      np.uint8)
+
+
+def spatial_views(frames: np.ndarray, size: int, views: int = 1) -> np.ndarray:
+    """`[F, H, W, 3] uint8` -> `[views, F, S, S, 3] uint8`.
+
+    One view: each frame resized to S x S (aspect not kept, as the pipeline).
+    Several: shorter side to S, then `views` S x S crops evenly spaced along
+    both axes (start `(extent - S) * v / (views - 1)`), as `data/pipeline.py`.
+    """
+    if views == 1:
+        return np.stack([_resize(f, size, size) for f in frames])[None]
+    h, w = frames.shape[1:3]
+    scale = size / min(h, w)
+    nh, nw = max(size, int(round(h * scale))), max(size, int(round(w * scale)))
+    big = np.stack([_resize(f, nh, nw) for f in frames])
+    out = []
+    for v in range(views):
+        y0 = ((nh - size) * v) // (views - 1)
+        x0 = ((nw - size) * v) // (views - 1)
+        out.append(big[:, y0:y0 + size, x0:x0 + size])
+    return np.stack(out)
+
+
+def prepare_clip(frames: np.ndarray, predictor: Predictor,
+                 face_box: Optional[Sequence[int]] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Samples, crops and resizes a clip the way the run's eval pipeline does.
+
+    Args:
+        frames: `[N, H, W, 3] uint8`, all frames of the clip.
+        predictor: gives the sampling spec, views and input side S.
+        face_box: optional `(x0, y0, x1, y1)` crop applied to every frame.
+
+    Returns:
+        `(clips [Vt * Vs, T, S, S, 3] uint8, indices [Vt, T] int32)`; view
+        order: temporal view major, spatial view minor (as the pipeline).
+    """
+    n = frames.shape[0]
+    idx = sampling.eval_indices(n, predictor.spec, predictor.temporal_views)   # [Vt, T]
+    uniq, pos = np.unique(idx.reshape(-1), return_inverse=True)
+    picked = frames[uniq]
+    if face_box is not None:
+        x0, y0, x1, y1 = (int(v) for v in face_box)
+        picked = picked[:, y0:y1, x0:x1]
+    views = spatial_views(picked, predictor.image_size, predictor.spatial_views)  # [Vs,U,..]
+    clip = views[:, pos.reshape(idx.shape)]               # [Vs, Vt, T, S, S, 3]
+    clip = np.swapaxes(clip, 0, 1).reshape((-1,) + clip.shape[2:])
+    return np.ascontiguousarray(clip), idx
+
+
+def _check_frames(frames) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
+        raise PredictError(f"frames must be [N, H, W, 3] with N >= 1, got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise PredictError(f"frames must be uint8 (0..255), got {frames.dtype}")
+    return frames
+
+
+def predict_clip(frames_uint8: np.ndarray, predictor: Predictor | str, *,
+                 detect_face: bool = False, face_box: Optional[Sequence[int]] = None,
+                 face_margin: float = 0.15, top_k: int = 3) -> dict:
+    """Class and AU probabilities of one clip.
+
+    Args:
+        frames_uint8: `[N, H, W, 3] uint8` RGB, every frame of the clip in
+            temporal order (N >= 1; short clips are padded by the sampler).
+        predictor: a `Predictor`, or a checkpoint path for `load_predictor`.
+        detect_face: find one face box for the clip (Haar cascade) and crop it.
+        face_box: an explicit `(x0, y0, x1, y1)` crop instead.
+        face_margin: margin of the detected box, fraction of the face side.
+        top_k: how many classes `top_k` lists.
+
+    Returns:
+        `{"class_names": [C], "probs": [C] floats summing to 1 (mean over views
+        of the softmax), "probabilities": {name: p}, "top_class", "top_prob",
+        "top_k": [[name, p], ...], "au_names": [18], "au_probs": [18] sigmoid of
+        the view-mean AU logits, "au_probabilities": {AU: p}, "frame_indices":
+        [Vt, T], "num_frames": N, "views": Vt * Vs, "face_box": box or None,
+        "face_found": bool or None}`.
+
+    Raises:
+        PredictError: bad frames (shape, dtype).
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    from audfer_jax import au  # pylint: disable=g-import-not-at-top
+    frames = _check_frames(frames_uint8)
+    if isinstance(predictor, (str, os.PathLike)):
+        predictor = load_predictor(os.fspath(predictor))
+    face_found = None
+    if face_box is None and detect_face:
+        idx = np.unique(sampling.eval_indices(frames.shape[0], predictor.spec,
+                                              predictor.temporal_views))
+        face_box = detect_face_box(frames, idx, face_margin)
+        face_found = face_box is not None
+        if face_box is None:
+            print("predict: no face found by the Haar cascade; using the whole frame",
+                  file=sys.stderr)
+    clips, idx = prepare_clip(frames, predictor, face_box)
+    out = predictor.apply(predictor.variables, clips)
+    logits = np.asarray(jax.device_get(out.logits), np.float64)
+    au_logits = np.asarray(jax.device_get(out.au_logits), np.float64)
+    z = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
+    probs = probs.mean(0)
+    au_probs = 1.0 / (1.0 + np.exp(-au_logits.mean(0)))
+    names = list(predictor.class_names)
+    order = np.argsort(-probs, kind="stable")
+    au_names = list(au.AU_NAMES)[:au_probs.shape[0]]
+    return {
+        "class_names": names,
+        "probs": probs.tolist(),
+        "probabilities": {n: float(p) for n, p in zip(names, probs)},
+        "top_class": names[int(order[0])],
+        "top_prob": float(probs[order[0]]),
+        "top_k": [[names[int(i)], float(probs[i])] for i in order[:max(1, top_k)]],
+        "au_names": au_names,
+        "au_probs": au_probs.tolist(),
+        "au_probabilities": {n: float(p) for n, p in zip(au_names, au_probs)},
+        "frame_indices": idx.tolist(),
+        "num_frames": int(frames.shape[0]),
+        "views": int(clips.shape[0]),
+        "face_box": None if face_box is None else [int(v) for v in face_box],
+        "face_found": face_found,
+    }
+
+
+def format_prediction(result: Mapping[str, Any], source: str = "") -> str:
+    """Human-readable text of a `predict_clip` result."""
+    lines = []
+    if source:
+        lines.append(f"input: {source} ({result['num_frames']} frames, "
+                     f"{result['views']} view(s))")
+    if result.get("face_box") is not None:
+        lines.append(f"face box (x0, y0, x1, y1): {tuple(result['face_box'])}")
+    elif result.get("face_found") is False:
+        lines.append("face box: none found, whole frame used")
+    names = result["class_names"]
+    width = max(len(n) for n in names)
+    lines.append("class probabilities:")
+    for n in names:
+        lines.append(f"  {n:<{width}}  {result['probabilities'][n]:.4f}")
+    lines.append(f"top class: {result['top_class']} ({result['top_prob']:.4f})")
+    lines.append("top-%d: %s" % (len(result["top_k"]),
+                                 ", ".join(f"{n} {p:.4f}" for n, p in result["top_k"])))
+    lines.append("AU head probabilities (auxiliary training head, not used for the "
+                 "expression):")
+    items = list(result["au_probabilities"].items())
+    for i in range(0, len(items), 6):
+        lines.append("  " + "  ".join(f"{k} {v:.3f}" for k, v in items[i:i + 6]))
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`audfer-jax predict --checkpoint DIR VIDEO_OR_FRAME_DIR [...]`."""
+    parser = argparse.ArgumentParser(
+            prog="audfer-jax predict",
+            description="Expression class probabilities (and the AU head's per-AU "
+                        "probabilities) for one video or frame folder.")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training run directory, step directory or variables checkpoint")
+    parser.add_argument("input", help="video file or folder of frames (1.jpg, 2.jpg, ...)")
+    parser.add_argument("--top_k", type=int, default=3, help="classes listed as top-k")
+    parser.add_argument("--json", default=None, help="also write the result as JSON here")
+    parser.add_argument("--detect_face", action="store_true",
+                        help="crop one face box per clip (OpenCV Haar cascade), for raw video")
+    parser.add_argument("--face_margin", type=float, default=0.15,
+                        help="margin around the detected face, fraction of its side")
+    parser.add_argument("--which", default="best", choices=("best", "last"),
+                        help="checkpoint of a run directory (default best)")
+    args = parser.parse_args(argv)
+    try:
+        frames = read_clip(args.input)
+        predictor = load_predictor(args.checkpoint, args.which)
+        result = predict_clip(frames, predictor, detect_face=args.detect_face,
+                              face_margin=args.face_margin, top_k=args.top_k)
+    except (PredictError, FileNotFoundError) as e:
+        print(f"audfer-jax predict: {e}", file=sys.stderr)
+        return 1
+    result["input"] = os.path.abspath(args.input)
+    result["checkpoint"] = predictor.source
+    print(f"checkpoint: {predictor.source}")
+    print(format_prediction(result, args.input))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=2)
+        print(f"wrote {args.json}")
+    return 0

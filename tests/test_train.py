@@ -1,0 +1,233 @@
+"""Tests of audfer_jax.train (single process, one CPU device).
+
+The trainer mechanics run on a micro model and in-memory data
+(`_train_fakes.py`) so that compiling stays within seconds; the end-to-end
+demo run with the real pipeline and a tiny backbone is `test_demo_config_end_to_end`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _train_fakes as fakes  # noqa: E402
+
+from audfer_jax import au as au_lib  # noqa: E402
+from audfer_jax import checkpoint as ckpt_lib  # noqa: E402
+from audfer_jax import losses  # noqa: E402
+from audfer_jax import mixup  # noqa: E402
+from audfer_jax import optim  # noqa: E402
+from audfer_jax import train  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compile_cache(tmp_path_factory):
+    """Reuses compiled steps across the runs of this module (same HLO)."""
+    old = (jax.config.jax_compilation_cache_dir,
+           jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jaxcache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
+def _params(workdir, step=None, best=False):
+    ck = ckpt_lib.TrainCheckpointer(workdir)
+    try:
+        step = step if step is not None else (ck.best_step() if best else ck.latest_step())
+        path = os.path.join(workdir, "best" if best else "checkpoints", str(step), "state")
+        from orbax.checkpoint import PyTreeCheckpointer
+        with PyTreeCheckpointer() as c:
+            tree = c.restore(path)
+        return tree, ck.read_meta(step, best=best)
+    finally:
+        ck.close()
+
+
+def _micro(**kw):
+    return fakes.MicroModel(num_classes=7, **kw)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """2 epochs x 3 steps with dropout, checkpoints every step."""
+    workdir = str(tmp_path_factory.mktemp("full"))
+    cfg = fakes.micro_config(checkpoint_every_steps=1, keep_checkpoints=10,
+                             **{"data": dict(fakes.default_data_config(), num_train=24)})
+    result = train.train_and_evaluate(cfg, workdir, data=fakes, model=_micro(dropout=0.2))
+    return cfg, workdir, result
+
+
+def test_outputs_and_labelled_figures(uninterrupted):
+    cfg, workdir, result = uninterrupted
+    assert result["steps"] == 6
+    assert result["class_names"] == list(fakes.CLASSES)
+    assert result["last"]["label"] == "last" and result["last"]["epoch"] == 2
+    assert result["best"]["label"] == "best" and result["best"]["criterion"] == "war+uar"
+    hist = result["history"]
+    assert [h["epoch"] for h in hist] == [1, 2]
+    best = max(hist, key=lambda h: h["war"] + h["uar"])
+    assert result["best"]["epoch"] == best["epoch"]
+    assert result["best"]["value"] == pytest.approx(best["war"] + best["uar"])
+    # 10 test clips padded to 2 batches of 8: the padding counts nowhere.
+    cm = np.asarray(result["last"]["confusion_matrix"])
+    assert cm.sum() == 10 and cm.shape == (7, 7)
+    np.testing.assert_array_equal(cm.sum(1), np.bincount(np.arange(10) % 7, minlength=7))
+    assert set(result["last"]["au_f1"]) == set(au_lib.AU_NAMES)
+    with open(os.path.join(workdir, "metrics.json")) as f:
+        assert json.load(f)["best"]["epoch"] == result["best"]["epoch"]
+    with open(os.path.join(workdir, "config.json")) as f:
+        assert json.load(f)["batch_size"] == 8
+    lines = [json.loads(x) for x in open(os.path.join(workdir, "metrics.jsonl"))]
+    scalars = [x for x in lines if x["kind"] == "scalars"]
+    assert [x["step"] for x in scalars if "train/loss" in x] == [1, 2, 3, 4, 5, 6]
+    assert any("test/uar" in x for x in scalars)
+    assert any(f.startswith("events.out.tfevents") for f in os.listdir(workdir))
+    _, meta = _params(workdir)
+    assert meta["class_names"] == list(fakes.CLASSES)
+    assert (meta["epoch"], meta["batch_in_epoch"]) == (2, 0)
+
+
+def test_resume_is_bit_identical(uninterrupted, tmp_path):
+    cfg, full_dir, _ = uninterrupted
+    workdir = str(tmp_path)
+    cfg = fakes.micro_config(checkpoint_every_steps=1, keep_checkpoints=10,
+                             **{"data": dict(fakes.default_data_config(), num_train=24)})
+    cfg.stop_after_steps = 4          # killed after step 4: mid-epoch 2
+    out = train.train_and_evaluate(cfg, workdir, data=fakes, model=_micro(dropout=0.2))
+    assert out["stopped_at_step"] == 4
+    _, meta = _params(workdir, 4)
+    assert (meta["epoch"], meta["batch_in_epoch"]) == (1, 1)
+    cfg.stop_after_steps = 0
+    train.train_and_evaluate(cfg, workdir, data=fakes, model=_micro(dropout=0.2))
+    resumed, _ = _params(workdir, 6)
+    full, _ = _params(full_dir, 6)
+    for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(full)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert jax.tree.structure(resumed) == jax.tree.structure(full)
+
+
+def test_evaluate_checkpoint_reproduces_last(uninterrupted):
+    cfg, workdir, result = uninterrupted
+    again = train.evaluate_checkpoint(cfg, workdir, data=fakes, model=_micro(dropout=0.2))
+    assert again["step"] == 6
+    assert again["confusion_matrix"] == result["last"]["confusion_matrix"]
+    assert again["uar"] == pytest.approx(result["last"]["uar"])
+
+
+def test_nonfinite_loss_names_step_and_clips(tmp_path):
+    # SGD with lr 1e30 overflows the parameters at the first step.
+    cfg = fakes.micro_config(**{"optim.optimizer": "sgd", "optim.lr": 1e30,
+                                "optim.weight_decay": 0.0, "num_epochs": 1})
+    with pytest.raises(FloatingPointError, match=r"step 1 .*clip indices of that batch: \[\d"):
+        train.train_and_evaluate(cfg, str(tmp_path), data=fakes, model=_micro())
+
+
+def test_train_step_loss_equals_audfer_loss():
+    cfg = fakes.micro_config()
+    model = _micro(norm="batch")
+    dc = fakes.default_data_config()
+    batch = next(fakes.create_train_dataset(dc, global_batch_size=8, seed=0, epoch=0))
+    batch = {k: v for k, v in batch.items() if k != "index"}
+    batch["au_mask"][:3] = 0.0
+    prior = au_lib.prior("dfew")
+    pos = au_lib.pos_weight("dfew", "distinct")
+    tx, schedule = optim.make_optimizer(cfg.optim, train.abstract_params(model, (8, 32, 32)),
+                                        steps_per_epoch=2, num_epochs=1, global_batch_size=8)
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    state = train.create_train_state(model, tx, (8, 32, 32), 0, mesh)
+    step = train.make_train_step(model, cfg, tx=tx, schedule=schedule, prior=prior,
+                                 pos_weight=pos, lam=0.25, num_classes=7)
+    _, m = jax.jit(step)(state, batch)
+    # Independent forward pass (training-mode BN, no dropout) and the lead's loss.
+    out, _ = model.apply({"params": state.params, "batch_stats": state.batch_stats},
+                         batch["clips"], train=True, mutable=["batch_stats"])
+    expected, parts = losses.audfer_loss(out.logits, out.au_logits, batch["labels"],
+                                         batch["au_targets"], prior, pos, lam=0.25,
+                                         scale=5.0, mask=batch["mask"],
+                                         au_mask=batch["au_mask"])
+    assert float(m["loss"]) == pytest.approx(float(expected), rel=1e-5)
+    assert float(m["au_bce"]) == pytest.approx(float(parts["au_bce"]), rel=1e-5)
+
+
+def test_resolve_loss_variants():
+    cfg = fakes.micro_config()
+    dc = fakes.default_data_config()
+    cfg.loss = "ce"
+    lam, prior, pos = train.resolve_loss(cfg, "demo", 7, fakes, dc)
+    assert lam == 0.0 and pos is None
+    np.testing.assert_array_equal(prior, au_lib.prior("dfew"))
+    cfg.loss = "au"
+    lam, _, pos = train.resolve_loss(cfg, "dfew", 7, fakes, dc)
+    assert lam == 0.25
+    np.testing.assert_array_equal(pos, au_lib.pos_weight("dfew", "global"))
+    cfg.loss = "au_minor"
+    _, _, pos = train.resolve_loss(cfg, "ferv39k", 7, fakes, dc)
+    np.testing.assert_array_equal(pos, au_lib.pos_weight("ferv39k", "minor"))
+    cfg.loss = "au_from_data"
+    cfg.au.per_class = True
+    cfg.au.prior = "from_data"
+    _, prior, pos = train.resolve_loss(cfg, "demo", 7, fakes, dc)
+    targets, mask, labels = fakes.train_au_statistics(dc)
+    np.testing.assert_allclose(pos, au_lib.estimate_pos_weight(
+            targets, labels, 7, per_class=True, au_mask=mask))
+    np.testing.assert_allclose(prior, au_lib.estimate_prior(
+            targets, labels, 7, au_mask=mask, rescale="reference"))
+    cfg.loss = "focal"
+    with pytest.raises(ValueError, match="unknown loss"):
+        train.resolve_loss(cfg, "demo", 7, fakes, dc)
+
+
+def test_mixup_against_numpy():
+    rng = np.random.default_rng(0)
+    b = {"clips": rng.integers(0, 256, (4, 2, 16, 16, 3)).astype(np.uint8),
+         "labels": np.array([0, 1, 2, 3], np.int32),
+         "au_targets": (rng.random((4, 18)) < 0.5).astype(np.float32),
+         "au_mask": np.array([1, 1, 0, 1], np.float32), "mask": np.ones(4, np.float32)}
+    x = b["clips"].astype(np.float32) / 255
+
+    def onehot(y):
+        o = np.full((4, 7), 0.1 / 7)
+        o[np.arange(4), y] += 0.9
+        return o
+
+    # Mixup only: a convex blend with the reversed batch.
+    out = jax.jit(lambda r: mixup.mixup_cutmix(r, b, 7, cutmix_alpha=0.0))(jax.random.PRNGKey(1))
+    lam = float(out["mix_lam"])
+    assert 0 < lam < 1
+    np.testing.assert_allclose(out["clips"], lam * x + (1 - lam) * x[::-1], atol=1e-6)
+    y = onehot(b["labels"])
+    np.testing.assert_allclose(out["label_probs"], lam * y + (1 - lam) * y[::-1], atol=1e-6)
+    np.testing.assert_allclose(out["label_probs"].sum(1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(out["au_targets"],
+                               lam * b["au_targets"] + (1 - lam) * b["au_targets"][::-1], atol=1e-6)
+    np.testing.assert_array_equal(out["au_mask"], [1, 0, 0, 1])
+    # CutMix only: pixels are either own or the partner's; lam = uncovered fraction.
+    out = jax.jit(lambda r: mixup.mixup_cutmix(r, b, 7, mixup_alpha=0.0))(jax.random.PRNGKey(3))
+    c = np.asarray(out["clips"])
+    own = np.all(np.isclose(c, x), axis=(0, 1, 4))
+    other = np.all(np.isclose(c, x[::-1]), axis=(0, 1, 4))
+    assert np.all(own | other)
+    assert float(out["mix_lam"]) == pytest.approx(1 - (~own).mean())
+    # prob 0: nothing changes but the smoothing.
+    out = mixup.mixup_cutmix(jax.random.PRNGKey(0), b, 7, prob=0.0)
+    np.testing.assert_allclose(out["clips"], x, atol=1e-7)
+    np.testing.assert_allclose(out["label_probs"], onehot(b["labels"]), atol=1e-7)
+
+
+def test_confusion_image_and_criterion():
+    img = train.confusion_image(np.diag([3, 0, 2]) + np.eye(3, k=1, dtype=int), cell=4)
+    assert img.shape == (1, 12, 12, 3) and img.dtype == np.uint8
+    # Row 0: 3/4 correct -> darker than row 2 off-diagonal (0).
+    assert img[0, 2, 2, 0] < img[0, 10, 2, 0]
+    assert train.criterion({"war": 60.0, "uar": 40.0}, "war+uar") == 100.0
+    with pytest.raises(ValueError, match="best_metric"):
+        train.criterion({"war": 1.0, "uar": 1.0}, "f1")
