@@ -95,7 +95,7 @@ def test_cli_prints_and_writes_json(tmp_path, monkeypatch, capsys):
     assert "last checkpoint" in out and "step 16" in out
     # Confusion-matrix rows in class order, recall per class, AU F1 (2*2/(4+1+1)).
     assert "\n  b     1     3     0\n" in out
-    assert "  c     83.33" in out
+    assert "\n  c   83.33\n" in out
     assert "AU00  66.7" in out
     saved = json.loads((run / "evaluation_last_step16.json").read_text())
     assert saved["confusion_matrix"] == CM.tolist() and saved["epoch_choice"] == "last"

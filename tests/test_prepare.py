@@ -123,7 +123,17 @@ def test_corrupt_frame_raise_lists_every_problem(tmp_path, clips, monkeypatch):
 
 def test_header_validation_misses_truncation_full_catches_it(tmp_path, clips, monkeypatch):
     raw, by_split = clips
-    _corrupt(by_split["test"][0], "truncated")
+    # A noisy JPEG of the clip's size whose entropy-coded data is cut at 70 %:
+    # the header (and so the size) is intact, the pixels are not.
+    import io
+    from PIL import Image
+    clip = by_split["test"][0]
+    noise = np.random.default_rng(0).integers(0, 256, (24, 24, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(noise).save(buf, format="JPEG", quality=95)
+    data = buf.getvalue()
+    with open(clip.frames[2], "wb") as f:
+        f.write(data[: int(len(data) * 0.7)])
     monkeypatch.setattr(readers_pkg, "read_split", clip_fixtures.fake_reader(by_split),
                         raising=False)
     res = prepare_lib.prepare("dfew", raw, str(tmp_path / "a"), 1, validate="header",

@@ -195,7 +195,13 @@ def _local_batch(global_batch_size: int, process_count: int) -> int:
 def _tf():
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     # TF must never take the accelerator from JAX (engineering.md section 5).
-    tf.config.set_visible_devices([], "GPU")
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:
+        # Already initialised: only possible if GPUs were hidden or absent
+        # when TF first started (tensorflow-cpu has none).
+        if tf.config.get_visible_devices("GPU"):
+            raise
     return tf
 
 
@@ -284,8 +290,7 @@ def _make_train_fn(data_config, seed: int, epoch: int):
     if _get(data_config, "au_vote", "sampled") not in ("sampled", "all"):
         raise ValueError(f"au_vote {data_config.au_vote!r} not in ('sampled', 'all')")
 
-    # No Python control flow on tensors here: skipping AutoGraph's conversion
-    # halves the tracing time paid once per epoch.
+    # No Python control flow on tensors here, so AutoGraph has nothing to convert.
     @tf.autograph.experimental.do_not_convert
     def fn(ex):
         seeds = tf.random.experimental.stateless_split(_clip_seed(tf, seed, epoch, ex["index"]), 5)

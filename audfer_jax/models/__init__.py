@@ -15,7 +15,7 @@ from typing import Any
 
 from flax import linen as nn
 
-# name -> (module, factory or class, default (T, H, W) of the input clips).
+# name -> (module, factory, default (T, H, W) of the input clips).
 # Input sizes: backbones.md table (Former-DFER and M3DFEL 16x112x112, MAE-DFER
 # 16x160x160); the tiny sizes are those of the tiny factories.
 # None: read the size off the built module (its `num_frames` and `image_size`

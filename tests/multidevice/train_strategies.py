@@ -2,8 +2,9 @@
 
 The same 3 train steps under (a) jit on an 8-device mesh, (b) pmap over 8
 devices with explicit psum/pmean, (c) jit on 1 device give the same
-parameters (max abs difference printed; tolerance 1e-5, float32 sums in a
-different order). The batches hold padding (`mask` 0) and clips without AU
+parameters and BatchNorm statistics: max |x - y| / max(1, max |x|) per leaf
+below 1e-5 (float32 sums in a different order; measured 0 for pmap vs jit
+and about 1e-7 for 8 vs 1 devices). The batches hold padding (`mask` 0) and clips without AU
 labels unevenly spread over the devices, so a mean of per-device means would
 differ. A BatchNorm + dropout model (SGD) is compared between (a) and (c) only:
 under pmap BatchNorm normalises per device (documented in parallel.py).
@@ -89,10 +90,7 @@ def main():
     sgd = {"optim.optimizer": "sgd", "optim.lr": 0.1}
     (a, la), (c, lc) = run(bn, "jit", devs, data, **sgd), run(bn, "jit", devs[:1], data, **sgd)
     d = maxdiff(a, c)
-    print(f"batchnorm+dropout: max|jit8 - jit1| = {d:.3g}; losses {la} {lc}; "
-          + str({k: float(np.max(np.abs(v))) for k, v in jax.tree_util.tree_leaves_with_path(a)[:0]}))
-    for (path, x), y in zip(jax.tree_util.tree_leaves_with_path(a), jax.tree.leaves(c)):
-        print(jax.tree_util.keystr(path), float(np.max(np.abs(x))), float(np.max(np.abs(x - y))))
+    print(f"batchnorm+dropout (sgd): max rel |jit8 - jit1| = {d:.3g}; losses {la} {lc}")
     assert d < TOL, d
     print("OK")
 

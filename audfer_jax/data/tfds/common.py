@@ -162,24 +162,26 @@ def encode_frames(paths: list[str], *, prepare_size: Optional[int],
         if reason:
             raise ValueError(f"{path}: {reason}")
         is_jpeg = data.startswith(_JPEG_MAGIC)
-        if prepare_size or not is_jpeg or validate == "full" or size is None:
-            try:
+        try:
+            if prepare_size or not is_jpeg or validate == "full":
                 image = _decode(data)
-            except Exception as e:  # PIL raises several types on damaged data
-                raise ValueError(f"{path}: corrupt image ({e})") from None
-            if prepare_size:
-                w, h = image.size
-                scale = prepare_size / min(w, h)
-                new = (max(1, round(w * scale)), max(1, round(h * scale)))
-                if new != (w, h):
-                    image = image.resize(new, Image.BILINEAR)
-            if prepare_size or not is_jpeg:
-                data = _encode_jpeg(image)
-            this = (image.size[1], image.size[0])
-            if size is not None and this != size:
-                raise ValueError(f"{path}: frame size {this} differs from the "
-                                 f"clip's first frame {size}")
-            size = this
+            else:  # header only: PIL parses the size without decoding
+                image = Image.open(io.BytesIO(data))
+        except Exception as e:  # PIL raises several types on damaged data
+            raise ValueError(f"{path}: corrupt image ({e})") from None
+        if prepare_size:
+            w, h = image.size
+            scale = prepare_size / min(w, h)
+            new = (max(1, round(w * scale)), max(1, round(h * scale)))
+            if new != (w, h):
+                image = image.resize(new, Image.BILINEAR)
+        if prepare_size or not is_jpeg:
+            data = _encode_jpeg(image)
+        this = (image.size[1], image.size[0])
+        if size is not None and this != size:
+            raise ValueError(f"{path}: frame size {this} differs from the "
+                             f"clip's first frame {size}")
+        size = this
         out.append(data)
     return out, size[0], size[1]
 

@@ -1,0 +1,337 @@
+"""`audfer-jax bench train`: train-step throughput and the cost of the AU loss.
+
+    audfer-jax bench train --config configs/former_dfer.py:dataset=dfew,loss=au \\
+        [--batch 8] [--steps 10] [--warmup 2] [--init random|model] [--config.x=y ...]
+
+Builds the config's model, optimizer and the trainer's own train step
+(`train.make_train_step`, jitted with the state donated as in training,
+`parallel.jit_step`) on the current backend, feeds synthetic uint8 batches
+(`clips [B, T, H, W, 3]`, random labels and AU targets) and prints:
+
+* **train-step throughput**: clips/s = B / median step time, the median over
+  `--steps` timed steps after compilation and `--warmup` untimed steps, each
+  step waited for with `block_until_ready` (so asynchronous dispatch does
+  not hide work);
+* **share of step time spent in the AU loss**, two ways:
+  1. *difference*: the same step with the AU loss removed (lambda = 0 and
+     the AU head's output replaced by a constant, so XLA drops the AU head
+     and its gradient) against the full step: `(t_full - t_without) / t_full`.
+     On a busy machine this difference is noisy and may come out negative.
+  2. *isolated*: forward + backward of the jitted AU loss alone
+     (`losses.au_weighted_bce` on `[B, 18]` logits), 100 chained calls
+     inside one jit so dispatch overhead is amortised, divided by `t_full`.
+
+The goal is under 2 % (the paper claims the AU loss needs "no additional
+arithmetic" at inference; au_dfer_method.md section 5). Timings are
+wall-clock on whatever else shares the machine; report the device with them.
+
+Parameters are by default random (`--init random`: the shapes of the model's
+init, values from a fan-in-scaled normal, BatchNorm statistics 0 / 1): step
+time does not depend on the values, and this skips the model's jitted init,
+whose random-number code takes minutes to compile on a small CPU.
+`--init model` uses the trainer's `create_train_state` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from audfer_jax import sweep
+
+GOAL_PERCENT = 2.0
+
+
+class _WithoutAUHead:
+    """A model whose AU logits are a constant zero array.
+
+    `make_train_step` calls `model.apply(...)`; returning zeros that do not
+    depend on the features lets XLA remove the AU head's matmul and gradient,
+    and with lambda = 0 the AU term only adds an elementwise op on a constant
+    `[B, 18]` array to the logged metrics. The parameter tree is unchanged.
+    """
+
+    def __init__(self, model):
+        self.model = model
+
+    def apply(self, *args, **kwargs):
+        import jax  # pylint: disable=g-import-not-at-top
+        import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+        from audfer_jax.models.base import ModelOutput  # pylint: disable=g-import-not-at-top
+
+        def strip(out):
+            return out._replace(au_logits=jax.lax.stop_gradient(
+                    jnp.zeros(out.au_logits.shape, out.au_logits.dtype)))
+
+        res = self.model.apply(*args, **kwargs)
+        if isinstance(res, ModelOutput):
+            return strip(res)
+        out, state = res
+        return strip(out), state
+
+
+def random_variables(shapes, seed: int = 0):
+    """Random values for a `ShapeDtypeStruct` variables tree (timing only).
+
+    Leaves named `bias`, `mean` -> 0; `scale`, `var` -> 1; every other leaf a
+    normal with std `1 / sqrt(fan_in)`, fan_in = product of all but the last
+    axis (LeCun normal), so activations stay finite through deep stacks.
+
+    Returns:
+        The same tree with NumPy leaves of the given shapes and dtypes.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(seed)
+
+    def fill(path, leaf):
+        name = str(getattr(path[-1], "key", path[-1]))
+        shape, dtype = tuple(leaf.shape), leaf.dtype
+        if name in ("bias", "mean"):
+            return np.zeros(shape, dtype)
+        if name in ("scale", "var"):
+            return np.ones(shape, dtype)
+        if not np.issubdtype(dtype, np.floating):
+            return np.zeros(shape, dtype)
+        fan_in = int(np.prod(shape[:-1])) if len(shape) > 1 else 1
+        return (rng.standard_normal(shape) / np.sqrt(max(fan_in, 1))).astype(dtype)
+
+    return jax.tree_util.tree_map_with_path(fill, shapes)
+
+
+def synthetic_batch(batch: int, input_shape, num_classes: int, num_aus: int = 18,
+                    seed: int = 0) -> dict:
+    """A training batch of the layout.md contract with random content.
+
+    Returns:
+        `clips [B, T, H, W, 3] uint8`, `labels [B] int32`, `au_targets [B, A]
+        float32` in {0, 1}, `au_mask [B]` and `mask [B]` float32 ones,
+        `index [B] int32`.
+    """
+    rng = np.random.default_rng(seed)
+    t, h, w = input_shape
+    return {"clips": rng.integers(0, 256, (batch, t, h, w, 3), dtype=np.uint8),
+            "labels": rng.integers(0, num_classes, batch).astype(np.int32),
+            "au_targets": (rng.random((batch, num_aus)) < 0.3).astype(np.float32),
+            "au_mask": np.ones(batch, np.float32), "mask": np.ones(batch, np.float32)}
+
+
+def _loss_constants(config, dataset: str, num_classes: int):
+    """`(lam, prior, pos_weight)` of the config, or stand-ins of the same shapes.
+
+    Variants that estimate the prior or pos_weight from the training labels
+    need a prepared dataset; for timing, ones of the same shapes do.
+    """
+    from audfer_jax import train  # pylint: disable=g-import-not-at-top
+    try:
+        return train.resolve_loss(config, dataset, num_classes)
+    except ValueError:
+        lam = 0.0 if config.loss == "ce" else float(config.au.lam)
+        return lam, np.ones((num_classes, 18), np.float32), np.ones((18,), np.float32)
+
+
+def time_steps(step: Callable, state, batch, steps: int, warmup: int) -> tuple[list[float], Any, float]:
+    """Runs `step` (state-donating) and times each call.
+
+    Returns:
+        `(seconds per timed step, final state, seconds of the first call,
+        i.e. compilation + one step)`.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    t0 = time.perf_counter()
+    state, m = step(state, batch)
+    jax.block_until_ready((state, m))
+    first = time.perf_counter() - t0
+    for _ in range(warmup):
+        state, m = step(state, batch)
+    jax.block_until_ready((state, m))
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        state, m = step(state, batch)
+        jax.block_until_ready((state, m))
+        times.append(time.perf_counter() - t0)
+    return times, state, first
+
+
+def time_isolated_loss(batch: int, num_classes: int, prior, pos_weight, scale: float,
+                       repeats: int = 100, calls: int = 5) -> float:
+    """Seconds per forward + backward of the AU loss on `[B, 18]` logits.
+
+    `repeats` chained evaluations run in one `lax.fori_loop` (each feeds a tiny
+    multiple of its gradient into the next, so none can be hoisted or
+    skipped); the median over `calls` calls, divided by `repeats`.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from audfer_jax import losses  # pylint: disable=g-import-not-at-top
+    rng = np.random.default_rng(1)
+    z0 = jnp.asarray(rng.standard_normal((batch, 18)), jnp.float32)
+    targets = jnp.asarray(rng.random((batch, 18)) < 0.3, jnp.float32)
+    labels = jnp.asarray(rng.integers(0, num_classes, batch), jnp.int32)
+    prior = jnp.asarray(prior, jnp.float32)
+    pos = None if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
+    grad = jax.value_and_grad(lambda z: losses.au_weighted_bce(
+            z, targets, labels, prior, pos, scale=scale))
+
+    @jax.jit
+    def run(z):
+        def body(_, carry):
+            z, acc = carry
+            value, g = grad(z)
+            return z - 1e-6 * g, acc + value
+        return jax.lax.fori_loop(0, repeats, body, (z, jnp.zeros((), jnp.float32)))
+
+    jax.block_until_ready(run(z0))
+    times = []
+    for _ in range(calls):
+        t0 = time.perf_counter()
+        jax.block_until_ready(run(z0))
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) / repeats
+
+
+def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "random",
+              log: Callable[[str], None] = print) -> dict:
+    """Times the full and the AU-free train step of `config`; see the module doc.
+
+    Args:
+        config: experiment config (`configs/*.py`).
+        batch: global batch size B (a multiple of the device count).
+        steps: timed steps per variant (>= 1).
+        warmup: untimed steps after the compiling one.
+        init: `random` (default) or `model` (the trainer's jitted init).
+        log: progress messages.
+
+    Returns:
+        `{"model", "backend", "devices", "batch", "input_shape", "steps",
+        "full_ms", "without_au_ms", "full_clips_per_s", "without_au_clips_per_s",
+        "au_share_diff_percent", "au_loss_isolated_ms", "au_share_isolated_percent",
+        "compile_s_full", "compile_s_without_au", "loss", "lam"}`; times are
+        medians in ms per step.
+
+    Raises:
+        ValueError: batch not a multiple of the device count, steps < 1, or an
+            unknown `init`.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    from audfer_jax import classes, optim, parallel, train  # pylint: disable=g-import-not-at-top
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {steps}")
+    if init not in ("random", "model"):
+        raise ValueError(f"--init must be 'random' or 'model', got {init!r}")
+    dataset = str(config.data.get("dataset", config.data.get("name", "dfew")))
+    num_classes = classes.num_classes(dataset)
+    model = train.build_model(config, num_classes)
+    input_shape = train.model_input_shape(model, config.model)
+    mesh = parallel.make_mesh()
+    parallel.local_batch_size(batch, mesh)            # raises when not divisible
+    rng = jax.random.PRNGKey(0)
+    shapes = jax.eval_shape(lambda: model.init(
+            {"params": rng, "dropout": rng}, jnp.zeros((1, *input_shape, 3), jnp.uint8),
+            train=False))
+    tx, schedule = optim.make_optimizer(config.optim, shapes["params"], steps_per_epoch=100,
+                                        num_epochs=int(config.get("num_epochs", 1)),
+                                        global_batch_size=batch,
+                                        num_layers=train.model_depth(model))
+    lam, prior, pos_weight = _loss_constants(config, dataset, num_classes)
+    host_batch = synthetic_batch(batch, input_shape, num_classes)
+    device_batch = parallel.global_batch(host_batch, mesh)
+
+    if init == "random":
+        host_vars = random_variables(shapes)
+
+        def make_state():
+            params = host_vars["params"]
+            state = train.TrainState(
+                    step=np.int32(0), params=params,
+                    batch_stats=host_vars.get("batch_stats", {}),
+                    opt_state=jax.jit(tx.init)(params),
+                    rng=np.asarray(jax.random.PRNGKey(int(config.get("seed", 0)))))
+            return jax.device_put(state, parallel.replicated(mesh))
+    else:
+        def make_state():
+            return train.create_train_state(model, tx, input_shape,
+                                            int(config.get("seed", 0)), mesh)
+
+    common = dict(tx=tx, schedule=schedule, prior=prior, pos_weight=pos_weight,
+                  num_classes=num_classes)
+    variants = {
+            "full": train.make_train_step(model, config, lam=lam, **common),
+            "without_au": train.make_train_step(_WithoutAUHead(model), config, lam=0.0,
+                                                **common)}
+    out: dict[str, Any] = {"model": config.model, "backend": jax.default_backend(),
+                           "devices": jax.device_count(), "batch": batch,
+                           "input_shape": list(input_shape), "steps": steps,
+                           "loss": str(config.loss), "lam": float(lam)}
+    for name, fn in variants.items():
+        log(f"compiling and timing the {name.replace('_', ' ')} step ...")
+        times, _, first = time_steps(parallel.jit_step(fn, mesh), make_state(), device_batch,
+                                     steps, warmup)
+        median = statistics.median(times)
+        out[f"{name}_ms"] = 1e3 * median
+        out[f"{name}_clips_per_s"] = batch / median
+        out[f"compile_s_{name}"] = first
+    out["au_share_diff_percent"] = 100.0 * (out["full_ms"] - out["without_au_ms"]) / out["full_ms"]
+    iso = time_isolated_loss(batch, num_classes, prior, pos_weight, float(config.au.scale))
+    out["au_loss_isolated_ms"] = 1e3 * iso
+    out["au_share_isolated_percent"] = 100.0 * 1e3 * iso / out["full_ms"]
+    return out
+
+
+def format_result(r: dict, config_spec: str = "") -> str:
+    """The figures of `run_bench` as the lines the command prints."""
+    t, h, w = r["input_shape"]
+    lines = [
+        f"bench train: model {r['model']}" + (f" ({config_spec})" if config_spec else ""),
+        f"backend {r['backend']}, {r['devices']} device(s); batch {r['batch']} clips of "
+        f"{t}x{h}x{w}x3 uint8 (synthetic); median of {r['steps']} timed steps after "
+        f"compile + warm-up",
+        f"full train step (loss {r['loss']}, lambda {r['lam']:g}): {r['full_ms']:.2f} ms/step, "
+        f"{r['full_clips_per_s']:.2f} clips/s (first call incl. compile "
+        f"{r['compile_s_full']:.1f} s)",
+        f"step without AU loss (lambda 0, AU head unused): {r['without_au_ms']:.2f} ms/step, "
+        f"{r['without_au_clips_per_s']:.2f} clips/s",
+        f"AU loss share of step time (difference of the two steps): "
+        f"{r['au_share_diff_percent']:.2f} %",
+        f"AU loss share of step time (isolated jitted loss fwd+bwd, "
+        f"{r['au_loss_isolated_ms']:.4f} ms/call): {r['au_share_isolated_percent']:.3f} %",
+        f"goal: AU loss share < {GOAL_PERCENT:g} % (paper: no additional arithmetic)",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    """`audfer-jax bench train --config FILE.py:ARGS [--batch 8 --steps 10]`."""
+    try:
+        rest, overrides = sweep.split_config_overrides(argv)
+    except ValueError as e:
+        print(f"audfer-jax bench train: {e}", file=sys.stderr)
+        return 2
+    parser = argparse.ArgumentParser(
+            prog="audfer-jax bench train",
+            description="Train-step clips/s with synthetic batches, and the share of "
+                        "step time spent in the AU loss.")
+    parser.add_argument("--config", required=True, help="configs/<backbone>.py:ARGS")
+    parser.add_argument("--batch", type=int, default=8, help="global batch size (default 8)")
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, default=2,
+                        help="untimed steps after the compiling one (default 2)")
+    parser.add_argument("--init", default="random", choices=("random", "model"),
+                        help="random parameters (default, no init compile) or the "
+                             "model's own init")
+    args = parser.parse_args(rest)
+    try:
+        config = sweep.apply_overrides(sweep.load_config_file(args.config), overrides)
+        result = run_bench(config, batch=args.batch, steps=args.steps, warmup=args.warmup,
+                           init=args.init, log=lambda m: print(m, file=sys.stderr))
+    except (ValueError, KeyError, FileNotFoundError) as e:
+        print(f"audfer-jax bench train: {e}", file=sys.stderr)
+        return 1
+    print(format_result(result, args.config))
+    return 0
