@@ -243,6 +243,9 @@ def main(argv: list[str]) -> int:
     except (FileNotFoundError, ValueError, KeyError) as e:
         print(f"audfer-jax evaluate: {e}", file=sys.stderr)
         return 1
+    import jax  # pylint: disable=g-import-not-at-top
+    if jax.process_index() != 0:        # multi-host: one report, one file
+        return 0
     print(format_report(summary))
     out = args.json or default_json_path(summary, os.path.abspath(args.workdir))
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)

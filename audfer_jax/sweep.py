@@ -75,12 +75,11 @@ def load_config_file(spec: str):
     name = "_audfer_config_" + os.path.splitext(os.path.basename(path))[0]
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
-    # Configs import their siblings (`from configs import common`) or the
-    # directory beside them; make both resolvable.
-    here = os.path.dirname(os.path.abspath(path))
-    for extra in (os.path.dirname(here), here):
-        if extra not in sys.path:
-            sys.path.insert(0, extra)
+    # Configs import their siblings as a package (`from configs import common`):
+    # the directory above the config's folder must be importable.
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
+    if parent not in sys.path:
+        sys.path.insert(0, parent)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"{path}: no get_config(arg) function")
@@ -424,6 +423,13 @@ def finished_result(directory: str) -> dict | None:
     return result
 
 
+def _is_main_process() -> bool:
+    """True on process 0 of a multi-host run (only it writes the tables)."""
+    if "jax" not in sys.modules:
+        return True
+    return sys.modules["jax"].process_index() == 0
+
+
 Runner = Callable[[Any, str], Mapping[str, Any]]
 
 
@@ -471,6 +477,8 @@ def run_sweep(make_config: Callable[[int], Any], folds: Sequence[int], workdir: 
             f"best UAR {rec['best']['uar']:.2f} WAR {rec['best']['war']:.2f} "
             f"(epoch {rec['best']['epoch']})")
     rows = summarize_folds(per_fold)
+    if not _is_main_process():
+        return per_fold, rows
     with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
         f.write(to_markdown(rows, per_fold, title))
     with open(os.path.join(workdir, "results.csv"), "w", encoding="utf-8", newline="") as f:

@@ -393,6 +393,41 @@ class _nullcontext:
         return False
 
 
+def _data_field(dc, name, default=None):
+    try:
+        value = dc[name]
+    except (KeyError, AttributeError, TypeError):
+        value = getattr(dc, name, None)
+    return default if value is None else value
+
+
+def prepare_data_if_needed(config: ml_collections.ConfigDict, data, data_config) -> None:
+    """Writes the demo set and prepares the fold when `config.prepare_data` is set.
+
+    Process 0 does the work (`data.ensure_prepared`); the others wait at a
+    barrier. For `name == 'demo'` without `raw_dir`, the synthetic set is first
+    written to `<data_dir>/demo_raw` with `config.demo.num_clips` clips of
+    `config.demo.image_size` pixels (`audfer_jax.data.demo.write_demo_dataset`).
+    """
+    if not config.get("prepare_data", False) or not hasattr(data, "ensure_prepared"):
+        return
+    if jax.process_index() == 0:
+        if (_data_field(data_config, "name") == "demo"
+                and not _data_field(data_config, "raw_dir", "")):
+            raw = os.path.join(_data_field(data_config, "data_dir"), "demo_raw")
+            if not os.path.isdir(os.path.join(raw, "DFEW")):
+                from audfer_jax.data import demo
+                demo_cfg = config.get("demo", {}) or {}
+                demo.write_demo_dataset(raw, int(demo_cfg.get("num_clips", 2000)),
+                                        int(demo_cfg.get("seed", 0)),
+                                        int(demo_cfg.get("image_size", 112)))
+            data_config.raw_dir = raw
+        data.ensure_prepared(data_config, log=logging.info)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices("audfer_jax.prepare_data")
+
+
 def make_data_config(config: ml_collections.ConfigDict, data):
     """The input pipeline's config: its defaults updated by `config.data`."""
     dc = data.default_data_config()
@@ -511,10 +546,12 @@ class _Setup:
         self.data = data
         self.mesh = parallel.make_mesh()
         self.data_config = make_data_config(config, data)
+        if for_training:
+            prepare_data_if_needed(config, data, self.data_config)
         self.info = data.dataset_info(self.data_config)
         self.class_names = list(self.info.class_names)
         self.num_classes = len(self.class_names)
-        self.dataset = str(config.data.get("dataset", "dfew"))
+        self.dataset = str(_data_field(self.data_config, "name", "dfew"))
         self.model = build_model(config, self.num_classes) if model is None else model
         self.input_shape = model_input_shape(self.model, config.model)
         self.global_batch = int(config.batch_size)

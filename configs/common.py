@@ -62,8 +62,13 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = "former_dfer"
     c.model_overrides = ml_collections.ConfigDict()
-    # Passed onto `audfer_jax.data.pipeline.default_data_config()`.
-    c.data = ml_collections.ConfigDict(dict(dataset="dfew", fold=1, data_dir="data/prepared"))
+    # The input pipeline's own config (`audfer_jax.data.pipeline`), so that every
+    # field can be overridden: --config.data.data_dir=..., --config.data.num_frames=...
+    from audfer_jax.data import pipeline
+    c.data = pipeline.default_data_config()
+    c.data.data_dir = "data/prepared"
+    c.prepare_data = False        # write (demo) and prepare the fold first if missing
+    c.demo = ml_collections.ConfigDict(dict(num_clips=2000, seed=0, image_size=112))
     c.seed = 0
     c.batch_size = 32             # global, over all devices and processes
     c.eval_batch_size = 0         # 0 = batch_size
@@ -107,8 +112,8 @@ def apply_variant(c: ml_collections.ConfigDict, dataset: str, fold: int, loss: s
                   ) -> ml_collections.ConfigDict:
     """Sets dataset, fold and loss; MAFW (no published prior) estimates its prior."""
     check_variant(dataset, fold, loss)
-    c.data.dataset = dataset
-    c.data.fold = fold
+    c.data.name = dataset
+    c.data.fold = 0 if dataset == "ferv39k" else fold
     c.loss = loss
     if dataset == "mafw":
         # No published AU-expression matrix or pos_weight (au_dfer_method.md section 4).

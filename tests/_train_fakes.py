@@ -19,7 +19,7 @@ CLASSES = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
 
 
 def default_data_config() -> dict:
-    return dict(dataset="demo", num_train=16, num_test=10, num_frames=8, image_size=32,
+    return dict(name="demo", num_train=16, num_test=10, num_frames=8, image_size=32,
                 views=1, seed=0)
 
 

@@ -117,7 +117,7 @@ def test_cli_errors(tmp_path, capsys):
 def test_end_to_end_matches_trainer(tmp_path):
     """Best and last checkpoints of a real (micro) run give the recorded figures."""
     from audfer_jax import train
-    config = fakes.micro_config(num_epochs=3)
+    config = fakes.micro_config(num_epochs=2)
     model = fakes.MicroModel(num_classes=7)
     result = train.train_and_evaluate(config, str(tmp_path), data=fakes, model=model)
     eval_fn = functools.partial(train.evaluate_checkpoint, model=model)

@@ -195,3 +195,14 @@ def test_cli_with_config_file(tmp_path, monkeypatch, capsys):
     assert "## Last epoch" in out and (work / "results.csv").exists()
     assert sweep.main(["--config", f"{cfg}", "--folds", "1", "--workdir", str(work),
                        "--config.nope=1"]) == 2
+
+
+def test_repository_configs_get_their_fold():
+    """`with_fold` + `load_config_file` on the shipped backbone configs."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for name in ("former_dfer", "m3dfel", "mae_dfer"):
+        spec = os.path.join(root, "configs", f"{name}.py") + ":dataset=dfew,fold=1,loss=au"
+        config = sweep.load_config_file(sweep.with_fold(spec, 4))
+        assert config.data.fold == 4 and config.model == name
+        sweep.apply_overrides(config, [("batch_size", "4"), ("optim.lr", "0.5")])
+        assert (config.batch_size, config.optim.lr) == (4, 0.5)

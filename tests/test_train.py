@@ -231,3 +231,63 @@ def test_confusion_image_and_criterion():
     assert train.criterion({"war": 60.0, "uar": 40.0}, "war+uar") == 100.0
     with pytest.raises(ValueError, match="best_metric"):
         train.criterion({"war": 1.0, "uar": 1.0}, "f1")
+
+
+def test_init_from_converted_variables(tmp_path):
+    model = _micro()
+    params = train.abstract_params(model, (8, 32, 32))
+    rng = np.random.default_rng(5)
+    loaded = {"params": jax.tree.map(
+            lambda s: rng.normal(size=s.shape).astype(np.float32), params)}
+    del loaded["params"]["au_head"]                     # stays fresh, as a new AU head would
+    ckpt_lib.save_variables(tmp_path / "converted", loaded, {"source": "test"})
+    cfg = fakes.micro_config(num_epochs=1, init_from=str(tmp_path / "converted"),
+                             **{"optim.lr": 0.0})
+    train.train_and_evaluate(cfg, str(tmp_path / "run"), data=fakes, model=model)
+    tree, _ = _params(str(tmp_path / "run"), 2)
+    got = tree["params"]
+    for key in loaded["params"]:
+        for a, b in zip(jax.tree.leaves(got[key]), jax.tree.leaves(loaded["params"][key])):
+            np.testing.assert_array_equal(np.asarray(a), b)       # lr 0: unchanged
+    assert "au_head" in got
+
+
+def test_configs_and_cli_errors(capsys):
+    from configs import demo, former_dfer, m3dfel, mae_dfer
+    c = former_dfer.get_config("dataset=dfew,fold=3,loss=au_distinct")
+    assert (c.data.name, c.data.fold, c.loss, c.optim.optimizer) == ("dfew", 3, "au_distinct", "sgd")
+    c = m3dfel.get_config("dataset=ferv39k,loss=ce")
+    assert (c.data.fold, c.label_smoothing, c.optim.schedule) == (0, 0.1, "timm_cosine")
+    c = mae_dfer.get_config("dataset=mafw,fold=5")
+    assert c.au.prior == "from_data" and c.loss == "au_from_data" and c.mixup.enabled
+    assert c.data.sampling_rate == 4 and mae_dfer.get_config("dataset=ferv39k").data.sampling_rate == 1
+    assert demo.get_config().model == "former_dfer_tiny"
+    with pytest.raises(ValueError, match="folds 1..5"):
+        former_dfer.get_config("dataset=dfew,fold=6")
+    with pytest.raises(ValueError, match="unknown config argument"):
+        former_dfer.get_config("datset=dfew")
+    with pytest.raises(ValueError, match="unknown loss"):
+        former_dfer.get_config("loss=focal")
+    from audfer_jax import main
+    assert main.main(["--workdir", "/tmp/x"]) == 2
+    assert "--config and --workdir are required" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_config_end_to_end(tmp_path):
+    """configs/demo.py with the real pipeline: writes 35 demo clips, prepares the
+    fold, trains the tiny Former-DFER one epoch and evaluates (about 95 s on the
+    loaded 2-core machine, most of it XLA compiling the tiny backbone)."""
+    pytest.importorskip("tensorflow")
+    from configs import demo
+    cfg = demo.get_config(f"num_clips=35,epochs=1,data_dir={tmp_path / 'data'}")
+    cfg.batch_size = 8
+    cfg.progress_bar = False
+    result = train.train_and_evaluate(cfg, str(tmp_path / "run"))
+    from audfer_jax.data import pipeline
+    info = pipeline.dataset_info(cfg.data)
+    assert result["steps"] == info.num_train // 8
+    assert np.sum(result["last"]["confusion_matrix"]) == info.num_test
+    assert result["class_names"] == list(info.class_names)
+    assert result["best"]["epoch"] == 1 and np.isfinite(result["last"]["loss"])
+    assert os.path.isfile(tmp_path / "run" / "metrics.json")

@@ -7,7 +7,8 @@ function of (seed, epoch, clip index) and runs are exactly reproducible.
 
 * Former-DFER (`dataloader/video_transform.py` GroupRandomSizedCrop): area
   U(0.08, 1), aspect U(3/4, 4/3) with w and h swapped with p 0.5, 10 tries;
-  bilinear resize; horizontal flip p 0.5.
+  bilinear resize (crops larger than the output are shrunk with an area
+  filter, see `resize`); horizontal flip p 0.5.
 * M3DFEL: the same crop and flip, then colour jitter (brightness, contrast,
   saturation factors U[0.6, 1.4], hue U[-0.4, 0.4], random order; torchvision
   ColorJitter semantics).
@@ -96,17 +97,23 @@ def crop_box(seed: tf.Tensor, height: tf.Tensor, width: tf.Tensor, *,
     return tf.where(found, tf.stack([y, x, ch, cw]), tf.stack([fy, fx, fh, fw]))
 
 
-def resize(frames: tf.Tensor, size: int) -> tf.Tensor:
-    """Bilinear resize of `[T, H, W, 3]` to `[T, size, size, 3] float32` in [0, 255].
+def resize(frames: tf.Tensor, size: int, *, fast_shrink: bool = False) -> tf.Tensor:
+    """Resize of `[T, H, W, 3]` to `[T, size, size, 3] float32` in [0, 255].
 
-    Antialiased when shrinking, like PIL's bilinear resize the references use
-    (the antialiased kernel is about 3x slower, and equals plain bilinear when
-    enlarging); frames already at the size are passed through.
+    Enlarging: plain bilinear (half-pixel centres). Shrinking: antialiased
+    bilinear, i.e. a triangle filter widened by the scale factor, as PIL's
+    bilinear resize the references use; with `fast_shrink`, an area (box)
+    filter instead, which is also antialiased but 3x cheaper (7.5 vs 2.5 ms
+    for 16 frames 180 -> 112 here) and is used for training crops, where the
+    filter difference is far below the augmentation's own variation. Frames
+    already at the size pass through.
     """
     x = tf.cast(frames, tf.float32)
     h, w = tf.shape(x)[1], tf.shape(x)[2]
 
     def shrink():
+        if fast_shrink:
+            return tf.image.resize(x, [size, size], method="area")
         return tf.image.resize(x, [size, size], method="bilinear", antialias=True)
 
     def enlarge():

@@ -319,11 +319,11 @@ def _identity(rng: np.random.Generator) -> dict:
 
 
 def render_clip(rng: np.random.Generator, intensities: np.ndarray,
-                image_size: int) -> np.ndarray:
+                image_size: int) -> tuple[np.ndarray, tuple]:
     """Draws one clip.
 
     Args:
-        rng: the clip's generator (identity, pose, noise).
+        rng: the clip's generator (identity and pose are drawn from it).
         intensities: `[T, 19] float32` FACS intensities 0-5 (`RENDER_AUS`).
         image_size: frame side S in pixels.
 

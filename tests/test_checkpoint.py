@@ -1,0 +1,107 @@
+"""Tests of audfer_jax.checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from audfer_jax import checkpoint as ckpt_lib
+
+HERE = Path(__file__).resolve().parent
+
+
+def _variables():
+    rng = np.random.default_rng(0)
+    return {"params": {"fc": {"kernel": rng.normal(size=(5, 7)).astype(np.float32),
+                              "bias": rng.normal(size=(7,)).astype(np.float32)},
+                       "au_head": {"kernel": rng.normal(size=(5, 18)).astype(np.float32)}},
+            "batch_stats": {"bn": {"mean": rng.normal(size=(5,)).astype(np.float32)}}}
+
+
+def test_save_restore_variables_roundtrip(tmp_path):
+    v = _variables()
+    meta = {"model": "former_dfer", "class_names": ["a", "b"], "dropped": []}
+    ckpt_lib.save_variables(tmp_path / "v", v, meta)
+    got, got_meta = ckpt_lib.restore_variables(tmp_path / "v")
+    assert got_meta == meta
+    assert jax.tree.structure(got) == jax.tree.structure(v)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(v)):
+        assert isinstance(a, jax.Array)
+        np.testing.assert_array_equal(np.asarray(a), b)
+    # With a target: its structure and shardings.
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), v)
+    got, _ = ckpt_lib.restore_variables(tmp_path / "v", target)
+    np.testing.assert_array_equal(np.asarray(got["params"]["fc"]["kernel"]),
+                                  v["params"]["fc"]["kernel"])
+
+
+def test_save_variables_errors(tmp_path):
+    ckpt_lib.save_variables(tmp_path / "v", _variables(), {})
+    with pytest.raises(FileExistsError, match="already exists"):
+        ckpt_lib.save_variables(tmp_path / "v", _variables(), {})
+    with pytest.raises(TypeError, match="JSON"):
+        ckpt_lib.save_variables(tmp_path / "w", _variables(), {"x": object()})
+    with pytest.raises(FileNotFoundError, match="no variables checkpoint"):
+        ckpt_lib.restore_variables(tmp_path / "missing")
+    bad = {"params": {"fc": {"kernel": jax.ShapeDtypeStruct((5, 8), jnp.float32)}}}
+    with pytest.raises(ValueError):
+        ckpt_lib.restore_variables(tmp_path / "v", bad)
+
+
+def test_merge_variables():
+    init = {"params": {"fc": {"kernel": np.zeros((5, 7))}, "au_head": {"kernel": np.zeros((5, 18))}}}
+    loaded = {"params": {"fc": {"kernel": np.ones((5, 7))}}}
+    merged, fresh = ckpt_lib.merge_variables(init, loaded)
+    np.testing.assert_array_equal(merged["params"]["fc"]["kernel"], 1.0)
+    assert fresh == ["params/au_head/kernel"]
+    with pytest.raises(ValueError, match=r"params/fc/kernel: loaded shape \(5, 3\)"):
+        ckpt_lib.merge_variables(init, {"params": {"fc": {"kernel": np.ones((5, 3))}}})
+    with pytest.raises(ValueError, match="not in the model"):
+        ckpt_lib.merge_variables(init, {"params": {"head": {"kernel": np.ones((5, 7))}}})
+
+
+def _state():
+    params = {"w": jnp.arange(3.0), "b": jnp.zeros(())}
+    tx = optax.chain(optax.add_decayed_weights(1e-4), optax.trace(0.9), optax.scale(-0.1))
+    opt_state = tx.init(params)
+    return {"step": jnp.int32(0), "params": params, "opt_state": opt_state,
+            "batch_stats": {}, "rng": jax.random.PRNGKey(3)}
+
+
+def test_train_checkpointer_policies_and_best(tmp_path):
+    state = _state()
+    ck = ckpt_lib.TrainCheckpointer(tmp_path, save_every_steps=4, extra_steps=[3, 10], keep=2,
+                                    async_save=True)
+    saved = [s for s in range(1, 11) if ck.maybe_save(s, state, lambda s=s: {"epoch": s})]
+    assert saved == [3, 4, 8, 10]
+    assert ck.maybe_save(11, state, {"epoch": 11}, force=True)     # off-policy step
+    assert not ck.maybe_save(11, state, {"x": 1}, force=True)     # never twice
+    ck.wait_until_finished()
+    assert sorted(ck.latest.all_steps()) == [10, 11]    # LatestN(2)
+    assert ck.latest_step() == 11
+    ck.save_best(4, state, {"value": 1.0})
+    ck.save_best(8, state, {"value": 2.0})
+    ck.wait_until_finished()
+    assert ck.best.all_steps() == [8] and ck.read_meta(best=True) == {"value": 2.0}
+    restored, meta = ck.restore(state)
+    assert meta == {"epoch": 11}
+    assert jax.tree.structure(restored) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    ck.close()
+    empty = ckpt_lib.TrainCheckpointer(tmp_path / "none")
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        empty.restore(state)
+    assert empty.read_meta() is None
+    empty.close()
+
+
+def test_restore_from_8_devices_onto_1(run_multidevice, tmp_path):
+    script = HERE / "multidevice" / "checkpoint_reshard.py"
+    assert "OK save" in run_multidevice(script, "save", tmp_path, num_devices=8)
+    assert "OK restore" in run_multidevice(script, "restore", tmp_path, num_devices=1)
