@@ -36,8 +36,6 @@ import numpy as np
 
 from audfer_jax import sweep
 
-CHOICES = ("best", "last")
-
 
 def load_run_config(workdir: str):
     """The config a run saved in `workdir/config.json`, as a `ConfigDict`.

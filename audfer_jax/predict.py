@@ -284,11 +284,22 @@ def _data_config(config) -> Any:
 
 
 def _class_names(meta: Mapping, config) -> list:
+    """Class names: the checkpoint's, else the config dataset's, else by count.
+
+    A converted checkpoint (`audfer-jax convert`) stores only `num_classes`:
+    7 gets the DFEW/FERV39k names, 11 the MAFW names, others `class_<k>`.
+    """
+    from audfer_jax import classes  # pylint: disable=g-import-not-at-top
     if meta.get("class_names"):
         return list(meta["class_names"])
-    from audfer_jax import classes  # pylint: disable=g-import-not-at-top
     dc = config.get("data", {}) or {}
-    return list(classes.class_names(dc.get("dataset", dc.get("name", "dfew"))))
+    dataset = dc.get("dataset", dc.get("name"))
+    if dataset:
+        return list(classes.class_names(dataset))
+    n = int(meta.get("num_classes", len(classes.DFEW_CLASSES)))
+    by_count = {len(classes.DFEW_CLASSES): classes.DFEW_CLASSES,
+                len(classes.MAFW_CLASSES): classes.MAFW_CLASSES}
+    return list(by_count.get(n, [f"class_{k}" for k in range(n)]))
 
 
 def _variables_shape(model, input_shape):
@@ -368,6 +379,7 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
             its metadata does not name the model (names the path and what is
             missing).
     """
+    import jax  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
     from audfer_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
     from audfer_jax import train  # pylint: disable=g-import-not-at-top
@@ -379,7 +391,10 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
         raise PredictError(f"which={which!r}: expected 'best' or 'last'")
 
     if _is_variables_checkpoint(path):
-        variables, meta = ckpt_lib.restore_variables(path)
+        try:
+            variables, meta = ckpt_lib.restore_variables(path)
+        except (ValueError, KeyError, FileNotFoundError) as e:
+            raise PredictError(f"{path}: unreadable variables checkpoint ({e})") from e
         config = ml_collections.ConfigDict(meta.get("config") or {})
         if not config.get("model"):
             if not meta.get("model"):
@@ -419,14 +434,17 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
         class_names = _class_names({}, config)
         model = train.build_model(config, len(class_names))
         input_shape = train.model_input_shape(model, config.model)
-        state, meta = ckpt_lib.restore_state_from_directory(
-                step_dir, _abstract_train_state(config, model, input_shape))
+        try:
+            state, meta = ckpt_lib.restore_state_from_directory(
+                    step_dir, _abstract_train_state(config, model, input_shape))
+        except (ValueError, KeyError, TypeError, FileNotFoundError) as e:
+            raise PredictError(f"{step_dir}: cannot restore a {config.model} train state "
+                               f"with the run's config ({type(e).__name__}: {e})") from e
         probe_names = meta.get("class_names")
         if probe_names and list(probe_names) != class_names:
             raise PredictError(f"{step_dir}: checkpoint classes {probe_names} differ from "
                                f"the config's dataset classes {class_names}")
         variables = {"params": state.params}
-        import jax  # pylint: disable=g-import-not-at-top
         if jax.tree.leaves(state.batch_stats):
             variables["batch_stats"] = state.batch_stats
         source = f"{step_dir} (step {meta.get('step', os.path.basename(step_dir))})"

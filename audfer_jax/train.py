@@ -732,8 +732,8 @@ def _train(config, workdir, data, model) -> dict:
         m = jax.device_get(m)
         if not np.isfinite(m["loss"]):
             raise FloatingPointError(
-                    f"non-finite loss {float(m['loss'])} at step {s} (epoch {e + 1}, batch "
-                    f"{b} of {spe}); clip indices of that batch: {idx}")
+                    f"non-finite loss {float(m['loss'])} at step {s + 1} (epoch {e + 1}, "
+                    f"batch {b + 1} of {spe}); clip indices (`index`) of that batch: {idx}")
         return m
 
     try:

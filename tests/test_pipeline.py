@@ -174,6 +174,15 @@ def test_train_shards_disjoint_and_complete(prepared):
     flat = [i for s in seen for i in s]
     assert len(flat) == len(set(flat)) == len(train)
     assert sorted(flat) == sorted(train)
+    # Uneven shards (12 clips on 5 processes: 2, 2, 2, 3, 3): every process
+    # still runs 12 // 5 = 2 steps, on disjoint clips.
+    seen = []
+    for p in range(5):
+        batches = _train(config, global_batch_size=5, seed=1, epoch=0, process_index=p,
+                         process_count=5)
+        assert len(batches) == 2
+        seen += np.concatenate([b["index"] for b in batches]).tolist()
+    assert len(seen) == len(set(seen)) == 10
     with pytest.raises(ValueError, match="divisible"):
         pipeline.create_train_dataset(config, global_batch_size=4, seed=0, epoch=0,
                                       process_index=0, process_count=3)
@@ -285,3 +294,14 @@ def test_rand_augment_deterministic_and_same_for_all_frames():
         assert a.min() >= 0 and a.max() <= 255
         # Identical frames stay identical: one op chain for the whole clip.
         np.testing.assert_allclose(a[0], a[2], atol=1e-3)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+def test_resize_shrink_is_antialiased(fast):
+    # A 1-pixel checkerboard halved must average to grey (no aliasing).
+    board = (np.indices((32, 32)).sum(0) % 2 * 255).astype(np.uint8)
+    x = tf.constant(np.repeat(board[None, :, :, None], 3, -1))
+    y = augment.resize(x, 16, fast_shrink=fast).numpy()
+    np.testing.assert_allclose(y[:, 2:-2, 2:-2], 127.5, atol=1.0)
+    same = augment.resize(x, 32).numpy()
+    np.testing.assert_array_equal(same, x.numpy().astype(np.float32))

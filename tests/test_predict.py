@@ -12,7 +12,6 @@ import os
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 from PIL import Image
@@ -259,3 +258,41 @@ def test_training_run_directory(tmp_path, model, variables):
     # The same checkpoint through its step directory.
     step_dir = predict.load_predictor(str(run / "best" / "3"))
     assert step_dir.class_names == NAMES
+
+
+def test_converted_checkpoint_metadata(tmp_path):
+    """`audfer-jax convert` stores `model` and `num_classes` only: 11 -> MAFW names."""
+    model11 = models.get_model(MODEL, num_classes=11)
+    path = tmp_path / "converted"
+    ckpt_lib.save_variables(path, _random_variables(model11),
+                            {"model": MODEL, "num_classes": 11, "num_aus": 18})
+    loaded = predict.load_predictor(str(path))
+    assert loaded.class_names == list(classes.MAFW_CLASSES)
+    # No data settings: sample as many frames as the model takes (T = 8).
+    assert loaded.spec.num_frames == T and loaded.image_size == S
+    bad = tmp_path / "nameless"
+    ckpt_lib.save_variables(bad, _random_variables(model11), {"num_classes": 11})
+    with pytest.raises(predict.PredictError, match="names no model"):
+        predict.load_predictor(str(bad))
+
+
+def test_prepare_clip_multi_view():
+    """MAE-DFER-style evaluation: 2 temporal x 2 spatial views, view order t-major."""
+    from audfer_jax.data import sampling
+    spec = sampling.SamplingSpec(scheme="fixed_rate", num_frames=4, rate=4)
+    stub = predict.Predictor(model=None, variables=None, class_names=NAMES, spec=spec,
+                             temporal_views=2, spatial_views=2, image_size=20, source="")
+    frames = np.stack([_frame(k, 40, 60) for k in range(20)])
+    clips, idx = predict.prepare_clip(frames, stub)
+    # Every 4th frame: 0 4 8 12 16 (5 >= T); windows start at 0 and 5 - 4 = 1.
+    assert idx.tolist() == [[0, 4, 8, 12], [4, 8, 12, 16]]
+    assert clips.shape == (4, 4, 20, 20, 3) and clips.dtype == np.uint8
+
+    def view(ids, x0):
+        # Shorter side 40 -> 20: frames become 20 x 30; crops at x = 0 and 30 - 20.
+        small = [np.asarray(Image.fromarray(frames[i]).resize((30, 20), Image.BILINEAR))
+                 for i in ids]
+        return np.stack(small)[:, :, x0:x0 + 20]
+
+    for v, (ids, x0) in enumerate([(idx[0], 0), (idx[0], 10), (idx[1], 0), (idx[1], 10)]):
+        np.testing.assert_array_equal(clips[v], view(ids, x0))

@@ -127,8 +127,22 @@ def test_nonfinite_loss_names_step_and_clips(tmp_path):
     # SGD with lr 1e30 overflows the parameters at the first step.
     cfg = fakes.micro_config(**{"optim.optimizer": "sgd", "optim.lr": 1e30,
                                 "optim.weight_decay": 0.0, "num_epochs": 1})
-    with pytest.raises(FloatingPointError, match=r"step 1 .*clip indices of that batch: \[\d"):
+    # Step 1 runs on finite parameters and makes them overflow; step 2 is NaN.
+    with pytest.raises(FloatingPointError, match=r"at step 2 \(epoch 1, batch 2 of 2\); "
+                       r"clip indices \(`index`\) of that batch: \[\d+, \d+"):
         train.train_and_evaluate(cfg, str(tmp_path), data=fakes, model=_micro())
+
+
+def test_pmap_strategy_matches_jit(tmp_path):
+    # One device: pmap's explicit psum/pmean path gives jit's parameters.
+    results = {}
+    for strategy in ("jit", "pmap"):
+        cfg = fakes.micro_config(num_epochs=1, strategy=strategy)
+        out = train.train_and_evaluate(cfg, str(tmp_path / strategy), data=fakes, model=_micro())
+        assert out["steps"] == 2
+        results[strategy] = _params(str(tmp_path / strategy), 2)[0]["params"]
+    for a, b in zip(jax.tree.leaves(results["jit"]), jax.tree.leaves(results["pmap"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
 
 
 def test_train_step_loss_equals_audfer_loss():

@@ -123,7 +123,8 @@ def ensure_prepared(data_config, log=print) -> str:
     """Prepares the configured fold if needed; returns its path.
 
     For `name == 'demo'` with no `raw_dir`, the demo set is first written to
-    ``<data_dir>/demo_raw`` by `audfer_jax.data.demo.write_demo_dataset`.
+    ``<data_dir>/demo_raw`` by `audfer_jax.data.demo.write_demo_dataset`
+    (`data_config.demo_clips` clips if that optional field is set, else 2000).
     Call it from one process only (process 0) before building datasets.
     """
     path = prepared_path(data_config)
@@ -134,7 +135,7 @@ def ensure_prepared(data_config, log=print) -> str:
         from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
         raw = os.path.join(data_config.data_dir, "demo_raw")
         if not os.path.isdir(raw):
-            demo.write_demo_dataset(raw)
+            demo.write_demo_dataset(raw, num_clips=int(_get(data_config, "demo_clips", 2000)))
     if not raw:
         raise ValueError(f"{path} is not prepared and data_config.raw_dir is empty; "
                          f"run `audfer-jax prepare --dataset {data_config.name} ...`")
@@ -399,6 +400,9 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, epoc
                          process_count: Optional[int] = None) -> Iterable[dict[str, np.ndarray]]:
     """One training epoch of this process's local batches.
 
+    Every process yields exactly `num_train // global_batch_size` batches
+    (minus `start_batch`), so multi-host steps stay in lockstep.
+
     Args:
         data_config: see `default_data_config`.
         global_batch_size: clips per step over all processes; each process
@@ -420,10 +424,13 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, epoc
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     pi, pc = _process(process_index, process_count)
     local = _local_batch(global_batch_size, pc)
-    start, end = shard_range(_num_examples(data_config, "train"), pi, pc)
-    if end - start < local:
-        raise ValueError(f"process {pi} has {end - start} training clips, fewer than "
-                         f"its batch of {local}")
+    n = _num_examples(data_config, "train")
+    start, end = shard_range(n, pi, pc)
+    # Every process must run the same number of steps: n // global_batch_size
+    # (the shards differ by at most one clip; each holds enough for that).
+    steps = n // global_batch_size
+    if steps == 0:
+        raise ValueError(f"{n} training clips make no batch of {global_batch_size}")
     eseed = _epoch_seed(int(seed), int(epoch))
     if _get(data_config, "cache", False):
         key = (prepared_path(data_config), start, end)
@@ -435,6 +442,7 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, epoc
     buffer = int(_get(data_config, "shuffle_buffer", 1024))
     if buffer > 1:
         ds = ds.shuffle(buffer, seed=eseed, reshuffle_each_iteration=False)
+    ds = ds.take(steps * local)
     if start_batch:
         ds = ds.skip(int(start_batch) * local)
     ds = ds.map(_make_train_fn(data_config, int(seed), int(epoch)),
