@@ -321,7 +321,7 @@ def format_result(r: dict, config_spec: str = "") -> str:
         f"{r['full_min_ms']:.2f} vs {r['without_au_min_ms']:.2f} ms): "
         f"{r['au_share_diff_percent']:.2f} %",
         f"AU loss share of step time (isolated jitted loss fwd+bwd, "
-        f"{r['au_loss_isolated_ms']:.4f} ms/call): {r['au_share_isolated_percent']:.3f} %",
+        f"{r['au_loss_isolated_ms']:.3g} ms/call): {r['au_share_isolated_percent']:.3g} %",
         f"goal: AU loss share < {GOAL_PERCENT:g} % (paper: no additional arithmetic)",
     ]
     return "\n".join(lines)

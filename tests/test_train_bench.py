@@ -22,7 +22,7 @@ import _train_fakes as fakes  # noqa: E402
 from audfer_jax import train  # noqa: E402
 from audfer_jax import train_bench  # noqa: E402
 
-NUM = r"-?\d+\.\d+"
+NUM = r"-?\d+(?:\.\d+)?(?:e[-+]\d+)?"
 # The figure lines the command prints (format, not speed).
 EXPECTED = [
     rf"full train step \(loss au, lambda 0\.25\): {NUM} ms/step, {NUM} clips/s",
