@@ -32,7 +32,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Mapping
 
 import flax
 import jax
