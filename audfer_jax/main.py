@@ -64,8 +64,33 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     import jax
     if jax.process_index() == 0:
-        print(json.dumps(result, indent=1))
+        print(_summary(result, _FLAGS.workdir))
     return 0
+
+
+def _summary(result: dict, workdir: str) -> str:
+    """A few lines for the console; every figure is in WORKDIR/metrics.json."""
+    lines = []
+    for which in ("last", "best"):
+        r = result.get(which)
+        if not isinstance(r, dict) or "uar" not in r:
+            continue
+        what = f"{which} epoch"
+        if which == "best" and r.get("criterion"):
+            what += f" (by {r['criterion']})"
+        if "epoch" in r:
+            what += f", epoch {r['epoch']}"
+        lines.append(f"{what}: UAR {r['uar']:.2f} %  WAR {r['war']:.2f} %")
+        if which == "last" and r.get("per_class_recall"):
+            lines.append("  per-class recall: " + ", ".join(
+                f"{k} {v:.1f}" for k, v in r["per_class_recall"].items()))
+    if not lines:  # evaluate_only and other shapes of result
+        lines.append(json.dumps(result, indent=1))
+    w = os.path.abspath(workdir)
+    lines += [f"checkpoints: {os.path.join(w, 'checkpoints')} (best: {os.path.join(w, 'best')})",
+              f"metrics:     {os.path.join(w, 'metrics.json')}, {os.path.join(w, 'metrics.jsonl')}",
+              f"TensorBoard: tensorboard --logdir {w}"]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

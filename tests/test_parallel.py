@@ -54,7 +54,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
 def test_two_processes_train_and_agree(tmp_path):
     """Two jax.distributed processes on 127.0.0.1 (gloo CPU collectives)."""
     sys.path.insert(0, str(HERE))

@@ -286,7 +286,6 @@ def test_configs_and_cli_errors(capsys):
     assert "--config and --workdir are required" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_demo_config_end_to_end(tmp_path):
     """configs/demo.py with the real pipeline: writes 35 demo clips, prepares the
     fold, trains the tiny Former-DFER one epoch and evaluates (about 95 s on the
