@@ -47,9 +47,6 @@ def main(argv: list[str] | None = None) -> int:
     if _FLAGS.config is None or not _FLAGS.workdir:
         print("audfer-jax train: --config and --workdir are required", file=sys.stderr)
         return 2
-    # The repository root must be importable for `configs.common` (config files
-    # are loaded by path).
-    sys.path.insert(0, os.getcwd())
     logging.set_verbosity(logging.INFO)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from audfer_jax import train

@@ -25,7 +25,7 @@ Recipes (backbones.md, "Recipe" paragraphs of sections 1-3):
 
 All schedules are functions of the optimiser step count (the number of updates
 already applied), as optax calls them. `make_optimizer` builds any of them from
-an `ml_collections.ConfigDict` (see `configs/common.py` for the fields).
+an `ml_collections.ConfigDict` (see `audfer_jax/config_lib.py` for the fields).
 """
 
 from __future__ import annotations

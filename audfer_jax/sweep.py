@@ -75,11 +75,6 @@ def load_config_file(spec: str):
     name = "_audfer_config_" + os.path.splitext(os.path.basename(path))[0]
     module_spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(module_spec)
-    # Configs import their siblings as a package (`from configs import common`):
-    # the directory above the config's folder must be importable.
-    parent = os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    if parent not in sys.path:
-        sys.path.insert(0, parent)
     module_spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"{path}: no get_config(arg) function")

@@ -9,13 +9,7 @@ random-sized crop and flip. Trained from scratch.
 
 from __future__ import annotations
 
-try:
-    from configs import common
-except ImportError:      # loaded by path (config_flags) from outside the repository root
-    import os
-    import sys
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from configs import common
+from audfer_jax import config_lib as common
 
 
 def get_config(arg: str | None = None):

@@ -12,13 +12,7 @@ weights: convert them (`audfer-jax convert`) and set `--config.init_from`.
 
 from __future__ import annotations
 
-try:
-    from configs import common
-except ImportError:      # loaded by path (config_flags) from outside the repository root
-    import os
-    import sys
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from configs import common
+from audfer_jax import config_lib as common
 
 
 def get_config(arg: str | None = None):

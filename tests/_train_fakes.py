@@ -128,7 +128,7 @@ class MicroModel(nn.Module):
 
 def micro_config(**overrides):
     """A trainer config for the micro model and the in-memory data."""
-    from configs import common
+    from audfer_jax import config_lib as common
     c = common.base_config()
     c.model = "micro"
     c.data = dict(default_data_config())

@@ -224,7 +224,7 @@ def test_detect_face_falls_back_to_whole_frame(predictor):
 def test_training_run_directory(tmp_path, model, variables):
     """A run directory (config.json + best/<step>) restores the saved parameters."""
     from audfer_jax import optim, train
-    from configs import common
+    from audfer_jax import config_lib as common
 
     config = common.base_config()
     config.model = MODEL

@@ -292,7 +292,7 @@ def test_demo_config_end_to_end(tmp_path):
     loaded 2-core machine, most of it XLA compiling the tiny backbone)."""
     pytest.importorskip("tensorflow")
     from configs import demo
-    cfg = demo.get_config(f"num_clips=35,epochs=1,data_dir={tmp_path / 'data'}")
+    cfg = demo.get_config(f"num_clips=35,epochs=1,size=32,data_dir={tmp_path / 'data'}")
     cfg.batch_size = 8
     cfg.progress_bar = False
     result = train.train_and_evaluate(cfg, str(tmp_path / "run"))

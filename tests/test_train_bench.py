@@ -35,7 +35,7 @@ EXPECTED = [
 ]
 
 CONFIG_FILE = """
-from configs import common
+from audfer_jax import config_lib as common
 def get_config(arg=None):
     c = common.base_config()
     c.model = {model!r}

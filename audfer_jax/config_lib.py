@@ -1,4 +1,4 @@
-"""Defaults shared by every experiment config (big_vision-style `get_config(arg)`).
+"""Defaults shared by every experiment config in `configs/` (big_vision-style `get_config(arg)`).
 
 A backbone config (`configs/former_dfer.py`, `m3dfel.py`, `mae_dfer.py`,
 `demo.py`) starts from `base_config()` and sets its paper's recipe
