@@ -51,3 +51,17 @@ def numpy_variables(module, *args: Any, seed: int = 0, **kwargs: Any) -> dict:
 def count(tree: Any) -> int:
     """Number of elements over the leaves of a (possibly abstract) pytree."""
     return int(sum(np.prod(x.shape) for x in jax.tree.leaves(tree)))
+
+
+def abstract_variables(model, clips_shape) -> dict:
+    """`jax.eval_shape` of `model.init` on uint8 clips of `clips_shape`: the
+    variable tree of a full-size model without materialising it."""
+    clips = jax.ShapeDtypeStruct(clips_shape, jnp.uint8)
+    return jax.eval_shape(lambda c: model.init({"params": jax.random.key(0)}, c, train=False),
+                          clips)
+
+
+def tiny_clips(batch: int = 2, seed: int = 0) -> jnp.ndarray:
+    """Random `[batch, 8, 32, 32, 3] uint8` clips, the tiny variants' input."""
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.integers(0, 256, (batch, 8, 32, 32, 3), dtype=np.uint8))

@@ -19,29 +19,18 @@ from flax.traverse_util import flatten_dict
 from audfer_jax.models import former_dfer, layers
 from audfer_jax.models.base import ModelOutput
 from model_testing import count as _count
-from model_testing import numpy_variables
-
-
-def _abstract_variables(model, clips_shape):
-    clips = jax.ShapeDtypeStruct(clips_shape, jnp.uint8)
-    return jax.eval_shape(lambda c: model.init({"params": jax.random.key(0)}, c, train=False),
-                          clips)
-
-
-def _tiny_clips(batch: int = 2, seed: int = 0) -> jnp.ndarray:
-    rng = np.random.default_rng(seed)
-    return jnp.asarray(rng.integers(0, 256, (batch, 8, 32, 32, 3), dtype=np.uint8))
+from model_testing import abstract_variables, numpy_variables, tiny_clips
 
 
 @pytest.fixture(scope="module")
 def tiny():
     model = former_dfer.former_dfer_tiny(num_classes=7)
-    return model, numpy_variables(model, _tiny_clips(), train=False, seed=1)
+    return model, numpy_variables(model, tiny_clips(), train=False, seed=1)
 
 
 def test_full_parameter_counts_match_the_original():
     # backbones.md table: 18,031,943 with a 7-way fc, AU head (9,234) excluded.
-    variables = _abstract_variables(former_dfer.former_dfer(num_classes=7), (1, 16, 112, 112, 3))
+    variables = abstract_variables(former_dfer.former_dfer(num_classes=7), (1, 16, 112, 112, 3))
     params = variables["params"]
     by_module = {k: _count(v) for k, v in params.items()}
     assert by_module == {
@@ -59,7 +48,7 @@ def test_full_parameter_counts_match_the_original():
 def test_full_parameter_shapes_match_the_state_dict():
     # Every PyTorch parameter has a Flax leaf with the same number of elements;
     # spot-check the layouts of backbones.md section 4.
-    params = flatten_dict(_abstract_variables(former_dfer.former_dfer(),
+    params = flatten_dict(abstract_variables(former_dfer.former_dfer(),
                                               (1, 16, 112, 112, 3))["params"],
                           sep="/")
     shapes = {k: tuple(v.shape) for k, v in params.items()}
@@ -80,7 +69,7 @@ def test_full_parameter_shapes_match_the_state_dict():
 
 def test_full_output_and_intermediate_shapes():
     model = former_dfer.former_dfer(num_classes=7)
-    variables = _abstract_variables(model, (1, 16, 112, 112, 3))
+    variables = abstract_variables(model, (1, 16, 112, 112, 3))
 
     def run(v, c):
         return model.apply(v, c, train=False, capture_intermediates=True, mutable=["intermediates"])
@@ -109,7 +98,7 @@ def test_full_output_and_intermediate_shapes():
 
 def test_bfloat16_keeps_float32_params_and_outputs():
     model = former_dfer.former_dfer_tiny(dtype=jnp.bfloat16)
-    variables = _abstract_variables(model, (2, 8, 32, 32, 3))
+    variables = abstract_variables(model, (2, 8, 32, 32, 3))
     assert {x.dtype for x in jax.tree.leaves(variables)} == {jnp.dtype(jnp.float32)}
     out = jax.eval_shape(lambda v, c: model.apply(v, c, train=False), variables,
                          jax.ShapeDtypeStruct((2, 8, 32, 32, 3), jnp.uint8))
@@ -124,12 +113,12 @@ def test_bfloat16_keeps_float32_params_and_outputs():
 def test_wrong_clip_shape_raises():
     model = former_dfer.former_dfer_tiny()
     with pytest.raises(ValueError, match=r"\[B, 8, 32, 32, 3\]"):
-        _abstract_variables(model, (2, 16, 32, 32, 3))
+        abstract_variables(model, (2, 16, 32, 32, 3))
 
 
 def test_tiny_eval_is_deterministic_and_uint8_equals_scaled_float(tiny):
     model, variables = tiny
-    clips = _tiny_clips(seed=3)
+    clips = tiny_clips(seed=3)
     apply = jax.jit(lambda v, c: model.apply(v, c, train=False))
     a, b = apply(variables, clips), apply(variables, clips)
     assert a.logits.shape == (2, 7) and a.au_logits.shape == (2, 18)
@@ -145,7 +134,7 @@ def test_tiny_eval_is_deterministic_and_uint8_equals_scaled_float(tiny):
 
 def test_tiny_train_step_updates_params_and_batch_stats(tiny):
     model, variables = tiny
-    clips = _tiny_clips(seed=4)
+    clips = tiny_clips(seed=4)
     labels = jnp.array([1, 5])
     tx = optax.sgd(0.01, momentum=0.9)
     params, stats = variables["params"], variables["batch_stats"]

@@ -18,29 +18,18 @@ from flax.traverse_util import flatten_dict
 
 from audfer_jax.models import layers, m3dfel
 from audfer_jax.models.base import ModelOutput
-from model_testing import count, numpy_variables
-
-
-def _abstract_variables(model, clips_shape):
-    clips = jax.ShapeDtypeStruct(clips_shape, jnp.uint8)
-    return jax.eval_shape(lambda c: model.init({"params": jax.random.key(0)}, c, train=False),
-                          clips)
-
-
-def _tiny_clips(batch: int = 2, seed: int = 0) -> jnp.ndarray:
-    rng = np.random.default_rng(seed)
-    return jnp.asarray(rng.integers(0, 256, (batch, 8, 32, 32, 3), dtype=np.uint8))
+from model_testing import abstract_variables, count, numpy_variables, tiny_clips
 
 
 @pytest.fixture(scope="module")
 def tiny():
     model = m3dfel.m3dfel_tiny(num_classes=7)
-    return model, numpy_variables(model, _tiny_clips(), train=False, seed=1)
+    return model, numpy_variables(model, tiny_clips(), train=False, seed=1)
 
 
 def test_full_parameter_counts_match_the_original():
     # backbones.md: 46,823,384 with a 7-way fc, AU head fc_au (18,450) excluded.
-    variables = _abstract_variables(m3dfel.m3dfel(num_classes=7), (1, 16, 112, 112, 3))
+    variables = abstract_variables(m3dfel.m3dfel(num_classes=7), (1, 16, 112, 112, 3))
     params = variables["params"]
     by_module = {k: count(v) for k, v in params.items()}
     assert by_module == {
@@ -67,7 +56,7 @@ def test_full_parameter_counts_match_the_original():
 @pytest.mark.parametrize("batch", [1, 2])
 def test_full_output_and_intermediate_shapes(batch):
     model = m3dfel.m3dfel(num_classes=7)
-    variables = _abstract_variables(model, (1, 16, 112, 112, 3))
+    variables = abstract_variables(model, (1, 16, 112, 112, 3))
     out, state = jax.eval_shape(
         lambda v, c: model.apply(
             v, c, train=False, capture_intermediates=True, mutable=["intermediates"]), variables,
@@ -238,7 +227,7 @@ def test_basic_block_3d_pads_like_pytorch():
 
 def test_tiny_eval_is_deterministic_and_gated_pooling(tiny):
     model, variables = tiny
-    clips = _tiny_clips(seed=5)
+    clips = tiny_clips(seed=5)
     apply = jax.jit(lambda v, c: model.apply(
         v, c, train=False, capture_intermediates=True, mutable=["intermediates"]))
     (a, state), (b, _) = apply(variables, clips), apply(variables, clips)
@@ -262,7 +251,7 @@ def test_tiny_eval_is_deterministic_and_gated_pooling(tiny):
 
 def test_tiny_train_step_updates_params_and_batch_stats(tiny):
     model, variables = tiny
-    clips = _tiny_clips(seed=6)
+    clips = tiny_clips(seed=6)
     labels = jnp.array([0, 6])
     tx = optax.sgd(0.01)
     params, stats = variables["params"], variables["batch_stats"]
