@@ -4,9 +4,11 @@ Writes the demo set (`audfer_jax.data.demo`) and prepares it on first use
 (`prepare_data`), then trains for a few minutes on 2 CPU cores: 1,500 clips,
 8 frames (4 segments x 2) of 48 x 48, the tiny Former-DFER,
 batch 16, SGD with the Former-DFER recipe's momentum and L2 at a constant lr.
-The demo set is synthetic: its figures say nothing about real DFER accuracy,
-and in this budget the tiny model stays near chance level on it (the demo shows
-that every stage runs end to end, not accuracy).
+The demo set is synthetic, with exaggerated expressions: its figures say
+nothing about real DFER accuracy. In this budget (~2.5-3 min on 2 CPU cores,
+demo set generation included) the tiny model reaches roughly 65-70 % test UAR
+and 75 % WAR on fold 1 (chance is ~14 % UAR), with disgust and fear the weakest
+classes; the demo shows that every stage runs end to end and learns.
 
     audfer-jax train --config configs/demo.py --workdir runs/demo
     audfer-jax train --config configs/demo.py:num_clips=35,epochs=1 --workdir /tmp/d
