@@ -62,10 +62,10 @@ def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.model = "former_dfer"
     c.model_overrides = ml_collections.ConfigDict()
-    # The input pipeline's own config (`audfer_jax.data.pipeline`), so that every
-    # field can be overridden: --config.data.data_dir=..., --config.data.num_frames=...
-    from audfer_jax.data import pipeline
-    c.data = pipeline.default_data_config()
+    # The fields of the typed data config (`audfer_jax.data.config.DataConfig`),
+    # so that every field can be overridden: --config.data.num_frames=...
+    from audfer_jax.data import config as data_config_lib  # pylint: disable=g-import-not-at-top
+    c.data = data_config_lib.default_data_config()
     c.data.data_dir = "data/prepared"
     c.prepare_data = False        # write (demo) and prepare the fold first if missing
     c.demo = ml_collections.ConfigDict(dict(num_clips=2000, seed=0, image_size=112))
@@ -97,7 +97,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.keep_checkpoints = 2
     c.async_checkpoints = True
     c.log_every_steps = 50
-    c.progress_bar = True
+    c.progress_bar = True         # a tqdm bar when stdout is a terminal, else log lines
+    c.prefetch_to_device = 2      # batches transferred ahead of the running step
+    # JAX's persistent compilation cache ('' = off): a restarted or resumed run
+    # does not compile again. JAX_COMPILATION_CACHE_DIR, when set, wins.
+    c.compile_cache_dir = "~/.cache/audfer_jax/jax_cache"
     c.init_from = ""              # a variables checkpoint from `audfer-jax convert`
     c.stop_after_steps = 0        # testing: stop (as if killed) after this step
 

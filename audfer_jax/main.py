@@ -17,7 +17,6 @@ import os
 import sys
 
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 _FLAGS = flags.FlagValues()
@@ -29,6 +28,8 @@ flags.DEFINE_bool("evaluate_only", False, "evaluate the workdir's newest checkpo
                   "instead of training", flag_values=_FLAGS)
 flags.DEFINE_bool("best", False, "with --evaluate_only: the best checkpoint",
                   flag_values=_FLAGS)
+flags.DEFINE_integer("verbosity", -1, "library log messages shown: -1 WARNING and above "
+                     "(default), 0 INFO, 1 DEBUG (absl's convention)", flag_values=_FLAGS)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,8 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     if _FLAGS.config is None or not _FLAGS.workdir:
         print("audfer-jax train: --config and --workdir are required", file=sys.stderr)
         return 2
-    logging.set_verbosity(logging.INFO)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from audfer_jax import reporting
+    reporting.configure_logging(_FLAGS.verbosity)
     from audfer_jax import train
     config = _FLAGS.config
     try:
@@ -60,6 +62,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"audfer-jax train: error: {e}", file=sys.stderr)
         return 1
     import jax
+    if "preempted_at_step" in result:
+        from audfer_jax import preemption
+        return preemption.EXIT_CODES.get(result["signal"], 1)
     if jax.process_index() == 0:
         print(_summary(result, _FLAGS.workdir))
     return 0

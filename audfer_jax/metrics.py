@@ -9,7 +9,7 @@ taken once, on the totals (never a mean of per-batch means).
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Mapping, Optional
 
 import jax
 import jax.numpy as jnp
@@ -139,3 +139,19 @@ def summarize(cm, class_names, au_count_totals=None, au_names=None) -> dict:
         out["au_f1"] = {n: 100.0 * float(v) for n, v in zip(names, f1)}
         out["au_f1_mean"] = 100.0 * float(f1.mean())
     return out
+
+
+BEST_METRICS = ("war+uar", "uar", "war", "au_f1_mean")
+
+
+def criterion(summary: Mapping[str, Any], name: str) -> float:
+    """The best-epoch criterion value of an evaluation summary (higher is better).
+
+    'war+uar' (default; the reference's "WAR+UAR at one epoch", datasets.md
+    section 8), 'uar', 'war', 'au_f1_mean'.
+    """
+    if name == "war+uar":
+        return float(summary["war"] + summary["uar"])
+    if name in ("uar", "war", "au_f1_mean"):
+        return float(summary[name])
+    raise ValueError(f"unknown config.best_metric {name!r}; expected one of {BEST_METRICS}")

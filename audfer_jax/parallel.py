@@ -22,6 +22,8 @@ built by `audfer_jax.train.make_train_step`.
 from __future__ import annotations
 
 import functools
+import logging
+import os
 from typing import Any, Callable, Mapping
 
 import jax
@@ -166,3 +168,63 @@ def pmean_if(x: PyTree, axis_name: str | None) -> PyTree:
 def device_index(axis_name: str | None) -> jax.Array:
     """This device's index along `axis_name` (0 under jit)."""
     return jnp.zeros((), jnp.int32) if axis_name is None else jax.lax.axis_index(axis_name)
+
+
+def maybe_initialize_distributed(config) -> None:
+    """`jax.distributed.initialize()` for multi-host runs.
+
+    Called when `config.multihost` is set or a launcher's environment is seen
+    (`JAX_COORDINATOR_ADDRESS`, Slurm with several tasks, Open MPI with
+    several ranks); explicit `config.coordinator_address`, `num_processes`,
+    `process_id` are passed through (a 2-process test on 127.0.0.1 uses them).
+    Must run before any device is touched; a second call is ignored.
+    """
+    env = os.environ
+    launched = ("JAX_COORDINATOR_ADDRESS" in env
+                or int(env.get("SLURM_NTASKS", "1") or 1) > 1
+                or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1)
+    if not (config.multihost or launched):
+        return
+    kwargs = {}
+    if config.coordinator_address:
+        kwargs["coordinator_address"] = config.coordinator_address
+    if config.num_processes:
+        kwargs["num_processes"] = int(config.num_processes)
+    if config.process_id is not None and config.process_id >= 0:
+        kwargs["process_id"] = int(config.process_id)
+    try:
+        jax.distributed.initialize(**kwargs)
+    except RuntimeError as e:
+        if "already" not in str(e).lower():
+            raise
+    logging.info("jax.distributed: process %d of %d, %d devices", jax.process_index(),
+                 jax.process_count(), jax.device_count())
+
+
+
+def replicate(tree: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
+    """`tree` placed replicated on every device of `mesh`."""
+    return jax.device_put(tree, replicated(mesh))
+
+
+def enable_compilation_cache(directory: str) -> str | None:
+    """Turns on JAX's persistent compilation cache in `directory` ('~' expanded).
+
+    A restarted or resumed run then loads its compiled steps instead of
+    compiling them again (MAE-DFER's train step takes about a minute to compile
+    on a CPU). A cache folder set already (`JAX_COMPILATION_CACHE_DIR`, or by
+    the caller's code) is kept; an empty `directory` leaves the cache off.
+    Entries are only written for programs that took at least one second to
+    compile (JAX's default threshold).
+
+    Returns:
+        The cache folder in use, or None.
+    """
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return current
+    if not directory:
+        return None
+    path = os.path.expanduser(str(directory))
+    jax.config.update("jax_compilation_cache_dir", path)
+    return path

@@ -272,15 +272,10 @@ def _eval_apply():
     return jax.jit(lambda model, v, x: model.apply(v, x, train=False), static_argnums=0)
 
 
-def _data_config(config) -> Any:
-    """The pipeline's default data config updated with `config.data` (as train.py)."""
-    from audfer_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-    dc = pipeline.default_data_config()
-    overrides = dict(config.get("data", {}) or {})
-    with dc.unlocked():
-        for k, v in overrides.items():
-            dc[k] = v
-    return dc
+def _data_config(config):
+    """The run's validated `DataConfig` (`config.data`, as the trainer reads it)."""
+    from audfer_jax.data import config as data_config_lib  # pylint: disable=g-import-not-at-top
+    return data_config_lib.DataConfig.from_config(config.get("data", {}) or {})
 
 
 def _class_names(meta: Mapping, config) -> list:
@@ -453,8 +448,8 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
     input_shape = train.model_input_shape(model, config.model)
     spec = _fit_spec(sampling.spec_from_config(dc), input_shape[0])
     return Predictor(model=model, variables=variables, class_names=list(class_names),
-                     spec=spec, temporal_views=int(dc.get("eval_temporal_views", 1) or 1),
-                     spatial_views=int(dc.get("eval_spatial_views", 1) or 1),
+                     spec=spec, temporal_views=dc.eval_temporal_views,
+                     spatial_views=dc.eval_spatial_views,
                      image_size=int(input_shape[1]), source=source)
 
 

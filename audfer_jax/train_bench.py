@@ -239,7 +239,7 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if init not in ("random", "model"):
         raise ValueError(f"--init must be 'random' or 'model', got {init!r}")
-    dataset = str(config.data.get("dataset", config.data.get("name", "dfew")))
+    dataset = str(config.data.name)
     num_classes = classes.num_classes(dataset)
     if model is None:
         model = train.build_model(config, num_classes)
@@ -251,7 +251,7 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
             {"params": rng, "dropout": rng}, jnp.zeros((1, *input_shape, 3), jnp.uint8),
             train=False))
     tx, schedule = optim.make_optimizer(config.optim, shapes["params"], steps_per_epoch=100,
-                                        num_epochs=int(config.get("num_epochs", 1)),
+                                        num_epochs=int(config.num_epochs),
                                         global_batch_size=batch,
                                         num_layers=train.model_depth(model))
     lam, prior, pos_weight = _loss_constants(config, dataset, num_classes)
@@ -267,12 +267,12 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
                     step=np.int32(0), params=params,
                     batch_stats=host_vars.get("batch_stats", {}),
                     opt_state=jax.jit(tx.init)(params),
-                    rng=np.asarray(jax.random.PRNGKey(int(config.get("seed", 0)))))
+                    rng=np.asarray(jax.random.PRNGKey(int(config.seed))))
             return jax.device_put(state, parallel.replicated(mesh))
     else:
         def make_state():
             return train.create_train_state(model, tx, input_shape,
-                                            int(config.get("seed", 0)), mesh)
+                                            int(config.seed), mesh)
 
     common = dict(tx=tx, schedule=schedule, prior=prior, pos_weight=pos_weight,
                   num_classes=num_classes)

@@ -41,48 +41,13 @@ import numpy as np
 
 from audfer_jax import classes
 from audfer_jax.au import NUM_AUS
+from audfer_jax.data import config as data_config_lib
 from audfer_jax.data import prepare as prepare_lib
 from audfer_jax.data import sampling
 
-AUGMENTS = ("former_dfer", "m3dfel", "mae_dfer", "none")
-
-
-def default_data_config() -> ml_collections.ConfigDict:
-    """The data config every experiment config starts from.
-
-    Fields (see the module docstring of `audfer_jax.data.sampling` and
-    ../shared/spec/datasets.md sections 6c-8 for their meaning):
-    name, data_dir, raw_dir, au_source, fold, frame_set, prepare_size,
-    num_frames, image_size, sampling, num_segments, frames_per_segment,
-    sampling_rate, jitter, pad, reference_quirks, augment,
-    eval_temporal_views, eval_spatial_views, au_vote, shuffle_buffer, cache.
-    """
-    c = ml_collections.ConfigDict()
-    c.name = "dfew"                 # 'dfew' | 'ferv39k' | 'mafw' | 'demo'
-    c.data_dir = ""                 # root of the prepared TFDS data
-    c.raw_dir = ""                  # release root (for prepare)
-    # Placeholders: None by default, typed so that flags can override them.
-    c.au_source = ml_collections.config_dict.placeholder(str)   # None: no AU labels
-    c.fold = 1                      # 1..5, or 0 for single-split FERV39k
-    c.frame_set = ml_collections.config_dict.placeholder(str)   # 'full'|'16f'|path
-    c.prepare_size = ml_collections.config_dict.placeholder(int)  # None: as stored
-    c.num_frames = 16
-    c.image_size = 112
-    c.sampling = "segments"         # 'segments' | 'uniform' | 'fixed_rate'
-    c.num_segments = 8
-    c.frames_per_segment = 2
-    c.sampling_rate = 4
-    c.jitter = "reference"          # 'reference' | 'segment'
-    c.pad = "edge"                  # 'edge' | 'loop'
-    c.reference_quirks = False
-    c.augment = "former_dfer"       # 'former_dfer' | 'm3dfel' | 'mae_dfer' | 'none'
-    c.eval_temporal_views = 1
-    c.eval_spatial_views = 1
-    c.au_vote = "sampled"           # 'sampled' | 'all'
-    c.shuffle_buffer = 1024         # in clips (a 70-frame DFEW record is ~1 MB)
-    c.cache = False                 # keep this process's encoded records in memory
-                                    # across epochs (order from the buffer only)
-    return c
+AUGMENTS = data_config_lib.AUGMENTS
+DataConfig = data_config_lib.DataConfig
+default_data_config = data_config_lib.default_data_config
 
 
 @dataclasses.dataclass
@@ -100,60 +65,55 @@ class DataInfo:
     train_class_counts: np.ndarray
 
 
-def _get(config, name, default=None):
-    try:
-        value = config[name]
-    except (KeyError, AttributeError):
-        return default
-    return default if value is None else value
+def _typed(data_config) -> DataConfig:
+    """The validated `DataConfig` of a `DataConfig`, ConfigDict or mapping."""
+    return DataConfig.from_config(data_config)
 
 
 def prepared_path(data_config) -> str:
     """Version folder of the prepared fold the config names."""
-    if not _get(data_config, "data_dir"):
-        raise ValueError("data_config.data_dir is empty: set it to the root of "
+    dc = _typed(data_config)
+    if not dc.data_dir:
+        raise ValueError("config.data.data_dir is empty: set it to the root of "
                          "the prepared data (`audfer-jax prepare --data_dir`)")
-    return prepare_lib.version_dir(
-        data_config.data_dir, data_config.name, int(_get(data_config, "fold", 0)),
-        _get(data_config, "frame_set"), _get(data_config, "au_source"),
-        _get(data_config, "prepare_size"))
+    return prepare_lib.version_dir(dc.data_dir, dc.name, dc.fold, dc.frame_set, dc.au_source,
+                                   dc.prepare_size)
 
 
-def ensure_prepared(data_config, log=print) -> str:
+def ensure_prepared(data_config, log=print, demo_clips: int = 2000) -> str:
     """Prepares the configured fold if needed; returns its path.
 
     For `name == 'demo'` with no `raw_dir`, the demo set is first written to
     ``<data_dir>/demo_raw`` by `audfer_jax.data.demo.write_demo_dataset`
-    (`data_config.demo_clips` clips if that optional field is set, else 2000).
-    Call it from one process only (process 0) before building datasets.
+    (`demo_clips` clips). Call it from one process only (process 0) before
+    building datasets.
     """
-    path = prepared_path(data_config)
+    dc = _typed(data_config)
+    path = prepared_path(dc)
     if prepare_lib.is_prepared(path):
         return path
-    raw = _get(data_config, "raw_dir")
-    if not raw and data_config.name == "demo":
+    raw = dc.raw_dir
+    if not raw and dc.name == "demo":
         from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
-        raw = os.path.join(data_config.data_dir, "demo_raw")
+        raw = os.path.join(dc.data_dir, "demo_raw")
         if not os.path.isdir(raw):
-            demo.write_demo_dataset(raw, num_clips=int(_get(data_config, "demo_clips", 2000)))
+            demo.write_demo_dataset(raw, num_clips=int(demo_clips))
     if not raw:
-        raise ValueError(f"{path} is not prepared and data_config.raw_dir is empty; "
-                         f"run `audfer-jax prepare --dataset {data_config.name} ...`")
-    prepare_lib.prepare(data_config.name, raw, data_config.data_dir,
-                        int(_get(data_config, "fold", 0)),
-                        frame_set=_get(data_config, "frame_set"),
-                        au_source=_get(data_config, "au_source"),
-                        prepare_size=_get(data_config, "prepare_size"), log=log)
+        raise ValueError(f"{path} is not prepared and config.data.raw_dir is empty; "
+                         f"run `audfer-jax prepare --dataset {dc.name} ...`")
+    prepare_lib.prepare(dc.name, raw, dc.data_dir, dc.fold, frame_set=dc.frame_set,
+                        au_source=dc.au_source, prepare_size=dc.prepare_size, log=log)
     return path
 
 
 def _require_prepared(data_config) -> str:
+    data_config = _typed(data_config)
     path = prepared_path(data_config)
     if not prepare_lib.is_prepared(path):
         raise FileNotFoundError(
             f"no prepared data at {path}; run `audfer-jax prepare --dataset "
             f"{data_config.name} --raw_dir ... --data_dir {data_config.data_dir} "
-            f"--fold {_get(data_config, 'fold', 0)}` (or pipeline.ensure_prepared)")
+            f"--fold {data_config.fold}` (or pipeline.ensure_prepared)")
     return path
 
 
@@ -162,7 +122,7 @@ def dataset_info(data_config) -> DataInfo:
     path = _require_prepared(data_config)
     train = prepare_lib.load_index(path, "train")
     test = prepare_lib.load_index(path, "test")
-    names = classes.class_names(data_config.name)
+    names = classes.class_names(_typed(data_config).name)
     counts = np.bincount(train["label"].astype(np.int64), minlength=len(names))
     return DataInfo(num_train=int(train["label"].size), num_test=int(test["label"].size),
                     class_names=tuple(names), train_class_counts=counts)
@@ -301,9 +261,7 @@ def _make_train_fn(data_config, seed: int, epoch: int):
     from audfer_jax.data import sampling_tf  # pylint: disable=g-import-not-at-top
     spec = sampling.spec_from_config(data_config)
     k = sampling.num_uniforms(spec)
-    vote_sampled = _get(data_config, "au_vote", "sampled") == "sampled"
-    if _get(data_config, "au_vote", "sampled") not in ("sampled", "all"):
-        raise ValueError(f"au_vote {data_config.au_vote!r} not in ('sampled', 'all')")
+    vote_sampled = data_config.au_vote == "sampled"
 
     # No Python control flow on tensors here, so AutoGraph has nothing to convert.
     @tf.autograph.experimental.do_not_convert
@@ -330,9 +288,8 @@ def _make_train_fn(data_config, seed: int, epoch: int):
     return fn
 
 
-def _num_views(data_config) -> tuple[int, int]:
-    return (int(_get(data_config, "eval_temporal_views", 1)),
-            int(_get(data_config, "eval_spatial_views", 1)))
+def _num_views(data_config: DataConfig) -> tuple[int, int]:
+    return data_config.eval_temporal_views, data_config.eval_spatial_views
 
 
 def _spatial_views(tf, x, size: int, views: int):
@@ -404,7 +361,8 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, epoc
     (minus `start_batch`), so multi-host steps stay in lockstep.
 
     Args:
-        data_config: see `default_data_config`.
+        data_config: a `DataConfig` (or a ConfigDict / mapping of its
+            fields, validated here).
         global_batch_size: clips per step over all processes; each process
             yields `global_batch_size // process_count` (drop_remainder).
         seed: run seed.
@@ -422,6 +380,7 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, epoc
     """
     tf = _tf()
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    data_config = _typed(data_config)
     pi, pc = _process(process_index, process_count)
     local = _local_batch(global_batch_size, pc)
     n = _num_examples(data_config, "train")
@@ -432,14 +391,14 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, epoc
     if steps == 0:
         raise ValueError(f"{n} training clips make no batch of {global_batch_size}")
     eseed = _epoch_seed(int(seed), int(epoch))
-    if _get(data_config, "cache", False):
+    if data_config.cache:
         key = (prepared_path(data_config), start, end)
         if key not in _CACHE:
             _CACHE[key] = _read(data_config, "train", start, end).cache()
         ds = _CACHE[key]
     else:
         ds = _read(data_config, "train", start, end, shuffle_seed=eseed)
-    buffer = int(_get(data_config, "shuffle_buffer", 1024))
+    buffer = data_config.shuffle_buffer
     if buffer > 1:
         ds = ds.shuffle(buffer, seed=eseed, reshuffle_each_iteration=False)
     ds = ds.take(steps * local)
@@ -466,6 +425,7 @@ def create_eval_dataset(data_config, *, global_batch_size: int,
     """
     tf = _tf()
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    data_config = _typed(data_config)
     pi, pc = _process(process_index, process_count)
     local = _local_batch(global_batch_size, pc)
     n = _num_examples(data_config, "test")

@@ -81,16 +81,12 @@ class SamplingSpec:
 
 
 def spec_from_config(config) -> SamplingSpec:
-    """Builds a `SamplingSpec` from a data config (ConfigDict or mapping)."""
-    get = config.get
-    return SamplingSpec(scheme=get("sampling", "segments"),
-                        num_frames=int(get("num_frames", 16)),
-                        num_segments=int(get("num_segments", 8)),
-                        frames_per_segment=int(get("frames_per_segment", 2)),
-                        rate=int(get("sampling_rate", 4)),
-                        jitter=get("jitter", "reference"),
-                        pad=get("pad", "edge"),
-                        reference_quirks=bool(get("reference_quirks", False)))
+    """The `SamplingSpec` of a data config (`audfer_jax.data.config.DataConfig`)."""
+    return SamplingSpec(scheme=config.sampling, num_frames=int(config.num_frames),
+                        num_segments=int(config.num_segments),
+                        frames_per_segment=int(config.frames_per_segment),
+                        rate=int(config.sampling_rate), jitter=config.jitter, pad=config.pad,
+                        reference_quirks=bool(config.reference_quirks))
 
 
 def num_uniforms(spec: SamplingSpec) -> int:
