@@ -11,8 +11,8 @@ drives it; `evaluate_checkpoint`, `predict` and `bench train` reuse its parts.
 
 from __future__ import annotations
 
-import logging
 import os
+import sys
 from typing import Mapping
 
 import jax
@@ -83,7 +83,7 @@ def prepare_data_if_needed(config: ml_collections.ConfigDict, data, data_config)
             from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
             demo.write_demo_dataset(raw, int(config.demo.num_clips), int(config.demo.seed),
                                     int(config.demo.image_size))
-        data.ensure_prepared(data_config, log=logging.info)
+        data.ensure_prepared(data_config, log=print, progress_bar=sys.stderr.isatty())
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
         multihost_utils.sync_global_devices("audfer_jax.prepare_data")

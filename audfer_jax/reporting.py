@@ -222,7 +222,7 @@ def configure_logging(verbosity: int = -1) -> None:
     from absl import logging as absl_logging  # pylint: disable=g-import-not-at-top
     level = (py_logging.WARNING if verbosity < 0 else
              py_logging.INFO if verbosity == 0 else py_logging.DEBUG)
-    absl_logging.set_verbosity(level)
+    absl_logging.set_verbosity(max(-1, min(1, int(verbosity))))   # absl's own scale
     py_logging.getLogger().setLevel(level)
     py_logging.getLogger("tensorflow").setLevel(py_logging.ERROR if verbosity < 0 else level)
     if verbosity < 0:

@@ -80,7 +80,8 @@ def prepared_path(data_config) -> str:
                                    dc.prepare_size)
 
 
-def ensure_prepared(data_config, log=print, demo_clips: int = 2000) -> str:
+def ensure_prepared(data_config, log=print, demo_clips: int = 2000,
+                    progress_bar: bool = True) -> str:
     """Prepares the configured fold if needed; returns its path.
 
     For `name == 'demo'` with no `raw_dir`, the demo set is first written to
@@ -102,7 +103,8 @@ def ensure_prepared(data_config, log=print, demo_clips: int = 2000) -> str:
         raise ValueError(f"{path} is not prepared and config.data.raw_dir is empty; "
                          f"run `audfer-jax prepare --dataset {dc.name} ...`")
     prepare_lib.prepare(dc.name, raw, dc.data_dir, dc.fold, frame_set=dc.frame_set,
-                        au_source=dc.au_source, prepare_size=dc.prepare_size, log=log)
+                        au_source=dc.au_source, prepare_size=dc.prepare_size, log=log,
+                        progress_bar=progress_bar)
     return path
 
 

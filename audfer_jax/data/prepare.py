@@ -20,7 +20,9 @@ Source: ../shared/spec/datasets.md sections 0 and 9, engineering.md section 6.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import os
 import shutil
 import sys
@@ -150,7 +152,8 @@ def prepare(dataset: str, raw_dir: str, data_dir: str,
             frame_set: Optional[str] = None, au_source: Optional[str] = None,
             prepare_size: Optional[int] = None, on_error: str = "raise",
             validate: str = "full", reader_options: Optional[dict] = None,
-            log: Callable[[str], None] = print) -> list[PreparedFold]:
+            log: Callable[[str], None] = print,
+            progress_bar: bool = True) -> list[PreparedFold]:
     """Prepares folds of a dataset into TFDS TFRecords, offline and resumable.
 
     Args:
@@ -165,6 +168,7 @@ def prepare(dataset: str, raw_dir: str, data_dir: str,
         validate: 'full' decodes every frame once, 'header' checks size and
             magic bytes only.
         log: where progress lines go.
+        progress_bar: TFDS's progress bars (on stderr) while writing records.
 
     Returns:
         One `PreparedFold` per fold.
@@ -205,8 +209,16 @@ def prepare(dataset: str, raw_dir: str, data_dir: str,
         builder = cls(data_dir=data_dir, config=cfg, validate=validate,
                       on_error=on_error)
         try:
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=raw_dir))
+            # TFDS prints "Downloading and preparing dataset Unknown size ..."
+            # on stdout although nothing is downloaded: our own log line says
+            # what happens instead.
+            with contextlib.redirect_stdout(io.StringIO()):
+                tfds.display_progress_bar(progress_bar)
+                try:
+                    builder.download_and_prepare(
+                        download_config=tfds.download.DownloadConfig(manual_dir=raw_dir))
+                finally:
+                    tfds.display_progress_bar(True)
         except records.DatasetError as e:
             _write_report(report_path, dataset, fold, e.report, None)
             raise
