@@ -22,11 +22,24 @@ from typing import Any
 
 from flax import linen as nn
 
-from audfer_jax.models.plugin import AUHeadModel
-from audfer_jax.models.plugin import BackboneError
-from audfer_jax.models.plugin import BackboneImportError
-from audfer_jax.models.plugin import is_import_path
-from audfer_jax.models.plugin import with_au_head
+# Public names of `audfer_jax.models.plugin`, imported on first use like the
+# backbones (importing the registry loads no model code).
+_PLUGIN_NAMES = ("AUHeadModel", "BackboneError", "BackboneImportError", "is_import_path",
+                 "with_au_head")
+
+
+def __getattr__(name: str) -> Any:
+    """`with_au_head`, `AUHeadModel`, `BackboneError`, `BackboneImportError`,
+    `is_import_path` from `audfer_jax.models.plugin` (PEP 562 lazy attributes)."""
+    if name in _PLUGIN_NAMES:
+        from audfer_jax.models import plugin
+        return getattr(plugin, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _is_import_path(name: str) -> bool:
+    # `plugin.is_import_path` without importing the plug-in module.
+    return ":" in str(name)
 
 # name -> (module, factory, default (T, H, W) of the input clips).
 # Input sizes: backbones.md table (Former-DFER and M3DFEL 16x112x112, MAE-DFER
@@ -78,7 +91,7 @@ def get_model(name: str, num_classes: int = 7, num_aus: int = 18, **overrides: A
             imported, or whose backbone breaks the contract (one line naming
             the path and what was expected).
     """
-    if is_import_path(name):
+    if _is_import_path(name):
         from audfer_jax.models import plugin
         return plugin.build(name, num_classes, num_aus, **overrides)
     module_name, attr, _ = _entry(name)
@@ -100,7 +113,7 @@ def default_input_shape(name: str, data_config: Any = None) -> tuple[int, int, i
         ValueError: unknown name, or an import path whose size neither the
             backbone nor `data_config` gives.
     """
-    if is_import_path(name):
+    if _is_import_path(name):
         from audfer_jax.models import plugin
         return plugin.input_shape(name, data_config)
     _, _, shape = _entry(name)

@@ -303,6 +303,7 @@ def input_shape(path: str, data_config: Any = None, **overrides: Any) -> tuple[i
         frames, side = _field(data_config, "num_frames"), _field(data_config, "image_size")
     if not (frames and side):
         raise BackboneError(f"config.model {path!r}: the input size is unknown; give the backbone "
-                            "num_frames and image_size attributes or set "
-                            "config.data.num_frames and config.data.image_size")
+                            "num_frames and image_size attributes, or the clip size "
+                            "(config.data.num_frames and config.data.image_size; "
+                            "bench model: --num-frames and --image-size)")
     return int(frames), int(side), int(side)
