@@ -30,7 +30,6 @@ from audfer_jax import losses  # noqa: E402
 from audfer_jax import models  # noqa: E402
 from audfer_jax import optim  # noqa: E402
 from audfer_jax import train  # noqa: E402
-from audfer_jax.models.base import ModelOutput  # noqa: E402
 
 PATH = "plugin_backbone:make_backbone"
 T, S = 4, 16            # tiny clips for the in-memory runs
@@ -134,6 +133,9 @@ def test_get_model_import_path_and_input_size():
         models.default_input_shape(PATH)
     with pytest.raises(ValueError, match="import path 'package.module:factory'"):
         models.get_model("resnet50", num_classes=7)
+    with pytest.raises(models.BackboneError, match="^with_au_head: expected a flax.linen.Module "
+                       "backbone, got builtins.function$"):
+        models.with_au_head(lambda clips, train=False: clips, num_classes=7)
 
 
 # ---------------------------------------------------------------------------

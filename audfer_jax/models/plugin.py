@@ -293,6 +293,12 @@ def input_shape(path: str, data_config: Any = None, **overrides: Any) -> tuple[i
     it has both; otherwise the data config's `num_frames` and `image_size` (the
     clips the input pipeline makes).
 
+    Args:
+        path: `package.module:factory`.
+        data_config: the data config (attributes, or a mapping for the test
+            stand-ins); None: the backbone must give the size.
+        **overrides: factory keywords (`config.model_overrides`).
+
     Raises:
         BackboneError: neither gives the size.
     """
