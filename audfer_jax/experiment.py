@@ -102,14 +102,15 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
                             num_aus=au_lib.NUM_AUS, **overrides)
 
 
-def model_input_shape(model, name: str) -> tuple[int, int, int]:
-    """`(T, H, W)` the built model expects (its attributes, else the registry)."""
+def model_input_shape(model, name: str, data_config=None) -> tuple[int, int, int]:
+    """`(T, H, W)` the built model expects: its attributes, else the registry
+    (for an import-path backbone without them, `data_config`'s clip size)."""
     side = getattr(model, "image_size", None) or getattr(model, "img_size", None)
     frames = getattr(model, "num_frames", None)
     if side and frames:
         return int(frames), int(side), int(side)
     from audfer_jax import models  # pylint: disable=g-import-not-at-top
-    return tuple(models.default_input_shape(name))
+    return tuple(models.default_input_shape(name, data_config))
 
 
 def model_depth(model) -> int | None:
@@ -220,7 +221,7 @@ class Experiment:
         self.num_classes = len(self.class_names)
         self.dataset = str(self.data_config.name)
         self.model = build_model(config, self.num_classes) if model is None else model
-        self.input_shape = model_input_shape(self.model, config.model)
+        self.input_shape = model_input_shape(self.model, config.model, self.data_config)
         self.global_batch = int(config.batch_size)
         parallel.local_batch_size(self.global_batch, self.mesh)
         self.steps_per_epoch = int(self.info.num_train) // self.global_batch

@@ -32,7 +32,8 @@ Checkpoints accepted by `load_predictor`:
   `checkpoints/<step>`, written by `train.py`): its best state by default;
 * one step directory `RUN/checkpoints/<step>` or `RUN/best/<step>`;
 * a variables checkpoint written by `checkpoint.save_variables`, whose
-  metadata names the model: `model` (registry name), `class_names`, and
+  metadata names the model: `model` (registry name or import path
+  `package.module:factory`, imported again here), `class_names`, and
   optionally `model_overrides` (dict), `data` (data-config fields such as
   `num_frames`, `image_size`, `sampling`, ...) or a whole run `config` dict.
 """
@@ -297,6 +298,16 @@ def _class_names(meta: Mapping, config) -> list:
     return list(by_count.get(n, [f"class_{k}" for k in range(n)]))
 
 
+def _build_model(config, num_classes: int, where: str):
+    """`train.build_model`; a user backbone (`config.model` an import path) that
+    cannot be imported or built again here is a PredictError naming `where`."""
+    from audfer_jax import models, train  # pylint: disable=g-import-not-at-top
+    try:
+        return train.build_model(config, num_classes)
+    except models.BackboneError as e:
+        raise PredictError(f"{where}: cannot rebuild the run's model ({e})") from None
+
+
 def _variables_shape(model, input_shape):
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -401,7 +412,7 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
                     "model_overrides": dict(meta.get("model_overrides") or {}),
                     "data": dict(meta.get("data") or {})})
         class_names = _class_names(meta, config)
-        model = train.build_model(config, len(class_names))
+        model = _build_model(config, len(class_names), path)
         source = path
     else:
         if _is_state_step(path):
@@ -427,8 +438,8 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
         # Class names live in the checkpoint's meta; the model needs their count
         # first, so take the dataset's names and check them after restoring.
         class_names = _class_names({}, config)
-        model = train.build_model(config, len(class_names))
-        input_shape = train.model_input_shape(model, config.model)
+        model = _build_model(config, len(class_names), run_dir)
+        input_shape = train.model_input_shape(model, config.model, _data_config(config))
         try:
             state, meta = ckpt_lib.restore_state_from_directory(
                     step_dir, _abstract_train_state(config, model, input_shape))
@@ -445,7 +456,7 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
         source = f"{step_dir} (step {meta.get('step', os.path.basename(step_dir))})"
 
     dc = _data_config(config)
-    input_shape = train.model_input_shape(model, config.model)
+    input_shape = train.model_input_shape(model, config.model, dc)
     spec = _fit_spec(sampling.spec_from_config(dc), input_shape[0])
     return Predictor(model=model, variables=variables, class_names=list(class_names),
                      spec=spec, temporal_views=dc.eval_temporal_views,

@@ -243,7 +243,7 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
     num_classes = classes.num_classes(dataset)
     if model is None:
         model = train.build_model(config, num_classes)
-    input_shape = train.model_input_shape(model, config.model)
+    input_shape = train.model_input_shape(model, config.model, config.data)
     mesh = parallel.make_mesh()
     parallel.local_batch_size(batch, mesh)            # raises when not divisible
     rng = jax.random.PRNGKey(0)

@@ -15,7 +15,11 @@ classes; the demo shows that every stage runs end to end and learns.
 
 `arg`: `loss=` (common.LOSSES), `num_clips=` clips in the demo set (>= 35),
 `epochs=`, `data_dir=` where the demo set and its prepared fold go, `size=`
-frame and input size in pixels, `augment=` none | former_dfer.
+frame and input size in pixels, `augment=` none | former_dfer, `model=` a
+registered name or your own backbone's import path `package.module:factory`
+(README "AU-DFER on your own backbone"):
+
+    audfer-jax train --config configs/demo.py:model=my_backbone:make_backbone --workdir /tmp/m
 """
 
 from __future__ import annotations
@@ -25,12 +29,14 @@ from audfer_jax import config_lib as common
 
 def get_config(arg: str | None = None):
     a = common.parse_arg(arg, loss="au", num_clips=1500, epochs=10, data_dir="data/demo",
-                         size=48, augment="none")
+                         size=48, augment="none", model="former_dfer_tiny")
     c = common.base_config()
-    c.model = "former_dfer_tiny"
-    # The tiny Former-DFER (same code path as the full one) at 48 x 48, where
-    # the synthetic faces' brows, lids and mouth span a few pixels each.
-    c.model_overrides.update(dict(image_size=a.size))
+    c.model = a.model
+    if ":" not in a.model:
+        # The tiny Former-DFER (same code path as the full one) at 48 x 48, where
+        # the synthetic faces' brows, lids and mouth span a few pixels each. An
+        # import-path backbone gets no overrides: it takes the data's clip size.
+        c.model_overrides.update(dict(image_size=a.size))
     c.data.data_dir = a.data_dir
     c.data.num_frames = 8
     c.data.image_size = a.size

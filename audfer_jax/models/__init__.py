@@ -6,6 +6,13 @@
 
 Names: `former_dfer`, `former_dfer_tiny`, `m3dfel`, `m3dfel_tiny`, `mae_dfer`,
 `mae_dfer_tiny`. The `_tiny` variants run the same code at test sizes.
+
+Any other backbone: an import path `package.module:factory` (a factory returning
+a Flax module that maps clips to pooled features `[B, D]`), wrapped with the
+expression and AU heads by `with_au_head` (see `audfer_jax.models.plugin`):
+
+    model = get_model("my_pkg.my_module:make_backbone", num_classes=7)
+    model = with_au_head(MyBackbone(), num_classes=7)
 """
 
 from __future__ import annotations
@@ -14,6 +21,25 @@ import importlib
 from typing import Any
 
 from flax import linen as nn
+
+# Public names of `audfer_jax.models.plugin`, imported on first use like the
+# backbones (importing the registry loads no model code).
+_PLUGIN_NAMES = ("AUHeadModel", "BackboneError", "BackboneImportError", "is_import_path",
+                 "with_au_head")
+
+
+def __getattr__(name: str) -> Any:
+    """`with_au_head`, `AUHeadModel`, `BackboneError`, `BackboneImportError`,
+    `is_import_path` from `audfer_jax.models.plugin` (PEP 562 lazy attributes)."""
+    if name in _PLUGIN_NAMES:
+        from audfer_jax.models import plugin
+        return getattr(plugin, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _is_import_path(name: str) -> bool:
+    # `plugin.is_import_path` without importing the plug-in module.
+    return ":" in str(name)
 
 # name -> (module, factory, default (T, H, W) of the input clips).
 # Input sizes: backbones.md table (Former-DFER and M3DFEL 16x112x112, MAE-DFER
@@ -38,7 +64,8 @@ def available_models() -> list[str]:
 def _entry(name: str) -> tuple[str, str, tuple[int, int, int] | None]:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; known models: "
-                         f"{', '.join(available_models())}")
+                         f"{', '.join(available_models())}, or an import path "
+                         "'package.module:factory' of your own backbone")
     return _REGISTRY[name]
 
 
@@ -46,7 +73,10 @@ def get_model(name: str, num_classes: int = 7, num_aus: int = 18, **overrides: A
     """Builds a backbone with its AU head.
 
     Args:
-        name: one of `available_models()`.
+        name: one of `available_models()`, or `package.module:factory` of a
+            user backbone: the factory is called with `overrides` as keywords
+            (and `num_classes`/`num_aus` when it names them) and its module is
+            wrapped by `with_au_head` (`plugin.build`).
         num_classes: expression classes C of the `fc`/`head` layer.
         num_aus: AU head width (18 OpenFace presence AUs, `audfer_jax.au.AU_NAMES`).
         **overrides: module attributes to change (e.g. `dtype=jnp.bfloat16`).
@@ -57,18 +87,35 @@ def get_model(name: str, num_classes: int = 7, num_aus: int = 18, **overrides: A
 
     Raises:
         ValueError: unknown name (the message lists the known ones).
+        BackboneImportError, BackboneError: an import path that cannot be
+            imported, or whose backbone breaks the contract (one line naming
+            the path and what was expected).
     """
+    if _is_import_path(name):
+        from audfer_jax.models import plugin
+        return plugin.build(name, num_classes, num_aus, **overrides)
     module_name, attr, _ = _entry(name)
     factory = getattr(importlib.import_module(module_name), attr)
     return factory(num_classes=num_classes, num_aus=num_aus, **overrides)
 
 
-def default_input_shape(name: str) -> tuple[int, int, int]:
+def default_input_shape(name: str, data_config: Any = None) -> tuple[int, int, int]:
     """`(T, H, W)` of the clips the named model expects by default.
 
+    Args:
+        name: a registered name or an import path.
+        data_config: for an import path whose backbone has no `num_frames` and
+            `image_size` attributes: the data config (attributes `num_frames`,
+            `image_size`) whose clip size the model takes. Unused for
+            registered names.
+
     Raises:
-        ValueError: unknown name.
+        ValueError: unknown name, or an import path whose size neither the
+            backbone nor `data_config` gives.
     """
+    if _is_import_path(name):
+        from audfer_jax.models import plugin
+        return plugin.input_shape(name, data_config)
     _, _, shape = _entry(name)
     if shape is not None:
         return shape

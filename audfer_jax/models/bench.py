@@ -1,9 +1,13 @@
 """`audfer-jax bench model`: forward and forward+backward throughput of a backbone.
 
     audfer-jax bench model --model former_dfer --batch 8 [--steps 10 --dtype bfloat16]
+    audfer-jax bench model --model my_pkg.my_module:make_backbone --num-frames 16 \
+        --image-size 112
 
-Builds the model from the registry, initialises it on random uint8 clips of its
-default input shape, and times jitted steps on the current JAX backend after one
+Builds the model from the registry (or a user backbone's import path, with the
+AU head of `models.with_au_head`), initialises it on random uint8 clips of its
+default input shape (for a user backbone without `num_frames`/`image_size`
+attributes: `--num-frames` and `--image-size`), and times jitted steps on the current JAX backend after one
 compile/warm-up call, with `block_until_ready` around every timed step:
 
 * forward: `apply(train=False)` (eval mode, running BatchNorm statistics);
@@ -38,7 +42,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="audfer-jax bench model",
         description="Forward and forward+backward clips/s and peak memory of a backbone.")
-    parser.add_argument("--model", required=True, choices=models.available_models())
+    parser.add_argument("--model", required=True, type=_model_name,
+                        help=f"{', '.join(models.available_models())}, or an import path "
+                             "package.module:factory of your own backbone")
     parser.add_argument("--batch", type=int, default=8, help="clips per step (default 8)")
     parser.add_argument("--steps",
                         type=int,
@@ -49,11 +55,26 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                         default="float32",
                         help="activation dtype; parameters stay float32")
     parser.add_argument("--num-classes", type=int, default=7)
+    parser.add_argument("--num-frames", type=int, default=None,
+                        help="clip length T for an import-path backbone without a "
+                             "num_frames attribute")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="clip side for an import-path backbone without an "
+                             "image_size attribute")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.batch < 1 or args.steps < 1:
         parser.error("--batch and --steps must be >= 1")
     return args
+
+
+def _model_name(text: str) -> str:
+    """argparse type: a registered model name or a `package.module:factory` path."""
+    if text in models.available_models() or models.is_import_path(text):
+        return text
+    raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a registered model ({', '.join(models.available_models())}) "
+            "nor an import path package.module:factory")
 
 
 def _time(fn: Callable[[], Any], steps: int) -> tuple[float, float]:
@@ -87,11 +108,19 @@ def peak_memory() -> tuple[int, str]:
 
 
 def main(argv: list[str]) -> int:
-    """Runs the benchmark and prints its figures; returns 0."""
+    """Runs the benchmark and prints its figures; returns 0 (1: a bad user backbone)."""
     args = _parse(argv)
     dtype = _DTYPES[args.dtype]
-    model = models.get_model(args.model, num_classes=args.num_classes, dtype=dtype)
-    t, h, w = models.default_input_shape(args.model)
+    # dtype is passed only when it is not the default float32 of every
+    # registered backbone, so that a user factory without `dtype` still runs.
+    overrides = {"dtype": dtype} if args.dtype != "float32" else {}
+    sizes = {"num_frames": args.num_frames, "image_size": args.image_size}
+    try:
+        model = models.get_model(args.model, num_classes=args.num_classes, **overrides)
+        t, h, w = models.default_input_shape(args.model, sizes)
+    except models.BackboneError as e:
+        print(f"audfer-jax bench model: error: {e}", file=sys.stderr)
+        return 1
     rng = np.random.default_rng(args.seed)
     clips = jnp.asarray(rng.integers(0, 256, (args.batch, t, h, w, 3), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, args.num_classes, (args.batch,), dtype=np.int32))
