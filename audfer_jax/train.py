@@ -400,6 +400,7 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int) -> None:
     exp, config, meta = run.exp, run.config, run.meta
     last_epoch = epoch + 1 == exp.num_epochs
     every = max(1, int(config.eval_every_epochs))
+    t_eval = time.time()
     if (epoch + 1) % every == 0 or last_epoch:
         hs = run.host_state()
         summary = exp.evaluate(hs)
@@ -420,6 +421,9 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int) -> None:
     if run.ckpt.maybe_save(run.step, run.host_state(), lambda: run.make_meta(run.step)):
         run.console.line(f"  checkpoint: step {run.step} -> "
                          f"{os.path.join(run.workdir, 'checkpoints', str(run.step))}")
+    # Training throughput leaves evaluation and saving out.
+    run.t_window += time.time() - t_eval
+    run.t_session += time.time() - t_eval
 
 
 def _finish(run: _Run) -> dict:
