@@ -39,7 +39,6 @@ Checkpoints accepted by `load_predictor`:
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import json
@@ -49,6 +48,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from audfer_jax import cli_errors
 from audfer_jax.data import sampling
 
 VIDEO_HINT = "a video file PyAV can decode (.mp4, .avi, ...) or a folder of .jpg/.png frames"
@@ -623,7 +623,7 @@ def format_prediction(result: Mapping[str, Any], source: str = "") -> str:
 
 def main(argv: list[str]) -> int:
     """`audfer-jax predict --checkpoint DIR VIDEO_OR_FRAME_DIR [...]`."""
-    parser = argparse.ArgumentParser(
+    parser = cli_errors.ArgumentParser(
             prog="audfer-jax predict",
             description="Expression class probabilities (and the AU head's per-AU "
                         "probabilities) for one video or frame folder.")
@@ -644,9 +644,8 @@ def main(argv: list[str]) -> int:
         predictor = load_predictor(args.checkpoint, args.which)
         result = predict_clip(frames, predictor, detect_face=args.detect_face,
                               face_margin=args.face_margin, top_k=args.top_k)
-    except (PredictError, FileNotFoundError) as e:
-        print(f"audfer-jax predict: {e}", file=sys.stderr)
-        return 1
+    except (PredictError, OSError) as e:
+        return cli_errors.report("audfer-jax predict", e)
     result["input"] = os.path.abspath(args.input)
     result["checkpoint"] = predictor.source
     print(f"checkpoint: {predictor.source}")
