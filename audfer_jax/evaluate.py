@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
