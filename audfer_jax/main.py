@@ -95,7 +95,7 @@ def _parse_flags(argv: list[str]) -> None:
 def _explain(error: BaseException, argv: list[str]) -> str:
     """One line for a flag-parsing error (see `_parse_flags`)."""
     cause = cli_errors.root_cause(error)
-    if isinstance(cause, (AttributeError, KeyError)):
+    if isinstance(cause, (AttributeError, KeyError)) or "flag --config." in str(cause):
         # Redo the override step with the sweep's checker, which names the
         # field and the closest existing one.
         from audfer_jax import sweep  # pylint: disable=g-import-not-at-top

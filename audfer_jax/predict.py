@@ -124,7 +124,8 @@ def read_frame_folder(folder: str) -> tuple[np.ndarray, list[str]]:
     try:
         paths = common.list_frames(folder)
     except common.FrameFolderError as e:
-        raise PredictError(f"{e} (expected {VIDEO_HINT})") from None
+        raise PredictError(f"{e}; or give a video file PyAV can decode (.mp4, .avi, ...)"
+                           ) from None
     frames = []
     for p in paths:
         try:

@@ -122,10 +122,13 @@ def _parse_value(text: str, current: Any) -> Any:
         if low in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"expected a boolean (true/false), got {text!r}")
-    if isinstance(current, int):
-        return int(text)
-    if isinstance(current, float):
-        return float(text)
+    if isinstance(current, (int, float)):
+        kind = type(current)
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, "
+                             f"got {text!r}") from None
     if isinstance(current, str):
         return text
     try:

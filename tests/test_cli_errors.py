@@ -91,7 +91,7 @@ CASES = [
     (["train", "--config", CFG, "--config.data.imgsize=3", "--workdir", "{out}"],
      ["data.imgsize", "did you mean 'data.image_size'"]),
     (["train", "--config", CFG, "--config.num_epochs=three", "--workdir", "{out}"],
-     ["--config.num_epochs=three"]),
+     ["--config.num_epochs=three", "expected an integer"]),
     (["train", "--config", "configs/nope.py", "--workdir", "{out}"],
      ["no such config file 'configs/nope.py'"]),
     (["train", "--config", CFG], ["--config and --workdir are required"]),
