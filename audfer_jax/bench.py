@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from audfer_jax import cli_errors
+
 _KINDS = {
         "input": "audfer_jax.data.bench",
         "model": "audfer_jax.models.bench",
@@ -14,7 +16,10 @@ _KINDS = {
 
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in _KINDS:
-        print(f"usage: audfer-jax bench {{{','.join(_KINDS)}}} [flags]",
-                    file=sys.stderr)
+        given = argv[0] if argv else ""
+        hint = cli_errors.did_you_mean(given, _KINDS) if given else ""
+        print(f"audfer-jax bench: error: expected a benchmark, one of {', '.join(_KINDS)} "
+              f"(got {given!r}{hint}); usage: audfer-jax bench KIND [flags]",
+              file=sys.stderr)
         return 2
     return int(importlib.import_module(_KINDS[argv[0]]).main(argv[1:]) or 0)

@@ -3,12 +3,19 @@
 Each sub-command lives in its own module, imported only when it runs (so that
 `audfer-jax convert` never imports TensorFlow and `prepare` never imports torch).
 Each module exposes `main(argv: list[str]) -> int` and parses its own flags.
+
+User errors are one line on stderr and a nonzero exit (`cli_errors`);
+`--debug` anywhere on the command line (or `AUDFER_JAX_DEBUG=1`) adds the
+traceback.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 import sys
+
+from audfer_jax import cli_errors
 
 SUBCOMMANDS = {
         "prepare": ("audfer_jax.data.prepare",
@@ -31,22 +38,37 @@ def _usage() -> str:
     for name, (_, text) in SUBCOMMANDS.items():
         lines.append(f"  {name:<9} {text}")
     lines.append("")
-    lines.append("`audfer-jax <command> --help` lists the flags of a command.")
+    lines.append("`audfer-jax <command> --help` lists the flags of a command; "
+                 f"`{cli_errors.DEBUG_FLAG}` shows the traceback of an error.")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `audfer-jax` console script."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = cli_errors.pop_debug_flag(sys.argv[1:] if argv is None else argv)
+    if debug:
+        os.environ[cli_errors.DEBUG_ENV] = "1"
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
-        print(f"audfer-jax: unknown command {name!r}\n\n{_usage()}", file=sys.stderr)
+        print(f"audfer-jax: error: {cli_errors.unknown_choice('command', name, SUBCOMMANDS)} "
+              "(see audfer-jax --help)", file=sys.stderr)
         return 2
-    module = importlib.import_module(SUBCOMMANDS[name][0])
-    return int(module.main(rest) or 0)
+    prog = f"audfer-jax {name}"
+    try:
+        module = importlib.import_module(SUBCOMMANDS[name][0])
+        return int(module.main(rest) or 0)
+    except cli_errors.USER_ERRORS as e:
+        return cli_errors.report(prog, e)
+    except KeyboardInterrupt:
+        # The trainer handles Ctrl-C itself (checkpoint, then exit); elsewhere
+        # an interrupt needs no traceback.
+        if cli_errors.debug_enabled():
+            raise
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

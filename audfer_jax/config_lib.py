@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from audfer_jax import cli_errors
+
 DATASETS = ("dfew", "ferv39k", "mafw", "demo")
 LOSSES = ("ce", "au", "au_none", "au_distinct", "au_minor", "au_from_data")
 # Official fold counts: DFEW and MAFW have 5 folds, FERV39k one split (datasets.md).
@@ -27,34 +29,55 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
     Values are converted to the type of the default (int, float, bool, str).
 
     Raises:
-        ValueError: an entry without '=' or a key not in `defaults`.
+        ValueError: an entry without '=', a key not in `defaults` or a value
+            that does not parse as the default's type; one line naming the
+            entry, what was expected and the closest known key.
     """
     out = dict(defaults)
     for item in filter(None, (arg or "").split(",")):
         if "=" not in item:
-            raise ValueError(f"config argument {item!r} is not key=value (in {arg!r})")
+            raise ValueError(f"config argument {item!r} is not key=value; "
+                             f"expected e.g. {next(iter(out), 'key')}=...")
         key, value = item.split("=", 1)
         key = key.strip()
         if key not in out:
-            raise ValueError(f"unknown config argument {key!r}; known: {sorted(out)}")
+            raise ValueError(cli_errors.unknown_choice("config argument", key, out))
         kind = type(out[key])
         if kind is bool:
-            out[key] = value.lower() in ("1", "true", "yes")
+            low = value.strip().lower()
+            if low not in _TRUE + _FALSE:
+                raise ValueError(f"config argument {key}={value!r}: expected true or false")
+            out[key] = low in _TRUE
         elif kind in (int, float):
-            out[key] = kind(value)
+            try:
+                out[key] = kind(value)
+            except ValueError:
+                raise ValueError(f"config argument {key}={value!r}: expected "
+                                 f"{'an integer' if kind is int else 'a number'}"
+                                 ) from None
         else:
             out[key] = value
     return ml_collections.ConfigDict(out)
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def check_variant(dataset: str, fold: int, loss: str) -> None:
-    """Raises ValueError for an unknown dataset or loss, or a fold out of range."""
+    """Raises ValueError for an unknown dataset or loss, or a fold out of range.
+
+    The message names the config argument, its value, the valid choices and
+    the closest one (`dataset=dfw` -> did you mean 'dfew'?).
+    """
     if dataset not in DATASETS:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+        raise ValueError(cli_errors.unknown_choice("dataset", dataset, DATASETS))
     if loss not in LOSSES:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSSES}")
+        raise ValueError(cli_errors.unknown_choice("loss", loss, LOSSES))
     if not 1 <= fold <= NUM_FOLDS[dataset]:
-        raise ValueError(f"{dataset} has folds 1..{NUM_FOLDS[dataset]}, got fold={fold}")
+        n = NUM_FOLDS[dataset]
+        raise ValueError(f"fold={fold} is out of range: {dataset} has "
+                         + (f"folds 1..{n}" if n > 1 else "one split (fold=1)"))
 
 
 def base_config() -> ml_collections.ConfigDict:

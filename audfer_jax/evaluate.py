@@ -26,14 +26,13 @@ masked batches, multi-view mean of softmax), so figures equal the trainer's.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from audfer_jax import cli_errors
 from audfer_jax import sweep
 
 
@@ -219,9 +218,8 @@ def main(argv: list[str]) -> int:
     try:
         rest, overrides = sweep.split_config_overrides(argv)
     except ValueError as e:
-        print(f"audfer-jax evaluate: {e}", file=sys.stderr)
-        return 2
-    parser = argparse.ArgumentParser(
+        return cli_errors.report("audfer-jax evaluate", e, status=2)
+    parser = cli_errors.ArgumentParser(
             prog="audfer-jax evaluate",
             description="Evaluate a trained run on its test split: UAR, WAR, per-class "
                         "recall, AU F1, confusion matrix. --config.key=value overrides "
@@ -238,9 +236,8 @@ def main(argv: list[str]) -> int:
     try:
         config = sweep.load_config_file(args.config) if args.config else None
         summary = evaluate(args.workdir, args.checkpoint, config=config, overrides=overrides)
-    except (FileNotFoundError, ValueError, KeyError) as e:
-        print(f"audfer-jax evaluate: {e}", file=sys.stderr)
-        return 1
+    except (OSError, ValueError, KeyError) as e:
+        return cli_errors.report("audfer-jax evaluate", e)
     import jax  # pylint: disable=g-import-not-at-top
     if jax.process_index() != 0:        # multi-host: one report, one file
         return 0

@@ -19,6 +19,10 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
+from audfer_jax import cli_errors
+
+_PROG = "audfer-jax train"
+_USAGE = "audfer-jax train --config FILE[:ARG] --workdir DIR [--config.FIELD=VALUE ...]"
 _FLAGS = flags.FlagValues()
 config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
                                 flag_values=_FLAGS, lock_config=True)
@@ -36,18 +40,14 @@ def main(argv: list[str] | None = None) -> int:
     """Parses `argv` (without the program name), trains, prints the metrics.
 
     Returns:
-        0 on success, 2 on a usage error.
+        0 on success, 2 on a usage error (one line on stderr), 1 on another
+        user error (one line; `--debug` adds the traceback).
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        _FLAGS(["audfer-jax train"] + argv)
-    except flags.Error as e:
-        print(f"audfer-jax train: {e}\n\nusage: audfer-jax train --config FILE[:ARG] "
-              "--workdir DIR [--config.FIELD=VALUE ...]", file=sys.stderr)
-        return 2
-    if _FLAGS.config is None or not _FLAGS.workdir:
-        print("audfer-jax train: --config and --workdir are required", file=sys.stderr)
-        return 2
+        _parse_flags(argv)
+    except cli_errors.UsageError as e:
+        return cli_errors.report(_PROG, e)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from audfer_jax import reporting
     reporting.configure_logging(_FLAGS.verbosity)
@@ -58,9 +58,8 @@ def main(argv: list[str] | None = None) -> int:
             result = train.evaluate_checkpoint(config, _FLAGS.workdir, best=_FLAGS.best)
         else:
             result = train.train_and_evaluate(config, _FLAGS.workdir)
-    except (FileNotFoundError, ValueError, FloatingPointError) as e:
-        print(f"audfer-jax train: error: {e}", file=sys.stderr)
-        return 1
+    except (OSError, ValueError, FloatingPointError) as e:
+        return cli_errors.report(_PROG, e)
     import jax
     if "preempted_at_step" in result:
         from audfer_jax import preemption
@@ -68,6 +67,66 @@ def main(argv: list[str] | None = None) -> int:
     if jax.process_index() == 0:
         print(_summary(result, _FLAGS.workdir))
     return 0
+
+
+def _parse_flags(argv: list[str]) -> None:
+    """Parses the flags into `_FLAGS`.
+
+    Raises:
+        cli_errors.UsageError: one line naming the bad flag, config argument or
+            config field (and the closest valid choice where there is one).
+    """
+    spec = _flag_value(argv, "--config")
+    path = spec.split(":", 1)[0]
+    if path and not os.path.isfile(path):
+        raise cli_errors.UsageError(f"--config {spec}: no such config file {path!r}; "
+                                    "expected e.g. configs/former_dfer.py[:ARG]")
+    try:
+        _FLAGS([_PROG] + argv)
+    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
+        # absl wraps a `get_config` ValueError (dataset=nope) in a flag error
+        # whose text is a traceback; an unknown `--config.field` surfaces as
+        # ml_collections' AttributeError. Either way the message that matters
+        # is the innermost one, or our own override check's.
+        raise cli_errors.UsageError(_explain(e, argv)) from e
+    if _FLAGS.config is None or not _FLAGS.workdir:
+        raise cli_errors.UsageError(f"--config and --workdir are required; usage: {_USAGE}")
+    try:
+        _FLAGS.config.get("model")
+    except OSError as e:  # ml_collections defers a config-file load error to here
+        raise cli_errors.UsageError(f"--config {spec}: {cli_errors.one_line(e)}") from e
+
+
+def _explain(error: BaseException, argv: list[str]) -> str:
+    """One line for a flag-parsing error (see `_parse_flags`)."""
+    cause = cli_errors.root_cause(error)
+    if isinstance(cause, (AttributeError, KeyError)) or "flag --config." in str(cause):
+        # Redo the override step with the sweep's checker, which names the
+        # field and the closest existing one.
+        from audfer_jax import sweep  # pylint: disable=g-import-not-at-top
+        spec = _flag_value(argv, "--config")
+        try:
+            rest, overrides = sweep.split_config_overrides(argv)
+            del rest
+            if spec:
+                sweep.apply_overrides(sweep.load_config_file(spec), overrides)
+        except (KeyError, ValueError, OSError) as e:
+            return cli_errors.one_line(e)
+    text = cli_errors.one_line(cause)
+    if cause is not error and isinstance(cause, ValueError):
+        spec = _flag_value(argv, "--config")
+        return f"{text} (in --config {spec})" if spec else text
+    return text
+
+
+def _flag_value(argv: list[str], name: str) -> str:
+    """The value of `name=...` or `name ...` in `argv`, or ''."""
+    for i, a in enumerate(argv):
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+    return ""
 
 
 def _summary(result: dict, workdir: str) -> str:

@@ -1,7 +1,7 @@
 """`audfer-jax predict`: expression and AU probabilities for one video or frame folder.
 
     audfer-jax predict --checkpoint runs/x VIDEO_OR_FRAME_DIR [--top_k 3]
-        [--json out.json] [--detect_face] [--which best|last]
+        [--json out.json] [--detect_face | --no_detect_face] [--which best|last]
 
 Steps, each mirroring the evaluation input pipeline (`data/pipeline.py`) of
 the run that made the checkpoint:
@@ -10,11 +10,17 @@ the run that made the checkpoint:
    or an image folder (`.jpg/.jpeg/.png`) ordered by the trailing integer of
    each file stem, like the dataset readers (`1.jpg, 2.jpg, ..., 10.jpg`, not
    lexicographic; datasets.md section 0).
-2. Optionally (`--detect_face`, for raw videos rather than face crops) find
-   the largest frontal face per frame with OpenCV's Haar cascade
-   (`haarcascade_frontalface_default.xml`, Viola-Jones) and crop one box for
-   the whole clip: the median centre and median side of the per-frame boxes,
-   made square and widened by `margin` of the side on each side.
+2. Find the face (on by default for a video file, off for a frame folder,
+   which is usually a face crop already; `--detect_face/--no_detect_face`):
+   the largest frontal face in each frame the model will see, by dlib's HOG +
+   linear SVM detector (`dlib.get_frontal_face_detector`, Dalal-Triggs HOG
+   features; its model is compiled into the library, nothing is downloaded),
+   then one crop for the whole clip: the median centre and median side of the
+   per-frame boxes, made square and widened by `margin` of the side on each
+   side. Frames without a detection use that crop and are counted in the
+   output; a clip with no face in any checked frame gets no expression
+   (`NoFaceError`; the CLI exits with status 3, or writes an explicit
+   "no face" result with `--json`).
 3. Sample T frames with the run's deterministic evaluation scheme
    (`sampling.eval_indices`, datasets.md section 7) and `eval_temporal_views`
    views; resize each frame to S x S (bilinear, antialiased; aspect not kept,
@@ -45,11 +51,11 @@ import dataclasses
 import functools
 import json
 import os
-import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
+from audfer_jax import cli_errors
 from audfer_jax.data import sampling
 
 VIDEO_HINT = "a video file PyAV can decode (.mp4, .avi, ...) or a folder of .jpg/.png frames"
@@ -119,7 +125,8 @@ def read_frame_folder(folder: str) -> tuple[np.ndarray, list[str]]:
     try:
         paths = common.list_frames(folder)
     except common.FrameFolderError as e:
-        raise PredictError(f"{e} (expected {VIDEO_HINT})") from None
+        raise PredictError(f"{e}; or give a video file PyAV can decode (.mp4, .avi, ...)"
+                           ) from None
     frames = []
     for p in paths:
         try:
@@ -160,8 +167,8 @@ def combine_face_boxes(boxes: Sequence[Optional[Sequence[float]]], height: int, 
     shifted to lie inside the frame where it fits, else clipped to the frame.
 
     Args:
-        boxes: per frame `(x, y, w, h)` in pixels (OpenCV's convention), or
-            None where no face was found.
+        boxes: per frame `(x, y, w, h)` in pixels (left, top, width, height),
+            or None where no face was found.
         height, width: frame size in pixels.
         margin: fraction of the face side added on each side.
 
@@ -187,46 +194,127 @@ def combine_face_boxes(boxes: Sequence[Optional[Sequence[float]]], height: int, 
     return x0, y0, x1, y1
 
 
-def _cascade():
-    import cv2  # pylint: disable=g-import-not-at-top
-    path = os.path.join(cv2.data.haarcascades, "haarcascade_frontalface_default.xml")
-    cascade = cv2.CascadeClassifier(path)
-    if cascade.empty():
-        raise PredictError(f"{path}: OpenCV Haar cascade not found or unreadable "
-                           "(needs opencv-python-headless < 5)")
-    return cascade
+# dlib's HOG detector scans an 80 x 80 window; frames whose shorter side is
+# below this are upsampled once (x2), which finds faces down to ~40 px at 4x
+# the cost (dlib's face_detector.py example: "upsample ... to detect more faces").
+UPSAMPLE_BELOW = 320
 
 
-def largest_face(frame: np.ndarray, cascade=None) -> Optional[tuple[int, int, int, int]]:
-    """The largest frontal face `(x, y, w, h)` in `[H, W, 3] uint8` RGB, or None."""
-    import cv2  # pylint: disable=g-import-not-at-top
-    cascade = _cascade() if cascade is None else cascade
-    gray = cv2.equalizeHist(cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY))
-    min_side = max(24, min(gray.shape) // 10)
-    faces = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5,
-                                     minSize=(min_side, min_side))
-    if len(faces) == 0:
+class NoFaceError(PredictError):
+    """Face detection is on and no checked frame of the clip has a face.
+
+    Attributes:
+        detections: the `FaceDetections` that found nothing.
+    """
+
+    def __init__(self, message: str, detections: "FaceDetections"):
+        super().__init__(message)
+        self.detections = detections
+
+
+@dataclasses.dataclass(frozen=True)
+class FaceDetections:
+    """Per-frame face detections of one clip and the crop made from them.
+
+    Attributes:
+        frame_indices: the frames the detector ran on (indices into the clip).
+        boxes: per checked frame, the largest face `(x, y, w, h)` in pixels
+            (may extend past the frame border, as dlib reports it), or None.
+        box: the clip's crop `(x0, y0, x1, y1)` (`combine_face_boxes`), or
+            None when no checked frame has a face.
+    """
+    frame_indices: tuple
+    boxes: tuple
+    box: Optional[tuple]
+
+    @property
+    def num_checked(self) -> int:
+        return len(self.frame_indices)
+
+    @property
+    def num_with_face(self) -> int:
+        return sum(b is not None for b in self.boxes)
+
+    @property
+    def frames_without_face(self) -> list:
+        return [int(i) for i, b in zip(self.frame_indices, self.boxes) if b is None]
+
+    def summary(self) -> dict:
+        """JSON-ready `{detector, frames_checked, frames_with_face, frames_without_face}`."""
+        return {"detector": FACE_DETECTOR, "frames_checked": self.num_checked,
+                "frames_with_face": self.num_with_face,
+                "frames_without_face": self.frames_without_face}
+
+
+FACE_DETECTOR = "dlib HOG frontal face detector"
+
+
+@functools.lru_cache(maxsize=1)
+def _detector():
+    """dlib's HOG + linear SVM frontal face detector; its model is compiled into dlib."""
+    try:
+        import dlib  # pylint: disable=g-import-not-at-top
+    except ImportError as e:
+        raise PredictError(f"face detection needs dlib ({e}); install the pinned "
+                           "`dlib-bin` wheel (setup.cfg) or pass --no_detect_face") from None
+    return dlib.get_frontal_face_detector()
+
+
+def largest_face(frame: np.ndarray, detector=None) -> Optional[tuple[int, int, int, int]]:
+    """The largest frontal face in a frame, or None.
+
+    Args:
+        frame: `[H, W, 3] uint8` RGB.
+        detector: a dlib face detector (default: `dlib.get_frontal_face_detector()`).
+
+    Returns:
+        `(x, y, w, h)` in pixels of the largest detection (dlib's default
+        score threshold 0), or None when there is none.
+    """
+    detector = _detector() if detector is None else detector
+    frame = np.ascontiguousarray(frame, dtype=np.uint8)
+    upsample = 1 if min(frame.shape[:2]) < UPSAMPLE_BELOW else 0
+    rects = detector(frame, upsample)
+    if len(rects) == 0:
         return None
-    x, y, w, h = max(faces, key=lambda f: int(f[2]) * int(f[3]))
-    return int(x), int(y), int(w), int(h)
+    r = max(rects, key=lambda r: r.width() * r.height())
+    return int(r.left()), int(r.top()), int(r.width()), int(r.height())
+
+
+def detect_faces(frames: np.ndarray, frame_indices: Optional[Sequence[int]] = None,
+                 margin: float = 0.15) -> FaceDetections:
+    """Runs the face detector on some frames of a clip and makes the clip's crop.
+
+    Policy: one square crop for the whole clip (`combine_face_boxes`: median
+    centre and side of the frames that have a face), applied to every frame,
+    those without a detection included; how many had none is reported
+    (`FaceDetections.frames_without_face`), never hidden.
+
+    Args:
+        frames: `[N, H, W, 3] uint8`.
+        frame_indices: frames to run the detector on (default: up to 16
+            evenly spaced ones); `predict_clip` passes the frames the model sees.
+        margin: see `combine_face_boxes`.
+
+    Returns:
+        `FaceDetections`; its `box` is None when no checked frame has a face.
+    """
+    n, h, w = frames.shape[:3]
+    if frame_indices is None:
+        frame_indices = np.unique(np.linspace(0, n - 1, min(n, 16)).round().astype(int))
+    detector = _detector()
+    indices = tuple(int(i) for i in frame_indices)
+    boxes = tuple(largest_face(frames[i], detector) for i in indices)
+    return FaceDetections(indices, boxes, combine_face_boxes(boxes, h, w, margin))
 
 
 def detect_face_box(frames: np.ndarray, frame_indices: Optional[Sequence[int]] = None,
                     margin: float = 0.15) -> Optional[tuple[int, int, int, int]]:
     """One face crop `(x0, y0, x1, y1)` for a clip, or None if no face is found.
 
-    Args:
-        frames: `[N, H, W, 3] uint8`.
-        frame_indices: frames to run the detector on (default: up to 16
-            evenly spaced ones).
-        margin: see `combine_face_boxes`.
+    See `detect_faces` (this is its `box`).
     """
-    n, h, w = frames.shape[:3]
-    if frame_indices is None:
-        frame_indices = np.unique(np.linspace(0, n - 1, min(n, 16)).round().astype(int))
-    cascade = _cascade()
-    boxes = [largest_face(frames[int(i)], cascade) for i in frame_indices]
-    return combine_face_boxes(boxes, h, w, margin)
+    return detect_faces(frames, frame_indices, margin).box
 
 
 # ---------------------------------------------------------------------------
@@ -542,7 +630,8 @@ def predict_clip(frames_uint8: np.ndarray, predictor: Predictor | str, *,
         frames_uint8: `[N, H, W, 3] uint8` RGB, every frame of the clip in
             temporal order (N >= 1; short clips are padded by the sampler).
         predictor: a `Predictor`, or a checkpoint path for `load_predictor`.
-        detect_face: find one face box for the clip (Haar cascade) and crop it.
+        detect_face: find one face box for the clip (`detect_faces`, dlib's
+            HOG detector on the frames the model sees) and crop it.
         face_box: an explicit `(x0, y0, x1, y1)` crop instead.
         face_margin: margin of the detected box, fraction of the face side.
         top_k: how many classes `top_k` lists.
@@ -553,25 +642,30 @@ def predict_clip(frames_uint8: np.ndarray, predictor: Predictor | str, *,
         "top_k": [[name, p], ...], "au_names": [18], "au_probs": [18] sigmoid of
         the view-mean AU logits, "au_probabilities": {AU: p}, "frame_indices":
         [Vt, T], "num_frames": N, "views": Vt * Vs, "face_box": box or None,
-        "face_found": bool or None}`.
+        "face_found": True with detection, else None, "face_detection":
+        `FaceDetections.summary()` with detection, else None}`.
 
     Raises:
         PredictError: bad frames (shape, dtype).
+        NoFaceError: `detect_face` and no checked frame has a face (no
+            expression is computed for a clip without a face).
     """
     import jax  # pylint: disable=g-import-not-at-top
     from audfer_jax import au  # pylint: disable=g-import-not-at-top
     frames = _check_frames(frames_uint8)
     if isinstance(predictor, (str, os.PathLike)):
         predictor = load_predictor(os.fspath(predictor))
-    face_found = None
+    face_found = detection = None
     if face_box is None and detect_face:
         idx = np.unique(sampling.eval_indices(frames.shape[0], predictor.spec,
                                               predictor.temporal_views))
-        face_box = detect_face_box(frames, idx, face_margin)
-        face_found = face_box is not None
-        if face_box is None:
-            print("predict: no face found by the Haar cascade; using the whole frame",
-                  file=sys.stderr)
+        detection = detect_faces(frames, idx, face_margin)
+        if detection.box is None:
+            raise NoFaceError(
+                    f"no face in any of the {detection.num_checked} frames checked "
+                    f"({FACE_DETECTOR}); no expression predicted. For input that is "
+                    "already a face crop, pass --no_detect_face", detection)
+        face_box, face_found = detection.box, True
     clips, idx = prepare_clip(frames, predictor, face_box)
     out = predictor.apply(predictor.variables, clips)
     logits = np.asarray(jax.device_get(out.logits), np.float64)
@@ -598,7 +692,16 @@ def predict_clip(frames_uint8: np.ndarray, predictor: Predictor | str, *,
         "views": int(clips.shape[0]),
         "face_box": None if face_box is None else [int(v) for v in face_box],
         "face_found": face_found,
+        "face_detection": None if detection is None else detection.summary(),
     }
+
+
+def no_face_result(detections: FaceDetections, num_frames: int) -> dict:
+    """The explicit result for a clip without a face: no class, no probabilities."""
+    return {"face_found": False, "top_class": None, "probabilities": None,
+            "num_frames": int(num_frames), "face_box": None,
+            "face_detection": detections.summary(),
+            "message": "no face found; no expression predicted"}
 
 
 def format_prediction(result: Mapping[str, Any], source: str = "") -> str:
@@ -609,8 +712,13 @@ def format_prediction(result: Mapping[str, Any], source: str = "") -> str:
                      f"{result['views']} view(s))")
     if result.get("face_box") is not None:
         lines.append(f"face box (x0, y0, x1, y1): {tuple(result['face_box'])}")
-    elif result.get("face_found") is False:
-        lines.append("face box: none found, whole frame used")
+    found = result.get("face_detection")
+    if found:
+        missing = found["frames_without_face"]
+        lines.append(f"face found in {found['frames_with_face']} of "
+                     f"{found['frames_checked']} frames checked"
+                     + (f"; frames {missing} have none and use the clip's face box"
+                        if missing else ""))
     names = result["class_names"]
     width = max(len(n) for n in names)
     lines.append("class probabilities:")
@@ -627,9 +735,19 @@ def format_prediction(result: Mapping[str, Any], source: str = "") -> str:
     return "\n".join(lines)
 
 
+NO_FACE_STATUS = 3
+
+
 def main(argv: list[str]) -> int:
-    """`audfer-jax predict --checkpoint DIR VIDEO_OR_FRAME_DIR [...]`."""
-    parser = argparse.ArgumentParser(
+    """`audfer-jax predict --checkpoint DIR VIDEO_OR_FRAME_DIR [...]`.
+
+    Returns:
+        0 on success; 1 on an error (one line on stderr); 2 on bad flags;
+        `NO_FACE_STATUS` (3) when face detection is on and the clip has no
+        face, unless `--json` is given: then the JSON file holds the explicit
+        `no_face_result` and the status is 0.
+    """
+    parser = cli_errors.ArgumentParser(
             prog="audfer-jax predict",
             description="Expression class probabilities (and the AU head's per-AU "
                         "probabilities) for one video or frame folder.")
@@ -638,25 +756,33 @@ def main(argv: list[str]) -> int:
     parser.add_argument("input", help="video file or folder of frames (1.jpg, 2.jpg, ...)")
     parser.add_argument("--top_k", type=int, default=3, help="classes listed as top-k")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
-    parser.add_argument("--detect_face", action="store_true",
-                        help="crop one face box per clip (OpenCV Haar cascade), for raw video")
+    parser.add_argument("--detect_face", action=argparse.BooleanOptionalAction, default=None,
+                        help="crop the face (dlib's HOG detector, one box per clip); "
+                             "default: on for a video file, off for a frame folder "
+                             "(usually face crops already)")
     parser.add_argument("--face_margin", type=float, default=0.15,
                         help="margin around the detected face, fraction of its side")
     parser.add_argument("--which", default="best", choices=("best", "last"),
                         help="checkpoint of a run directory (default best)")
     args = parser.parse_args(argv)
+    detect = (not os.path.isdir(args.input)) if args.detect_face is None else args.detect_face
     try:
         frames = read_clip(args.input)
         predictor = load_predictor(args.checkpoint, args.which)
-        result = predict_clip(frames, predictor, detect_face=args.detect_face,
+        result = predict_clip(frames, predictor, detect_face=detect,
                               face_margin=args.face_margin, top_k=args.top_k)
-    except (PredictError, FileNotFoundError) as e:
-        print(f"audfer-jax predict: {e}", file=sys.stderr)
-        return 1
+    except NoFaceError as e:
+        if not args.json:
+            return cli_errors.report("audfer-jax predict", e, status=NO_FACE_STATUS)
+        result = no_face_result(e.detections, frames.shape[0])
+        print(f"{args.input}: {cli_errors.one_line(e)}")
+    except (PredictError, OSError) as e:
+        return cli_errors.report("audfer-jax predict", e)
     result["input"] = os.path.abspath(args.input)
     result["checkpoint"] = predictor.source
-    print(f"checkpoint: {predictor.source}")
-    print(format_prediction(result, args.input))
+    if result["face_found"] is not False:
+        print(f"checkpoint: {predictor.source}")
+        print(format_prediction(result, args.input))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=2)

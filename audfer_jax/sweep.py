@@ -26,7 +26,6 @@ records and the rows).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import csv
 import importlib.util
@@ -38,6 +37,8 @@ import sys
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
+
+from audfer_jax import cli_errors
 
 EPOCH_CHOICES = ("last", "best")
 STD_LABEL = "std (sample, ddof=1)"
@@ -121,10 +122,13 @@ def _parse_value(text: str, current: Any) -> Any:
         if low in ("0", "false", "no", "off"):
             return False
         raise ValueError(f"expected a boolean (true/false), got {text!r}")
-    if isinstance(current, int):
-        return int(text)
-    if isinstance(current, float):
-        return float(text)
+    if isinstance(current, (int, float)):
+        kind = type(current)
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, "
+                             f"got {text!r}") from None
     if isinstance(current, str):
         return text
     try:
@@ -152,14 +156,18 @@ def apply_overrides(config, overrides: Iterable[tuple[str, str]]):
     for key, text in overrides:
         node = config
         parts = key.split(".")
-        for depth, part in enumerate(parts[:-1]):
-            if part not in node:
-                raise KeyError(f"--config.{key}: no field {'.'.join(parts[:depth + 1])!r}")
-            node = node[part]
-        leaf = parts[-1]
-        if leaf not in node:
+        for depth, part in enumerate(parts):
             known = sorted(node.keys()) if hasattr(node, "keys") else []
-            raise KeyError(f"--config.{key}: unknown field {leaf!r}; known here: {known}")
+            if part not in known:
+                where = ".".join(parts[:depth + 1])
+                parent = ".".join(parts[:depth])
+                hint = cli_errors.did_you_mean(part, known, parent + "." if parent else "") or (
+                        f"; fields here: {', '.join(known)}" if known else
+                        f"; {parent} is not a group of fields")
+                raise KeyError(f"--config.{key}: unknown field {where!r}{hint}")
+            if depth < len(parts) - 1:
+                node = node[part]
+        leaf = parts[-1]
         try:
             value = _parse_value(text, node[leaf])
         except ValueError as e:
@@ -487,8 +495,11 @@ def run_sweep(make_config: Callable[[int], Any], folds: Sequence[int], workdir: 
 
 def main(argv: list[str]) -> int:
     """`audfer-jax sweep --config FILE.py:ARGS --folds 1-5 --workdir DIR [--config.x=y]`."""
-    rest, overrides = split_config_overrides(argv)
-    parser = argparse.ArgumentParser(
+    try:
+        rest, overrides = split_config_overrides(argv)
+    except ValueError as e:
+        return cli_errors.report("audfer-jax sweep", e, status=2)
+    parser = cli_errors.ArgumentParser(
             prog="audfer-jax sweep",
             description="Train folds in sequence (resuming finished ones) and write "
                         "per-fold UAR/WAR with mean and sample std (ddof=1), last and "
@@ -506,9 +517,8 @@ def main(argv: list[str]) -> int:
         folds = parse_folds(args.folds)
         # Fail before the first fold trains if the config or an override is bad.
         apply_overrides(load_config_file(with_fold(args.config, folds[0])), overrides)
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"audfer-jax sweep: {e}", file=sys.stderr)
-        return 2
+    except (ValueError, KeyError, OSError) as e:
+        return cli_errors.report("audfer-jax sweep", e, status=2)
 
     def make_config(fold: int):
         return apply_overrides(load_config_file(with_fold(args.config, fold)), overrides)

@@ -36,7 +36,6 @@ whose random-number code takes minutes to compile on a small CPU.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -44,6 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from audfer_jax import cli_errors
 from audfer_jax import sweep
 
 GOAL_PERCENT = 2.0
@@ -332,9 +332,8 @@ def main(argv: list[str]) -> int:
     try:
         rest, overrides = sweep.split_config_overrides(argv)
     except ValueError as e:
-        print(f"audfer-jax bench train: {e}", file=sys.stderr)
-        return 2
-    parser = argparse.ArgumentParser(
+        return cli_errors.report("audfer-jax bench train", e, status=2)
+    parser = cli_errors.ArgumentParser(
             prog="audfer-jax bench train",
             description="Train-step clips/s with synthetic batches, and the share of "
                         "step time spent in the AU loss.")
@@ -351,8 +350,7 @@ def main(argv: list[str]) -> int:
         config = sweep.apply_overrides(sweep.load_config_file(args.config), overrides)
         result = run_bench(config, batch=args.batch, steps=args.steps, warmup=args.warmup,
                            init=args.init, log=lambda m: print(m, file=sys.stderr))
-    except (ValueError, KeyError, FileNotFoundError) as e:
-        print(f"audfer-jax bench train: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, KeyError, OSError) as e:
+        return cli_errors.report("audfer-jax bench train", e)
     print(format_result(result, args.config))
     return 0

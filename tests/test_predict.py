@@ -214,11 +214,67 @@ def test_combine_face_boxes():
     assert predict.combine_face_boxes([None, None], 100, 100) is None
 
 
-def test_detect_face_falls_back_to_whole_frame(predictor):
+def test_detect_face_without_a_face_gives_no_expression(predictor):
+    # Issue 10: a clip without a face is never given an expression (the old
+    # behaviour, a prediction on the whole frame, is gone).
     frames = np.full((6, 64, 64, 3), 128, np.uint8)
     assert predict.detect_face_box(frames) is None
-    result = predict.predict_clip(frames, predictor, detect_face=True)
-    assert result["face_found"] is False and result["face_box"] is None
+    with pytest.raises(predict.NoFaceError, match="no face in any of the 6 frames"):
+        predict.predict_clip(frames, predictor, detect_face=True)
+
+
+def test_cli_video_without_a_face(tmp_path, var_ckpt, capsys):
+    face_fixtures = pytest.importorskip("face_fixtures")
+    video = tmp_path / "sky.mp4"
+    face_fixtures.write_mp4(video, [face_fixtures.sky(120, 160, seed=k) for k in range(10)])
+    # Detection is on by default for a video file: one line, status 3.
+    assert predict.main(["--checkpoint", var_ckpt, str(video)]) == predict.NO_FACE_STATUS
+    out, err = capsys.readouterr()
+    assert len(err.strip().splitlines()) == 1 and "no face in any of the 8 frames" in err
+    assert "top class" not in out
+    # With --json: an explicit "no face" result and status 0.
+    out_json = tmp_path / "r.json"
+    assert predict.main(["--checkpoint", var_ckpt, str(video), "--json", str(out_json)]) == 0
+    result = json.loads(out_json.read_text())
+    assert result["face_found"] is False and result["top_class"] is None
+    assert result["probabilities"] is None
+    assert result["face_detection"]["frames_checked"] == 8
+    assert result["face_detection"]["frames_with_face"] == 0
+    assert "top class" not in capsys.readouterr().out
+
+
+def test_cli_face_video_and_frame_folder(tmp_path, var_ckpt, capsys):
+    face_fixtures = pytest.importorskip("face_fixtures")
+    face = face_fixtures.astronaut(256)
+    sky = face_fixtures.sky(256, 256)
+    # 12 frames; the eval indices [1, 2, 4, 5, 6, 7, 9, 10] (see above) hold
+    # two sky frames (4 and 9).
+    frames = [sky if k in (4, 9) else face for k in range(12)]
+    video = tmp_path / "face.mp4"
+    face_fixtures.write_mp4(video, frames)
+    out_json = tmp_path / "v.json"
+    assert predict.main(["--checkpoint", var_ckpt, str(video), "--json", str(out_json)]) == 0
+    text = capsys.readouterr().out
+    result = json.loads(out_json.read_text())
+    det = result["face_detection"]
+    assert result["face_found"] is True
+    assert (det["frames_checked"], det["frames_with_face"]) == (8, 6)
+    assert det["frames_without_face"] == [4, 9]
+    assert "face found in 6 of 8 frames checked; frames [4, 9] have none" in text
+    x0, y0, x1, y1 = result["face_box"]
+    cx, cy = face_fixtures.FACE_CENTRE
+    assert x0 < cx / 2 < x1 and y0 < cy / 2 < y1          # the face, at half scale
+    assert x1 - x0 < 128                                    # not the whole frame
+    # A frame folder: detection off by default, on with --detect_face.
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for k, f in enumerate(frames):
+        Image.fromarray(f).save(folder / f"{k + 1}.png")
+    assert predict.main(["--checkpoint", var_ckpt, str(folder), "--json", str(out_json)]) == 0
+    assert json.loads(out_json.read_text())["face_detection"] is None
+    assert predict.main(["--checkpoint", var_ckpt, str(folder), "--json", str(out_json),
+                         "--detect_face"]) == 0
+    assert json.loads(out_json.read_text())["face_detection"]["frames_with_face"] == 6
 
 
 def test_training_run_directory(tmp_path, model, variables):

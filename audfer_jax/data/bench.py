@@ -13,16 +13,18 @@ figure depends on the stored frame size (`--frame_size` of the demo; DFEW's
 
 from __future__ import annotations
 
-import argparse
 import os
 import resource
 import sys
 import tempfile
 import time
 
+from audfer_jax import cli_errors
+
 
 def _parse(argv):
-    p = argparse.ArgumentParser(prog="audfer-jax bench input", description=__doc__.split("\n")[0])
+    p = cli_errors.ArgumentParser(prog="audfer-jax bench input",
+                                  description=__doc__.split("\n")[0])
     p.add_argument("--data_dir", default=None,
                    help="prepared data root; default: a temporary demo set")
     p.add_argument("--name", default="demo", help="dataset name of --data_dir")

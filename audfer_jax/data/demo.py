@@ -61,7 +61,6 @@ matter). CLI: `audfer-jax demo --out DIR [--num_clips N --seed S --size 112]`.
 
 from __future__ import annotations
 
-import argparse
 import concurrent.futures
 import json
 import multiprocessing
@@ -72,6 +71,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+from audfer_jax import cli_errors
 from audfer_jax.au import AU_NAMES
 from audfer_jax.classes import DFEW_CLASSES
 
@@ -709,7 +709,7 @@ def _write_splits(dfew_dir: str, plan: dict) -> None:
 
 def main(argv: Sequence[str]) -> int:
     """`audfer-jax demo`: writes the synthetic demo set and prints its summary."""
-    parser = argparse.ArgumentParser(
+    parser = cli_errors.ArgumentParser(
         prog="audfer-jax demo",
         description="Write the SYNTHETIC FACS-driven demo set in the DFEW release layout.")
     parser.add_argument("--out", "--out_dir", dest="out", required=True,

@@ -19,7 +19,6 @@ Source: ../shared/spec/datasets.md sections 0 and 9, engineering.md section 6.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import io
@@ -30,6 +29,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
+from audfer_jax import cli_errors
 from audfer_jax import classes
 from audfer_jax.data import records
 
@@ -178,16 +178,22 @@ def prepare(dataset: str, raw_dir: str, data_dir: str,
             report file is written first.
         ValueError: bad arguments.
     """
+    dataset = dataset.lower()
+    # Argument checks first: they need no TensorFlow (seconds to import).
+    fold_list = resolve_folds(dataset, folds)
+    if not os.path.isdir(raw_dir):
+        raise ValueError(f"raw_dir {raw_dir!r} is not a folder; expected the {dataset} "
+                         "release root (see data/README.md)")
+    if not os.listdir(raw_dir):
+        raise ValueError(f"raw_dir {raw_dir!r} is empty; expected the {dataset} "
+                         "release root (see data/README.md)")
     import tensorflow as tf  # pylint: disable=g-import-not-at-top
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from audfer_jax.data.tfds import builders, common  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
-    dataset = dataset.lower()
-    if not os.path.isdir(raw_dir):
-        raise ValueError(f"raw_dir {raw_dir!r} is not a folder (the release root)")
     os.makedirs(data_dir, exist_ok=True)
     results = []
-    for fold in resolve_folds(dataset, folds):
+    for fold in fold_list:
         cls = builders.builder_class(dataset)
         cfg = common.make_config(fold, frame_set, au_source, prepare_size,
                                  reader_options=reader_options)
@@ -221,6 +227,7 @@ def prepare(dataset: str, raw_dir: str, data_dir: str,
                     tfds.display_progress_bar(True)
         except records.DatasetError as e:
             _write_report(report_path, dataset, fold, e.report, None)
+            e.report_path = report_path  # the one-line CLI error points here
             raise
         except Exception:
             _write_report(report_path, dataset, fold, builder.report, None)
@@ -281,7 +288,7 @@ def summary_table(results: list[PreparedFold]) -> str:
 
 def main(argv: list[str]) -> int:
     """`audfer-jax prepare`; returns the exit status."""
-    p = argparse.ArgumentParser(prog="audfer-jax prepare", description=__doc__.split("\n")[0])
+    p = cli_errors.ArgumentParser(prog="audfer-jax prepare", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, choices=sorted(_FOLDED))
     p.add_argument("--raw_dir", required=True, help="release root (TFDS manual_dir)")
     p.add_argument("--data_dir", required=True, help="root of the prepared data")
@@ -298,9 +305,8 @@ def main(argv: list[str]) -> int:
                 frame_set=args.frame_set, au_source=args.au_source,
                 prepare_size=args.prepare_size, on_error=args.on_error,
                 validate=args.validate)
-    except (records.DatasetError, ValueError) as e:
-        print(f"audfer-jax prepare: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as e:  # DatasetError is a ValueError
+        return cli_errors.report("audfer-jax prepare", e)
     return 0
 
 

@@ -33,13 +33,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from audfer_jax import cli_errors
 from audfer_jax import models
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
+    parser = cli_errors.ArgumentParser(
         prog="audfer-jax bench model",
         description="Forward and forward+backward clips/s and peak memory of a backbone.")
     parser.add_argument("--model", required=True, type=_model_name,

@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from audfer_jax import cli_errors
 from audfer_jax.models import available_models, default_input_shape, get_model
 
 # ---------------------------------------------------------------------------
@@ -1066,7 +1067,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         problem), 2 on bad flags.
     """
 
-    parser = argparse.ArgumentParser(
+    parser = cli_errors.ArgumentParser(
         prog="audfer-jax convert",
         description="Convert a PyTorch checkpoint of Former-DFER, M3DFEL (or torchvision "
                     "R3D-18 Kinetics-400) or MAE-DFER (fine-tuned or VoxCeleb2 pre-training) "
@@ -1083,22 +1084,26 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(list(argv) if argv is not None else None)
 
     if os.path.exists(args.out):
-        print(f"audfer-jax convert: {args.out} already exists; choose a new --out",
+        print(f"audfer-jax convert: error: {args.out} already exists; choose a new --out",
               file=sys.stderr)
         return 1
     info: dict[str, Any] = {}
     try:
         state_dict = load_torch_checkpoint(args.checkpoint, info)
-    except (ValueError, FileNotFoundError, ImportError) as e:
-        print(f"audfer-jax convert: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError, ImportError) as e:
+        return cli_errors.report("audfer-jax convert", e)
     model = get_model(args.model, num_classes=args.num_classes, num_aus=args.num_aus)
     template, real_init = _model_template(model, args.model)
     try:
         variables, report = convert_state_dict(args.model, state_dict, template,
                                                source=args.source, strict=args.strict)
     except ConversionError as e:
-        print(e.report.summary(args.verbose), file=sys.stderr)
+        # The full report is the command's output; the error is one line.
+        print(e.report.summary(args.verbose))
+        errors = e.report.errors
+        more = f" (and {len(errors) - 1} more, listed above)" if len(errors) > 1 else ""
+        print(f"audfer-jax convert: error: {len(errors)} conversion error(s): "
+              f"{cli_errors.one_line(ValueError(errors[0]))}{more}", file=sys.stderr)
         return 1
     print(report.summary(args.verbose))
     variables = fill_fresh(variables, real_init)
