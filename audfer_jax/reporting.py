@@ -228,3 +228,15 @@ def configure_logging(verbosity: int = -1) -> None:
     if verbosity < 0:
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
+        py_logging.getLogger("absl").addFilter(_tfds_deprecation_filter)
+
+
+def _tfds_deprecation_filter(record) -> bool:
+    """Drops TFDS's own "`TensorInfo.dtype` is deprecated" notices.
+
+    TFDS 4.9 reads the deprecated field itself while building every dataset
+    (features/feature.py) and logs it at WARNING through absl, ten times a run;
+    nothing a user can change.
+    """
+    return not ("tensorflow_datasets" in record.pathname
+                and "is deprecated" in record.getMessage())
