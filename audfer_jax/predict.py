@@ -364,7 +364,7 @@ def _eval_apply():
 def _data_config(config):
     """The run's validated `DataConfig` (`config.data`, as the trainer reads it)."""
     from audfer_jax.data import config as data_config_lib  # pylint: disable=g-import-not-at-top
-    return data_config_lib.DataConfig.from_config(config.get("data", {}) or {})
+    return data_config_lib.DataConfig.from_config(config.get("data", {}) or {}, strict=False)
 
 
 def _class_names(meta: Mapping, config) -> list:

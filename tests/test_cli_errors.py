@@ -124,7 +124,8 @@ CASES = [
      ["--folds"]),
     # bench
     (["bench", "modle"], ["did you mean 'model'"]),
-    (["bench", "model", "--model", "nope"], ["audfer-jax bench model: error:", "invalid choice"]),
+    (["bench", "model", "--model", "nope"], ["audfer-jax bench model: error:",
+                                             "'nope' is neither a registered model"]),
     (["bench", "train", "--config", "configs/nope.py"], ["configs/nope.py"]),
     (["bench", "input", "--batch", "x"], ["--batch", "invalid int value"]),
     # demo

@@ -77,3 +77,10 @@ def test_flag_strings_are_converted():
 
 def test_dataset_key_of_earlier_configs_is_the_name():
     assert DataConfig.from_config({"name": "dfew", "dataset": "demo"}).name == "demo"
+
+
+def test_non_strict_drops_fields_of_other_input_modules():
+    typed = DataConfig.from_config({"num_frames": 4, "num_test": 10}, strict=False)
+    assert typed.num_frames == 4
+    with pytest.raises(ValueError, match="unknown field config.data.num_test"):
+        DataConfig.from_config({"num_frames": 4, "num_test": 10})

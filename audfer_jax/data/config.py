@@ -119,13 +119,16 @@ class DataConfig:
                              "CSVs or an AU-DFER .txt file, or None")
 
     @classmethod
-    def from_config(cls, data: Any) -> "DataConfig":
+    def from_config(cls, data: Any, strict: bool = True) -> "DataConfig":
         """Builds and validates a `DataConfig` from `config.data`.
 
         Args:
             data: a `DataConfig` (returned as is), or a ConfigDict / mapping of
                 some or all fields (the others keep their defaults). The key
                 `dataset` of earlier configs is read as `name`.
+            strict: an unknown field is an error; False drops it (a run's
+                saved config read back by `predict`, which may hold the
+                fields of another input module).
 
         Raises:
             ValueError: an unknown field (with the closest known one), a value
@@ -145,6 +148,8 @@ class DataConfig:
             data["name"] = data.pop("dataset")
         data.pop("dataset", None)
         for key, value in data.items():
+            if key not in known and not strict:
+                continue
             if key not in known:
                 raise ValueError(f"unknown field config.data.{key}{_did_you_mean(key, known)}; "
                                  f"known fields: {', '.join(known)}")
