@@ -33,13 +33,13 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from typing import Any, Iterable, Optional
 
 import ml_collections
 import numpy as np
 
 from audfer_jax import classes
+from audfer_jax import paths
 from audfer_jax.au import NUM_AUS
 from audfer_jax.data import prepare as prepare_lib
 from audfer_jax.data import sampling
@@ -123,7 +123,8 @@ def ensure_prepared(data_config, log=print) -> str:
     """Prepares the configured fold if needed; returns its path.
 
     For `name == 'demo'` with no `raw_dir`, the demo set is first written to
-    ``<data_dir>/demo_raw`` by `audfer_jax.data.demo.write_demo_dataset`
+    ``<data_dir>/demo_raw`` (a local folder for a
+    ``gs://`` data_dir: `demo.raw_dir_for`) by `audfer_jax.data.demo.write_demo_dataset`
     (`data_config.demo_clips` clips if that optional field is set, else 2000).
     Call it from one process only (process 0) before building datasets.
     """
@@ -133,8 +134,8 @@ def ensure_prepared(data_config, log=print) -> str:
     raw = _get(data_config, "raw_dir")
     if not raw and data_config.name == "demo":
         from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
-        raw = os.path.join(data_config.data_dir, "demo_raw")
-        if not os.path.isdir(raw):
+        raw = demo.raw_dir_for(data_config.data_dir)
+        if not paths.isdir(raw):
             demo.write_demo_dataset(raw, num_clips=int(_get(data_config, "demo_clips", 2000)))
     if not raw:
         raise ValueError(f"{path} is not prepared and data_config.raw_dir is empty; "
