@@ -58,7 +58,7 @@ def is_remote(path: PathLike) -> bool:
     m = _URL.match(os.fspath(path))
     if m is None:
         return False
-    if m.group(1).lower() not in REMOTE_SCHEMES:
+    if m.group(1) not in REMOTE_SCHEMES:        # epath matches them lower case only
         raise ValueError(f"{os.fspath(path)!r}: unsupported URL scheme {m.group(1)!r}; "
                          f"expected a local path or one of "
                          f"{', '.join(s + '://' for s in REMOTE_SCHEMES)}")
