@@ -245,9 +245,15 @@ def test_train_resume_gs(server, tmp_path):
     assert remote == local
     steps = {n.split("/")[2] for n in server.names("run/checkpoints/")}
     assert steps == {"4", "6"}                  # keep_checkpoints=2: step 3 deleted
+    # metrics.jsonl: epoch 1's evaluation, written by the stopped run, kept by the
+    # resumed one (no append on GCS: `paths.open_append` rewrites the object).
     lines = [json.loads(x) for x in server.get("run/metrics.jsonl").decode().splitlines()]
-    train_steps = [x["step"] for x in lines if "train/loss" in x]
-    assert train_steps[-1] == 6 and 4 in train_steps
+    with open(tmp_path / "local" / "metrics.jsonl") as f:
+        local_lines = [json.loads(x) for x in f]
+    assert [x["step"] for x in lines if "test/uar" in x] == [3, 6]
+    assert ([x for x in lines if x["kind"] == "scalars" and "test/uar" in x]
+            == [x for x in local_lines if x["kind"] == "scalars" and "test/uar" in x])
+    assert [x["kind"] for x in lines].count("hparams") == 1
     # TensorBoard got the URL itself (diverted to a local folder by gcs_cli.py only).
     with open(tmp_path / "tb" / "logdirs.txt") as f:
         assert set(f.read().split()) == {str(tmp_path / "local"), "gs://bkt/run"}
@@ -259,7 +265,7 @@ def test_train_resume_gs(server, tmp_path):
     assert ev["uar"] == pytest.approx(local["last"]["uar"])
     assert ev["war"] == pytest.approx(local["last"]["war"])
 
-    frames = tmp_path / "data" / "demo_raw" / "DFEW" / "Clip" / "clip_224x224" / "1"
+    frames = tmp_path / "data" / "demo_raw" / "DFEW" / "Clip" / "clip_224x224" / "00001"
     assert frames.is_dir()
     for name, ckpt in (("gs", "gs://bkt/run"), ("local", tmp_path / "local")):
         _cli(server, tmp_path, "predict", "--checkpoint", ckpt, "--which", "last", frames,
