@@ -18,6 +18,13 @@ shardings, so a checkpoint written on 8 devices restores onto 1 (and back)
 (engineering.md section 7: without a target Orbax raises "Topology mismatch").
 Saves are asynchronous; call `wait_until_finished()` before reading a
 checkpoint back or exiting.
+
+Directories may be local or cloud storage URLs (`gs://bkt/run`, see
+`audfer_jax.paths`): Orbax writes arrays through tensorstore and metadata
+through `etils.epath`. Multi-host: every process must construct the same
+checkpointers and call every save and restore in the same order (Orbax
+coordinates the writes; each process writes its own shards and process 0 the
+metadata and the final rename).
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
+
+from audfer_jax import paths
 
 PyTree = Any
 
@@ -87,14 +96,14 @@ def save_variables(directory: str | os.PathLike, variables: PyTree,
             conversion report...).
 
     Returns:
-        The absolute path written.
+        The path written (`paths.resolve(directory)`: absolute, or the URL).
 
     Raises:
         FileExistsError: `directory` exists.
         TypeError: `metadata` is not JSON-serialisable.
     """
-    path = os.path.abspath(os.fspath(directory))
-    if os.path.exists(path):
+    path = paths.resolve(directory)
+    if paths.exists(path):
         raise FileExistsError(f"{path}: already exists; refusing to overwrite a "
                               "variables checkpoint (remove it first)")
     import json
@@ -129,8 +138,8 @@ def restore_variables(directory: str | os.PathLike, target: PyTree | None = None
         FileNotFoundError: `directory` does not exist.
         ValueError: the stored tree does not match `target` (names both).
     """
-    path = os.path.abspath(os.fspath(directory))
-    if not os.path.isdir(path):
+    path = paths.resolve(directory)
+    if not paths.isdir(path):
         raise FileNotFoundError(f"{path}: no variables checkpoint there")
     handler = ocp.CompositeCheckpointHandler(**{
             _VARIABLES: ocp.StandardCheckpointHandler(),
@@ -224,7 +233,7 @@ class TrainCheckpointer:
     next batch of that epoch to read), `class_names`, `best` and the metrics.
 
     Args:
-        workdir: run directory.
+        workdir: run directory, local or a URL (`gs://...`).
         save_every_steps: periodic save interval in optimizer steps; saves at
             `extra_steps` (epoch ends, the last step) are added to it.
         extra_steps: steps that are always saved.
@@ -235,12 +244,12 @@ class TrainCheckpointer:
 
     def __init__(self, workdir: str | os.PathLike, *, save_every_steps: int | None = None,
                  extra_steps=(), keep: int = 2, async_save: bool = True):
-        workdir = os.path.abspath(os.fspath(workdir))
+        workdir = paths.resolve(workdir)
         policies = [ocp_managers.SpecificStepsPolicy(frozenset(int(s) for s in extra_steps))]
         if save_every_steps:
             policies.append(ocp_managers.FixedIntervalPolicy(int(save_every_steps)))
         self.latest = ocp.CheckpointManager(
-                os.path.join(workdir, "checkpoints"),
+                paths.join(workdir, "checkpoints"),
                 options=ocp.CheckpointManagerOptions(
                         save_decision_policy=ocp_managers.AnySavePolicy(policies),
                         preservation_policy=ocp_managers.LatestN(max(1, int(keep))),
@@ -248,7 +257,7 @@ class TrainCheckpointer:
                         create=True),
                 item_names=(_STATE, _META))
         self.best = ocp.CheckpointManager(
-                os.path.join(workdir, "best"),
+                paths.join(workdir, "best"),
                 options=ocp.CheckpointManagerOptions(
                         save_decision_policy=ocp_managers.FixedIntervalPolicy(1),
                         preservation_policy=ocp_managers.LatestN(1),
@@ -344,7 +353,7 @@ def restore_state_from_directory(path: str | os.PathLike, abstract_state: PyTree
 
     Used by evaluation given a checkpoint path instead of a workdir.
     """
-    path = os.path.abspath(os.fspath(path))
+    path = paths.resolve(path)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
         out = ckptr.restore(path, args=ocp.args.Composite(**{
                 _STATE: ocp.args.StandardRestore(abstract_like(abstract_state)),

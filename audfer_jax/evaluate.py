@@ -27,12 +27,12 @@ masked batches, multi-view mean of softmax), so figures equal the trainer's.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
 from audfer_jax import cli_errors
+from audfer_jax import paths
 from audfer_jax import sweep
 
 
@@ -44,13 +44,12 @@ def load_run_config(workdir: str):
             `--config` alternative).
     """
     import ml_collections
-    path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(path):
+    path = paths.join(workdir, "config.json")
+    if not paths.isfile(path):
         raise FileNotFoundError(
                 f"{path}: not found; is {workdir} a training run directory? Pass the run's "
                 "config with --config configs/<backbone>.py:... otherwise")
-    with open(path, encoding="utf-8") as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
 
 
 def _steps(directory: str) -> list[int]:
@@ -59,10 +58,10 @@ def _steps(directory: str) -> list[int]:
     In-progress saves (`<step>.orbax-checkpoint-tmp-*`) are not integers and
     are skipped.
     """
-    if not os.path.isdir(directory):
+    if not paths.isdir(directory):
         return []
-    return sorted(int(n) for n in os.listdir(directory)
-                  if n.isdigit() and os.path.isdir(os.path.join(directory, n)))
+    return sorted(int(n) for n in paths.listdir(directory)
+                  if n.isdigit() and paths.isdir(paths.join(directory, n)))
 
 
 def resolve_checkpoint(workdir: str, checkpoint: str = "best") -> tuple[str, str, int | None]:
@@ -80,40 +79,39 @@ def resolve_checkpoint(workdir: str, checkpoint: str = "best") -> tuple[str, str
         FileNotFoundError: no such checkpoint (lists the steps there are).
         ValueError: a value that is none of the above.
     """
-    ckpt_dir = os.path.join(workdir, "checkpoints")
-    best_dir = os.path.join(workdir, "best")
+    ckpt_dir = paths.join(workdir, "checkpoints")
+    best_dir = paths.join(workdir, "best")
     latest, best = _steps(ckpt_dir), _steps(best_dir)
     available = (f"checkpoints/ has steps {latest or 'none'}, best/ has steps "
                  f"{best or 'none'}")
     if checkpoint == "best":
         if not best:
             raise FileNotFoundError(f"{best_dir}: no best checkpoint ({available})")
-        return os.path.join(best_dir, str(best[-1])), "best", best[-1]
+        return paths.join(best_dir, str(best[-1])), "best", best[-1]
     if checkpoint == "last":
         if not latest:
             raise FileNotFoundError(f"{ckpt_dir}: no checkpoint ({available})")
-        return os.path.join(ckpt_dir, str(latest[-1])), "last", latest[-1]
+        return paths.join(ckpt_dir, str(latest[-1])), "last", latest[-1]
     if checkpoint.isdigit():
         step = int(checkpoint)
         for directory, steps in ((ckpt_dir, latest), (best_dir, best)):
             if step in steps:
-                return os.path.join(directory, str(step)), "step", step
+                return paths.join(directory, str(step)), "step", step
         raise FileNotFoundError(f"{workdir}: no checkpoint at step {step} ({available})")
-    if os.path.isdir(checkpoint):
-        base = os.path.basename(os.path.normpath(checkpoint))
-        return os.path.abspath(checkpoint), "path", int(base) if base.isdigit() else None
+    if paths.isdir(checkpoint):
+        base = paths.basename(checkpoint)
+        return paths.resolve(checkpoint), "path", int(base) if base.isdigit() else None
     raise ValueError(f"--checkpoint {checkpoint!r}: expected best, last, a step number "
                      "or a checkpoint directory")
 
 
 def _best_criterion(workdir: str, config) -> str:
-    path = os.path.join(workdir, "metrics.json")
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            try:
-                best = json.load(f).get("best") or {}
-            except json.JSONDecodeError:
-                best = {}
+    path = paths.join(workdir, "metrics.json")
+    if paths.isfile(path):
+        try:
+            best = json.loads(paths.read_text(path)).get("best") or {}
+        except json.JSONDecodeError:
+            best = {}
         if best.get("criterion"):
             return str(best["criterion"])
     return str(config.get("best_metric", "war+uar"))
@@ -144,15 +142,15 @@ def evaluate(workdir: str, checkpoint: str = "best", *, config=None,
     Raises:
         FileNotFoundError: missing workdir, config or checkpoint.
     """
-    workdir = os.path.abspath(workdir)
-    if not os.path.isdir(workdir) and not os.path.isdir(checkpoint):
+    workdir = paths.resolve(workdir)
+    if not paths.isdir(workdir) and not paths.isdir(checkpoint):
         raise FileNotFoundError(f"{workdir}: no such run directory")
     path, choice, step = resolve_checkpoint(workdir, checkpoint)
     if config is None:
         run_dir = workdir
-        if choice == "path" and not os.path.isfile(os.path.join(workdir, "config.json")):
+        if choice == "path" and not paths.isfile(paths.join(workdir, "config.json")):
             # A step directory `RUN/checkpoints/<step>`: the config is in RUN.
-            run_dir = os.path.dirname(os.path.dirname(path))
+            run_dir = paths.dirname(paths.dirname(path))
         config = load_run_config(run_dir)
     config = sweep.apply_overrides(config, overrides)
     if evaluate_fn is None:
@@ -209,7 +207,7 @@ def format_report(summary: Mapping[str, Any]) -> str:
 
 def default_json_path(summary: Mapping[str, Any], workdir: str) -> str:
     """`workdir/evaluation_<choice>_step<step>.json`."""
-    return os.path.join(workdir, f"evaluation_{summary.get('epoch_choice')}_step"
+    return paths.join(workdir, f"evaluation_{summary.get('epoch_choice')}_step"
                                  f"{summary.get('step')}.json")
 
 
@@ -224,7 +222,8 @@ def main(argv: list[str]) -> int:
             description="Evaluate a trained run on its test split: UAR, WAR, per-class "
                         "recall, AU F1, confusion matrix. --config.key=value overrides "
                         "apply to the run's saved config.")
-    parser.add_argument("--workdir", required=True, help="the training run directory")
+    parser.add_argument("--workdir", required=True,
+                        help="the training run directory (local or gs://...)")
     parser.add_argument("--checkpoint", default="best",
                         help="best (default), last, a step number, or a step directory")
     parser.add_argument("--config", default=None,
@@ -242,9 +241,8 @@ def main(argv: list[str]) -> int:
     if jax.process_index() != 0:        # multi-host: one report, one file
         return 0
     print(format_report(summary))
-    out = args.json or default_json_path(summary, os.path.abspath(args.workdir))
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w", encoding="utf-8") as f:
-        json.dump(summary, f, indent=2)
+    out = paths.resolve(args.json or default_json_path(summary, paths.resolve(args.workdir)))
+    paths.makedirs(paths.dirname(out))
+    paths.write_text(out, json.dumps(summary, indent=2))
     print(f"\nwrote {out}")
     return 0

@@ -11,7 +11,6 @@ drives it; `evaluate_checkpoint`, `predict` and `bench train` reuse its parts.
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Mapping
 
@@ -24,6 +23,7 @@ from audfer_jax import au as au_lib
 from audfer_jax import metrics as metrics_lib
 from audfer_jax import optim
 from audfer_jax import parallel
+from audfer_jax import paths
 from audfer_jax import steps as steps_lib
 
 LOSS_VARIANTS = ("ce", "au", "au_none", "au_distinct", "au_minor", "au_from_data")
@@ -73,14 +73,14 @@ def prepare_data_if_needed(config: ml_collections.ConfigDict, data, data_config)
     """
     if not config.prepare_data or not hasattr(data, "ensure_prepared"):
         return data_config
+    from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
     write_demo = data_config.name == "demo" and not data_config.raw_dir
     if write_demo:
-        data_config = data_config.replace(
-                raw_dir=os.path.join(data_config.data_dir, "demo_raw"))
+        # A local folder also for a gs:// data_dir (the readers are local).
+        data_config = data_config.replace(raw_dir=demo.raw_dir_for(data_config.data_dir))
     if jax.process_index() == 0:
         raw = data_config.raw_dir
-        if write_demo and not os.path.isdir(os.path.join(raw, "DFEW")):
-            from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
+        if write_demo and not paths.isdir(paths.join(raw, "DFEW")):
             demo.write_demo_dataset(raw, int(config.demo.num_clips), int(config.demo.seed),
                                     int(config.demo.image_size))
         data.ensure_prepared(data_config, log=print, progress_bar=sys.stderr.isatty())

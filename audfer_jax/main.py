@@ -26,7 +26,8 @@ _USAGE = "audfer-jax train --config FILE[:ARG] --workdir DIR [--config.FIELD=VAL
 _FLAGS = flags.FlagValues()
 config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
                                 flag_values=_FLAGS, lock_config=True)
-flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, metrics)",
+flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, metrics); "
+                    "local or gs://...",
                     flag_values=_FLAGS)
 flags.DEFINE_bool("evaluate_only", False, "evaluate the workdir's newest checkpoint "
                   "instead of training", flag_values=_FLAGS)
@@ -147,9 +148,10 @@ def _summary(result: dict, workdir: str) -> str:
                 f"{k} {v:.1f}" for k, v in r["per_class_recall"].items()))
     if not lines:  # evaluate_only and other shapes of result
         lines.append(json.dumps(result, indent=1))
-    w = os.path.abspath(workdir)
-    lines += [f"checkpoints: {os.path.join(w, 'checkpoints')} (best: {os.path.join(w, 'best')})",
-              f"metrics:     {os.path.join(w, 'metrics.json')}, {os.path.join(w, 'metrics.jsonl')}",
+    from audfer_jax import paths
+    w = paths.resolve(workdir)
+    lines += [f"checkpoints: {paths.join(w, 'checkpoints')} (best: {paths.join(w, 'best')})",
+              f"metrics:     {paths.join(w, 'metrics.json')}, {paths.join(w, 'metrics.jsonl')}",
               f"TensorBoard: tensorboard --logdir {w}"]
     return "\n".join(lines)
 

@@ -56,6 +56,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 
 from audfer_jax import cli_errors
+from audfer_jax import paths
 from audfer_jax.data import sampling
 
 VIDEO_HINT = "a video file PyAV can decode (.mp4, .avi, ...) or a folder of .jpg/.png frames"
@@ -426,20 +427,20 @@ def _abstract_train_state(config, model, input_shape):
 
 
 def _is_variables_checkpoint(path: str) -> bool:
-    return (os.path.isdir(os.path.join(path, "variables"))
-            and os.path.isdir(os.path.join(path, "metadata")))
+    return (paths.isdir(paths.join(path, "variables"))
+            and paths.isdir(paths.join(path, "metadata")))
 
 
 def _is_state_step(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "state"))
+    return paths.isdir(paths.join(path, "state"))
 
 
 def _newest_step(directory: str) -> Optional[str]:
-    if not os.path.isdir(directory):
+    if not paths.isdir(directory):
         return None
-    steps = sorted(int(n) for n in os.listdir(directory)
-                   if n.isdigit() and _is_state_step(os.path.join(directory, n)))
-    return os.path.join(directory, str(steps[-1])) if steps else None
+    steps = sorted(int(n) for n in paths.listdir(directory)
+                   if n.isdigit() and _is_state_step(paths.join(directory, n)))
+    return paths.join(directory, str(steps[-1])) if steps else None
 
 
 def _fit_spec(spec: sampling.SamplingSpec, num_frames: int) -> sampling.SamplingSpec:
@@ -477,8 +478,8 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
     import ml_collections  # pylint: disable=g-import-not-at-top
     from audfer_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
     from audfer_jax import train  # pylint: disable=g-import-not-at-top
-    path = os.path.abspath(checkpoint)
-    if not os.path.exists(path):
+    path = paths.resolve(checkpoint)
+    if not paths.exists(path):
         raise PredictError(f"{path}: checkpoint not found (expected a training run "
                            "directory, a step directory or a variables checkpoint)")
     if which not in ("best", "last"):
@@ -504,25 +505,24 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
         source = path
     else:
         if _is_state_step(path):
-            step_dir, run_dir = path, os.path.dirname(os.path.dirname(path))
+            step_dir, run_dir = path, paths.dirname(paths.dirname(path))
         else:
             run_dir = path
             order = ("best", "checkpoints") if which == "best" else ("checkpoints",)
             step_dir = None
             for sub in order:
-                step_dir = _newest_step(os.path.join(path, sub))
+                step_dir = _newest_step(paths.join(path, sub))
                 if step_dir:
                     break
             if step_dir is None:
                 raise PredictError(f"{path}: no checkpoint found (looked for "
                                    f"{' and '.join(o + '/<step>' for o in order)}, or a "
                                    "variables checkpoint)")
-        config_path = os.path.join(run_dir, "config.json")
-        if not os.path.isfile(config_path):
+        config_path = paths.join(run_dir, "config.json")
+        if not paths.isfile(config_path):
             raise PredictError(f"{config_path}: the run's config is missing; it is needed "
                                f"to rebuild the model of {step_dir}")
-        with open(config_path, encoding="utf-8") as f:
-            config = ml_collections.ConfigDict(json.load(f))
+        config = ml_collections.ConfigDict(json.loads(paths.read_text(config_path)))
         # Class names live in the checkpoint's meta; the model needs their count
         # first, so take the dataset's names and check them after restoring.
         class_names = _class_names({}, config)
@@ -541,7 +541,7 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
         variables = {"params": state.params}
         if jax.tree.leaves(state.batch_stats):
             variables["batch_stats"] = state.batch_stats
-        source = f"{step_dir} (step {meta.get('step', os.path.basename(step_dir))})"
+        source = f"{step_dir} (step {meta.get('step', paths.basename(step_dir))})"
 
     dc = _data_config(config)
     input_shape = train.model_input_shape(model, config.model, dc)
@@ -752,7 +752,8 @@ def main(argv: list[str]) -> int:
             description="Expression class probabilities (and the AU head's per-AU "
                         "probabilities) for one video or frame folder.")
     parser.add_argument("--checkpoint", required=True,
-                        help="training run directory, step directory or variables checkpoint")
+                        help="training run directory, step directory or variables checkpoint "
+                             "(local or gs://...)")
     parser.add_argument("input", help="video file or folder of frames (1.jpg, 2.jpg, ...)")
     parser.add_argument("--top_k", type=int, default=3, help="classes listed as top-k")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
@@ -778,13 +779,12 @@ def main(argv: list[str]) -> int:
         print(f"{args.input}: {cli_errors.one_line(e)}")
     except (PredictError, OSError) as e:
         return cli_errors.report("audfer-jax predict", e)
-    result["input"] = os.path.abspath(args.input)
+    result["input"] = paths.resolve(args.input)
     result["checkpoint"] = predictor.source
     if result["face_found"] is not False:
         print(f"checkpoint: {predictor.source}")
         print(format_prediction(result, args.input))
     if args.json:
-        with open(args.json, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        paths.write_text(args.json, json.dumps(result, indent=2))
         print(f"wrote {args.json}")
     return 0

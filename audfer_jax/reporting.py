@@ -8,7 +8,6 @@ a line), TensorBoard events (scalars, confusion-matrix images) and
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from typing import Mapping
@@ -16,6 +15,8 @@ from typing import Mapping
 import jax
 import ml_collections
 import numpy as np
+
+from audfer_jax import paths
 
 
 def confusion_image(cm, cell: int = 24) -> np.ndarray:
@@ -42,7 +43,7 @@ class JsonlWriter:
     """A clu `MetricWriter` appending `{"step", "kind", ...}` lines to a file."""
 
     def __init__(self, path: str):
-        self._file = open(path, "a", encoding="utf-8")
+        self._file = paths.open_append(path)
 
     def _write(self, step, kind, values):
         self._file.write(json.dumps({"step": int(step), "kind": kind, **values}) + "\n")
@@ -92,16 +93,16 @@ def make_writer(workdir: str):
     if jax.process_index() != 0:
         return metric_writers.create_default_writer(workdir, just_logging=True)
     default = metric_writers.create_default_writer(workdir, asynchronous=False)
-    jsonl = JsonlWriter(os.path.join(workdir, "metrics.jsonl"))
+    jsonl = JsonlWriter(paths.join(workdir, "metrics.jsonl"))
     return metric_writers.MultiWriter([default, jsonl])
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str) -> None:
     """Writes the resolved config as `workdir/config.json` (process 0)."""
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+        paths.makedirs(workdir)
+        paths.write_text(paths.join(workdir, "config.json"),
+                         config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 

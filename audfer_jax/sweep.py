@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from audfer_jax import cli_errors
+from audfer_jax import paths
 
 EPOCH_CHOICES = ("last", "best")
 STD_LABEL = "std (sample, ddof=1)"
@@ -71,6 +72,7 @@ def load_config_file(spec: str):
     if ".py:" in spec:
         cut = spec.index(".py:") + 3
         path, arg = spec[:cut], spec[cut + 1:]
+    # A config is Python to import: a local file, never a URL.
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} not found (from --config {spec!r})")
     name = "_audfer_config_" + os.path.splitext(os.path.basename(path))[0]
@@ -404,7 +406,7 @@ def to_csv(rows: Sequence[Row]) -> str:
 
 def fold_dir(workdir: str, fold: int) -> str:
     """`WORKDIR/fold_<k>`."""
-    return os.path.join(workdir, f"fold_{int(fold)}")
+    return paths.join(workdir, f"fold_{int(fold)}")
 
 
 def finished_result(directory: str) -> dict | None:
@@ -413,14 +415,13 @@ def finished_result(directory: str) -> dict | None:
     A run writes `metrics.json` only after its last epoch (`train.py`); a
     stopped or crashed run has none (or one without a last evaluation).
     """
-    path = os.path.join(directory, "metrics.json")
-    if not os.path.isfile(path):
+    path = paths.join(directory, "metrics.json")
+    if not paths.isfile(path):
         return None
-    with open(path, encoding="utf-8") as f:
-        try:
-            result = json.load(f)
-        except json.JSONDecodeError:
-            return None
+    try:
+        result = json.loads(paths.read_text(path))
+    except json.JSONDecodeError:
+        return None
     if not (result.get("last") and result.get("best")):
         return None
     return result
@@ -461,13 +462,15 @@ def run_sweep(make_config: Callable[[int], Any], folds: Sequence[int], workdir: 
     if runner is None:
         from audfer_jax import train
         runner = train.train_and_evaluate
-    os.makedirs(workdir, exist_ok=True)
+    workdir = paths.resolve(workdir)
+    if _is_main_process():
+        paths.makedirs(workdir)
     per_fold: dict[int, dict] = {}
     for fold in folds:
         directory = fold_dir(workdir, fold)
         result = finished_result(directory)
         if result is not None:
-            log(f"fold {fold}: finished earlier, read {os.path.join(directory, 'metrics.json')}")
+            log(f"fold {fold}: finished earlier, read {paths.join(directory, 'metrics.json')}")
         else:
             log(f"fold {fold}: training in {directory}")
             result = dict(runner(make_config(fold), directory))
@@ -482,14 +485,12 @@ def run_sweep(make_config: Callable[[int], Any], folds: Sequence[int], workdir: 
     rows = summarize_folds(per_fold)
     if not _is_main_process():
         return per_fold, rows
-    with open(os.path.join(workdir, "results.md"), "w", encoding="utf-8") as f:
-        f.write(to_markdown(rows, per_fold, title))
-    with open(os.path.join(workdir, "results.csv"), "w", encoding="utf-8", newline="") as f:
-        f.write(to_csv(rows))
-    with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
-        json.dump({"std": "sample (ddof=1)", "per_fold": {str(k): v for k, v in per_fold.items()},
-                   "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
-                             for k, v in r.items()} for r in rows]}, f, indent=2)
+    paths.write_text(paths.join(workdir, "results.md"), to_markdown(rows, per_fold, title))
+    paths.write_text(paths.join(workdir, "results.csv"), to_csv(rows))
+    paths.write_text(paths.join(workdir, "results.json"), json.dumps(
+            {"std": "sample (ddof=1)", "per_fold": {str(k): v for k, v in per_fold.items()},
+             "rows": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                       for k, v in r.items()} for r in rows]}, indent=2))
     return per_fold, rows
 
 
@@ -523,8 +524,9 @@ def main(argv: list[str]) -> int:
     def make_config(fold: int):
         return apply_overrides(load_config_file(with_fold(args.config, fold)), overrides)
 
-    _, rows = run_sweep(make_config, folds, os.path.abspath(args.workdir),
+    workdir = paths.resolve(args.workdir)
+    _, rows = run_sweep(make_config, folds, workdir,
                         title=f"{args.config} (folds {args.folds})")
     print(to_markdown(rows))
-    print(f"wrote {os.path.join(args.workdir, 'results.md')}, results.csv, results.json")
+    print(f"wrote {paths.join(workdir, 'results.md')}, results.csv, results.json")
     return 0

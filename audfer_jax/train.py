@@ -33,7 +33,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-import os
 import time
 from typing import Any, Callable
 
@@ -44,6 +43,7 @@ import numpy as np
 from audfer_jax import checkpoint as ckpt_lib
 from audfer_jax import experiment
 from audfer_jax import parallel
+from audfer_jax import paths
 from audfer_jax import preemption
 from audfer_jax import reporting
 
@@ -140,9 +140,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     parallel.enable_compilation_cache(config.compile_cache_dir)
     if data is None:
         from audfer_jax.data import pipeline as data  # pylint: disable=g-import-not-at-top
-    workdir = os.path.abspath(workdir)
+    workdir = paths.resolve(workdir)
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
+        paths.makedirs(workdir)
     with jax.set_mesh(parallel.make_mesh()), preemption.PreemptionGuard() as guard:
         run = _start(config, workdir, data, model, guard)
         try:
@@ -188,11 +188,11 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir_or_checkpoint
     parallel.enable_compilation_cache(config.get("compile_cache_dir", ""))
     if data is None:
         from audfer_jax.data import pipeline as data  # pylint: disable=g-import-not-at-top
-    path = os.path.abspath(workdir_or_checkpoint)
+    path = paths.resolve(workdir_or_checkpoint)
     with jax.set_mesh(parallel.make_mesh()):
         exp = experiment.Experiment(config, path, data, for_training=False, model=model)
-        if os.path.isdir(os.path.join(path, "checkpoints")) or os.path.isdir(
-                os.path.join(path, "best")):
+        if paths.isdir(paths.join(path, "checkpoints")) or paths.isdir(
+                paths.join(path, "best")):
             ckpt = ckpt_lib.TrainCheckpointer(path)
             try:
                 state, meta = ckpt.restore(exp.state, best=best)
@@ -417,10 +417,10 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int) -> None:
             meta["best"] = {**record, "criterion": run.best_metric, "value": value}
             run.ckpt.save_best(run.step, hs, run.make_meta(run.step))
             run.console.line(f"  best so far ({run.best_metric} {value:.2f}): saved to "
-                             f"{os.path.join(run.workdir, 'best', str(run.step))}")
+                             f"{paths.join(run.workdir, 'best', str(run.step))}")
     if run.ckpt.maybe_save(run.step, run.host_state(), lambda: run.make_meta(run.step)):
         run.console.line(f"  checkpoint: step {run.step} -> "
-                         f"{os.path.join(run.workdir, 'checkpoints', str(run.step))}")
+                         f"{paths.join(run.workdir, 'checkpoints', str(run.step))}")
     # Training throughput leaves evaluation and saving out.
     run.t_window += time.time() - t_eval
     run.t_session += time.time() - t_eval
@@ -436,7 +436,7 @@ def _finish(run: _Run) -> dict:
         run.console.line(
                 f"stopped by {run.guard.reason()} at step {run.step} (epoch "
                 f"{run.step // spe + 1}, batch {run.step % spe + 1} next); checkpoint saved in "
-                f"{os.path.join(run.workdir, 'checkpoints')}. Resume with the same command "
+                f"{paths.join(run.workdir, 'checkpoints')}. Resume with the same command "
                 f"(same --config and --workdir).")
         return {"preempted_at_step": run.step, "signal": run.guard.reason(),
                 "class_names": exp.class_names}
@@ -449,8 +449,7 @@ def _finish(run: _Run) -> dict:
               "best_metric": run.best_metric, "last": _label(meta.get("last"), "last"),
               "best": _label(meta.get("best"), "best"), "history": meta.get("history", [])}
     if run.process0:
-        with open(os.path.join(run.workdir, "metrics.json"), "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=2)
+        paths.write_text(paths.join(run.workdir, "metrics.json"), json.dumps(result, indent=2))
     run.ckpt.close()
     run.writer.close()
     return result

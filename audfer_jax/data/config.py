@@ -16,7 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import typing
-from typing import Any, Mapping, Optional
+from typing import Any, Optional
 
 import ml_collections
 

@@ -65,6 +65,8 @@ import concurrent.futures
 import json
 import multiprocessing
 import os
+import re
+import tempfile
 import time
 from typing import Optional, Sequence
 
@@ -72,6 +74,7 @@ import cv2
 import numpy as np
 
 from audfer_jax import cli_errors
+from audfer_jax import paths
 from audfer_jax.au import AU_NAMES
 from audfer_jax.classes import DFEW_CLASSES
 
@@ -655,6 +658,9 @@ def write_demo_dataset(out_dir: str, num_clips: int = 2000, seed: int = 0,
     Raises:
         ValueError: bad sizes or counts.
     """
+    if paths.is_remote(out_dir):
+        raise ValueError(f"{out_dir}: the demo set is a raw release, written and read with "
+                         "local file APIs; give a local folder (see raw_dir_for)")
     if image_size < 32:
         raise ValueError(f"image_size must be >= 32, got {image_size}")
     start = time.perf_counter()
@@ -691,6 +697,20 @@ def write_demo_dataset(out_dir: str, num_clips: int = 2000, seed: int = 0,
     with open(os.path.join(dfew_dir, "demo_info.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1)
     return summary
+
+
+def raw_dir_for(data_dir: str) -> str:
+    """Where the demo release for prepared data under `data_dir` goes.
+
+    `<data_dir>/demo_raw` for a local `data_dir`. For a URL (`gs://...`) a
+    local folder instead, `<tmp>/audfer_jax_demo_raw/<data_dir as a name>`:
+    the demo writer and the release readers work on local files only, and only
+    the prepared records need to live in the bucket.
+    """
+    if paths.is_remote(data_dir):
+        name = re.sub(r"[^A-Za-z0-9._-]+", "_", paths.resolve(data_dir))
+        return os.path.join(tempfile.gettempdir(), "audfer_jax_demo_raw", name)
+    return paths.join(paths.resolve(data_dir), "demo_raw")
 
 
 def _write_splits(dfew_dir: str, plan: dict) -> None:

@@ -33,13 +33,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import os
 from typing import Any, Iterable, Optional
 
-import ml_collections
 import numpy as np
 
 from audfer_jax import classes
+from audfer_jax import paths
 from audfer_jax.au import NUM_AUS
 from audfer_jax.data import config as data_config_lib
 from audfer_jax.data import prepare as prepare_lib
@@ -85,9 +84,9 @@ def ensure_prepared(data_config, log=print, demo_clips: int = 2000,
     """Prepares the configured fold if needed; returns its path.
 
     For `name == 'demo'` with no `raw_dir`, the demo set is first written to
-    ``<data_dir>/demo_raw`` by `audfer_jax.data.demo.write_demo_dataset`
-    (`demo_clips` clips). Call it from one process only (process 0) before
-    building datasets.
+    ``<data_dir>/demo_raw`` (a local folder for a ``gs://`` data_dir:
+    `demo.raw_dir_for`) by `audfer_jax.data.demo.write_demo_dataset` (`demo_clips`
+    clips). Call it from one process only (process 0) before building datasets.
     """
     dc = _typed(data_config)
     path = prepared_path(dc)
@@ -96,8 +95,8 @@ def ensure_prepared(data_config, log=print, demo_clips: int = 2000,
     raw = dc.raw_dir
     if not raw and dc.name == "demo":
         from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
-        raw = os.path.join(dc.data_dir, "demo_raw")
-        if not os.path.isdir(raw):
+        raw = demo.raw_dir_for(dc.data_dir)
+        if not paths.isdir(raw):
             demo.write_demo_dataset(raw, num_clips=int(demo_clips))
     if not raw:
         raise ValueError(f"{path} is not prepared and config.data.raw_dir is empty; "

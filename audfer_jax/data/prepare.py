@@ -14,6 +14,12 @@ temporary folder renamed at the end, so an interrupted fold leaves no data and
 is redone (its stale temporary folder is removed first; one writer per data
 dir assumed).
 
+`data_dir` may be a cloud storage URL (``gs://bkt/data``, see
+`audfer_jax.paths`): TFDS writes the records through TensorFlow's filesystems
+and the sidecar files go through `audfer_jax.paths`. `raw_dir` must be a
+local folder: the release readers list and read frames with local file APIs
+(copy a release from a bucket first, e.g. ``gcloud storage rsync``).
+
 Source: ../shared/spec/datasets.md sections 0 and 9, engineering.md section 6.
 """
 
@@ -23,7 +29,6 @@ import contextlib
 import dataclasses
 import io
 import os
-import shutil
 import sys
 from typing import Callable, Optional, Sequence, Union
 
@@ -31,6 +36,7 @@ import numpy as np
 
 from audfer_jax import cli_errors
 from audfer_jax import classes
+from audfer_jax import paths
 from audfer_jax.data import records
 
 REPORT_NAME = "prepare_report.txt"
@@ -84,7 +90,7 @@ def version_dir(data_dir: str, dataset: str, fold: int, frame_set=None,
     """Path of a prepared fold: ``<data_dir>/<builder>/<config>/<version>``."""
     from audfer_jax.data.tfds import builders, common  # pylint: disable=g-import-not-at-top
     cls = builders.builder_class(dataset)
-    return os.path.join(os.fspath(data_dir), cls.name,
+    return paths.join(os.fspath(data_dir), cls.name,
                         common.config_name(fold, frame_set, au_source, prepare_size,
                                            reader_options),
                         str(common.VERSION))
@@ -92,23 +98,23 @@ def version_dir(data_dir: str, dataset: str, fold: int, frame_set=None,
 
 def is_prepared(path: str) -> bool:
     """True when `path` (a version folder) holds a finished TFDS dataset."""
-    return os.path.isfile(os.path.join(path, "dataset_info.json"))
+    return paths.isfile(paths.join(path, "dataset_info.json"))
 
 
 def _remove_stale(config_dir: str) -> None:
     """Deletes temporary folders an interrupted TFDS run left behind."""
-    if not os.path.isdir(config_dir):
+    if not paths.isdir(config_dir):
         return
-    for name in os.listdir(config_dir):
+    for name in paths.listdir(config_dir):
         if "incomplete" in name.lower():
-            shutil.rmtree(os.path.join(config_dir, name), ignore_errors=True)
+            paths.rmtree(paths.join(config_dir, name))
 
 
 def write_index(path: str, split: str, rows: list[dict]) -> str:
     """Writes the per-split sidecar index (see module docstring); returns its path."""
-    out = os.path.join(path, f"index_{split}.npz")
-    tmp = out + ".tmp.npz"
-    np.savez(tmp,
+    out = paths.join(path, f"index_{split}.npz")
+    buf = io.BytesIO()
+    np.savez(buf,
              key=np.array([r["key"] for r in rows], dtype=object).astype(str),
              index=np.array([r["index"] for r in rows], np.int32),
              label=np.array([r["label"] for r in rows], np.int32),
@@ -116,7 +122,11 @@ def write_index(path: str, split: str, rows: list[dict]) -> str:
              au_target_all=np.array([r["au_target_all"] for r in rows],
                                     np.float32).reshape(len(rows), -1),
              has_au_all=np.array([r["has_au_all"] for r in rows], np.float32))
-    os.replace(tmp, out)
+    # Written aside and renamed, so that a reader never sees half a file
+    # (a GCS object is replaced whole anyway).
+    tmp = out + ".tmp"
+    paths.write_bytes(tmp, buf.getvalue())
+    paths.replace(tmp, out)
     return out
 
 
@@ -140,10 +150,10 @@ def index_rows_from_records(path: str, split: str) -> list[dict]:
 
 def load_index(path: str, split: str) -> dict[str, np.ndarray]:
     """The sidecar index of a prepared split, rebuilt and written if missing."""
-    file = os.path.join(path, f"index_{split}.npz")
-    if not os.path.isfile(file):
+    file = paths.join(path, f"index_{split}.npz")
+    if not paths.isfile(file):
         write_index(path, split, index_rows_from_records(path, split))
-    with np.load(file) as z:
+    with np.load(io.BytesIO(paths.read_bytes(file))) as z:
         return {k: z[k] for k in z.files}
 
 
@@ -158,8 +168,9 @@ def prepare(dataset: str, raw_dir: str, data_dir: str,
 
     Args:
         dataset: 'dfew' | 'ferv39k' | 'mafw' | 'demo'.
-        raw_dir: the release root (TFDS `manual_dir`).
-        data_dir: root of the prepared data (passed to TFDS explicitly).
+        raw_dir: the release root (TFDS `manual_dir`), a local folder.
+        data_dir: root of the prepared data (passed to TFDS explicitly), a
+            local folder or a URL (`gs://...`).
         folds: int, list, 'all' or None (= all).
         frame_set, au_source, reader_options: passed to `read_split`.
         prepare_size: shorter side in pixels to resize frames to, or None.
@@ -181,6 +192,9 @@ def prepare(dataset: str, raw_dir: str, data_dir: str,
     dataset = dataset.lower()
     # Argument checks first: they need no TensorFlow (seconds to import).
     fold_list = resolve_folds(dataset, folds)
+    if paths.is_remote(raw_dir):
+        raise ValueError(f"raw_dir {raw_dir!r}: the release must be a local folder (its "
+                         "readers use local file APIs); copy it from the bucket first")
     if not os.path.isdir(raw_dir):
         raise ValueError(f"raw_dir {raw_dir!r} is not a folder; expected the {dataset} "
                          "release root (see data/README.md)")
@@ -191,7 +205,9 @@ def prepare(dataset: str, raw_dir: str, data_dir: str,
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     from audfer_jax.data.tfds import builders, common  # pylint: disable=g-import-not-at-top
     tf.config.set_visible_devices([], "GPU")
-    os.makedirs(data_dir, exist_ok=True)
+    data_dir = paths.resolve(data_dir)
+    raw_dir = paths.resolve(raw_dir)
+    paths.makedirs(data_dir)
     results = []
     for fold in fold_list:
         cls = builders.builder_class(dataset)
@@ -201,8 +217,8 @@ def prepare(dataset: str, raw_dir: str, data_dir: str,
             cfg = cfg.name  # TFDS wants the predefined object, or its name
         path = version_dir(data_dir, dataset, fold, frame_set, au_source,
                            prepare_size, reader_options)
-        config_dir = os.path.dirname(path)
-        report_path = os.path.join(config_dir, REPORT_NAME)
+        config_dir = paths.dirname(path)
+        report_path = paths.join(config_dir, REPORT_NAME)
         if is_prepared(path):
             log(f"[prepare] {dataset} fold {fold}: already prepared at {path}, skipped")
             counts = {s: _class_counts(dataset, load_index(path, s)["label"])
@@ -255,7 +271,7 @@ def _class_counts(dataset: str, labels) -> np.ndarray:
 
 def _write_report(path: str, dataset: str, fold: int, report: records.Report,
                   counts: Optional[dict]) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    paths.makedirs(paths.dirname(path))
     lines = [f"dataset {dataset} fold {fold}",
              "status: " + ("prepared" if counts is not None else "FAILED")]
     lines += [f"{k}: {v}" for k, v in sorted(report.counts.items())]
@@ -267,8 +283,7 @@ def _write_report(path: str, dataset: str, fold: int, report: records.Report,
     if report.warnings:
         lines.append(f"{len(report.warnings)} warning(s):")
         lines += [str(w) for w in report.warnings]
-    with open(path, "w", encoding="utf-8") as f:
-        f.write("\n".join(lines) + "\n")
+    paths.write_text(path, "\n".join(lines) + "\n")
 
 
 def summary_table(results: list[PreparedFold]) -> str:
@@ -291,7 +306,8 @@ def main(argv: list[str]) -> int:
     p = cli_errors.ArgumentParser(prog="audfer-jax prepare", description=__doc__.split("\n")[0])
     p.add_argument("--dataset", required=True, choices=sorted(_FOLDED))
     p.add_argument("--raw_dir", required=True, help="release root (TFDS manual_dir)")
-    p.add_argument("--data_dir", required=True, help="root of the prepared data")
+    p.add_argument("--data_dir", required=True,
+                   help="root of the prepared data (local or gs://...)")
     p.add_argument("--fold", default="all", help="1..5 or 'all' (FERV39k: 0 or all)")
     p.add_argument("--frame_set", default=None, help="full | 16f | path (reader default if unset)")
     p.add_argument("--au_source", default=None, help="AU label source (reader option)")

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audfer_jax import cli_errors
+from audfer_jax import paths
 from audfer_jax.models import available_models, default_input_shape, get_model
 
 # ---------------------------------------------------------------------------
@@ -1074,7 +1075,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "into Flax variables.")
     parser.add_argument("--model", required=True, choices=available_models())
     parser.add_argument("--checkpoint", required=True, help="the .pth file")
-    parser.add_argument("--out", required=True, help="output directory (must not exist)")
+    parser.add_argument("--out", required=True,
+                        help="output directory, local or gs://... (must not exist)")
     parser.add_argument("--num_classes", type=int, default=7)
     parser.add_argument("--num_aus", type=int, default=18)
     parser.add_argument("--source", default="auto", choices=["auto"] + sorted(SOURCES))
@@ -1083,7 +1085,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--verbose", action="store_true", help="list every loaded leaf")
     args = parser.parse_args(list(argv) if argv is not None else None)
 
-    if os.path.exists(args.out):
+    if paths.exists(args.out):
         print(f"audfer-jax convert: error: {args.out} already exists; choose a new --out",
               file=sys.stderr)
         return 1
@@ -1108,7 +1110,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     print(report.summary(args.verbose))
     variables = fill_fresh(variables, real_init)
     metadata = {"model": args.model, "num_classes": args.num_classes,
-                "num_aus": args.num_aus, "source_file": os.path.abspath(args.checkpoint),
+                "num_aus": args.num_aus, "source_file": paths.resolve(args.checkpoint),
                 "source": report.source,
                 "checkpoint_info": json.loads(json.dumps(info, default=str)),
                 "report": report.to_dict()}
