@@ -21,8 +21,9 @@ from typing import Any, Optional
 import ml_collections
 
 # Official fold counts (datasets.md): DFEW and MAFW 5 folds, FERV39k one split
-# (fold 0), the synthetic demo set in DFEW's layout with its fold 1.
-FOLDS = {"dfew": (1, 2, 3, 4, 5), "ferv39k": (0,), "mafw": (1, 2, 3, 4, 5), "demo": (1,)}
+# (fold 0), the synthetic demo set in DFEW's layout with its 5 folds (demo.py).
+FOLDS = {"dfew": (1, 2, 3, 4, 5), "ferv39k": (0,), "mafw": (1, 2, 3, 4, 5),
+         "demo": (1, 2, 3, 4, 5)}
 DATASETS = tuple(FOLDS)
 SAMPLINGS = ("segments", "uniform", "fixed_rate")
 JITTERS = ("reference", "segment")
