@@ -445,10 +445,12 @@ def rand_augment_op(x: Array, op, level, sign) -> Array:
 
 def rand_augment(x: Array, params: dict) -> Array:
     """RandAugment of a `[T, H, W, 3] float32` clip in [0, 255], ops from `sample_rand_augment`."""
-    for k in range(params["ops"].shape[0]):
-        op = jnp.where(params["apply"][k], params["ops"][k], NUM_RAND_OPS)
-        x = jnp.clip(rand_augment_op(x, op, params["levels"][k], params["signs"][k]), 0.0, 255.0)
-    return x
+    def layer(x, p):
+        op = jnp.where(p["apply"], p["ops"], NUM_RAND_OPS)
+        return jnp.clip(rand_augment_op(x, op, p["levels"], p["signs"]), 0.0, 255.0), None
+
+    # A scan over the layers: one layer is compiled, not four (compile time).
+    return jax.lax.scan(layer, x, {k: params[k] for k in ("ops", "apply", "levels", "signs")})[0]
 
 
 def random_erasing(x: Array, params: dict) -> Array:
