@@ -258,17 +258,22 @@ def test_frames_of_a_clip_share_one_draw(frames, recipe):
 
 
 def test_augment_batch_jit_shapes_and_per_clip_keys(frames):
-    clips = jnp.asarray(np.repeat(frames[None], 3, axis=0))        # [3, 2, 64, 72, 3]
+    clips = jnp.asarray(np.repeat(frames[None], 4, axis=0))        # [4, 2, 64, 72, 3]
+    key = jax.random.PRNGKey(3)
     out = np.asarray(jax.jit(lambda k, c: ad.augment_batch(k, c, "mae_dfer", out_size=40))(
-            jax.random.PRNGKey(0), clips))
-    assert out.shape == (3, 2, 40, 40, 3) and out.dtype == np.uint8
+            key, clips))
+    assert out.shape == (4, 2, 40, 40, 3) and out.dtype == np.uint8
     assert _max_diff(out[0], out[1]) > 0
-    # Clip i's draw is augment_clip with the i-th split key.
-    out = jax.jit(lambda k, c: ad.augment_batch(k, c, "former_dfer", out_size=40))(
-            jax.random.PRNGKey(0), clips)
-    keys = jax.random.split(jax.random.PRNGKey(0), 3)
-    np.testing.assert_array_equal(out[2], jax.jit(
-            lambda k, c: ad.augment_clip(k, c, "former_dfer", out_size=40))(keys[2], clips[2]))
+    # Clip i's draw is augment_clip with the i-th split key (the batch path
+    # runs RandAugment batch-wise and erasing under a batch-level cond).
+    keys = jax.random.split(key, 4)
+    one = jax.jit(lambda k, c: ad.augment_clip(k, c, "mae_dfer", out_size=40))
+    erased = 0
+    for i in range(4):
+        np.testing.assert_array_equal(out[i], one(keys[i], clips[i]))
+        p = ad.sample_clip_params(keys[i], "mae_dfer", 64, 72, 40)
+        erased += int(p["erasing"]["erase"])
+    assert erased >= 1      # this key erases a clip: the cond's erasing branch is checked
     with pytest.raises(ValueError, match="uint8"):
         ad.augment_batch(jax.random.PRNGKey(0), clips.astype(jnp.float32), "mae_dfer",
                          out_size=40)

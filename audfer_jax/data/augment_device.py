@@ -429,6 +429,10 @@ def _sharpness(x, factor):
     return _blend(x, jnp.where(inner, smooth, x), factor)
 
 
+# Branches with gathers, scatters or reductions: evaluated only when drawn.
+_COSTLY = (0, 1, 3, 10)
+
+
 def rand_augment_ops(x: Array, op, level, sign) -> Array:
     """One RandAugment op per clip, timm's increasing set, on `[B, T, H, W, 3] float32`.
 
@@ -473,10 +477,16 @@ def rand_augment_ops(x: Array, op, level, sign) -> Array:
         9: lambda x: _blend(x, jnp.zeros_like(x), enhance),      # BrightnessIncreasing
         10: lambda x: _sharpness(x, enhance),
     }
-    branch = _bc(jnp.where((op >= 11) & (op < NUM_RAND_OPS), 3, op))
+    branch = jnp.where((op >= 11) & (op < NUM_RAND_OPS), 3, op)
     out = x
     for k, fn in branches.items():
-        out = jnp.where(branch == k, fn(x), out)
+        if k in _COSTLY:
+            # Skipped when no clip of the batch draws it (p 1/30 per clip and
+            # layer for equalize): saves most of the cost at small batches.
+            y = jax.lax.cond(jnp.any(branch == k), fn, lambda x: x, x)
+        else:
+            y = fn(x)
+        out = jnp.where(_bc(branch == k), y, out)
     return out
 
 
@@ -601,7 +611,9 @@ def augment_batch(key: Array, clips: Array, recipe: str, *, out_size: int) -> Ar
     # As apply_clip_params, with RandAugment batch-wise (see its section).
     x = rand_augment_batch(clips.astype(jnp.float32), params["rand_augment"])
 
-    def finish(x, p):
-        return random_erasing(to_uint8(crop_resize(x, p["box"], out_size, p["flip"])),
-                              p["erasing"])
-    return jax.vmap(finish)(x, params)
+    x = jax.vmap(lambda x, p: to_uint8(crop_resize(x, p["box"], out_size, p["flip"])))(
+            x, params)
+    erase = jax.vmap(random_erasing)
+    # The noise is drawn only when some clip of the batch is erased (p 0.25 each).
+    return jax.lax.cond(jnp.any(params["erasing"]["erase"]),
+                        lambda x: erase(x, params["erasing"]), lambda x: x, x)
