@@ -205,6 +205,8 @@ class Experiment:
         lam, prior, pos_weight: the AU loss constants (`resolve_loss`).
         state: the initial, replicated `TrainState`.
         eval_step: jitted `steps.make_eval_step`.
+        device_augment: the train step's clip augmentation
+            (`data.make_device_augment`), or None (done on the host).
     """
 
     def __init__(self, config, workdir, data, *, for_training: bool, model=None):
@@ -216,6 +218,8 @@ class Experiment:
         if for_training:
             data_config = prepare_data_if_needed(config, data, data_config)
         self.data_config = data_config
+        self.device_augment = (data.make_device_augment(data_config)
+                               if hasattr(data, "make_device_augment") else None)
         self.info = data.dataset_info(self.data_config)
         self.class_names = list(self.info.class_names)
         self.num_classes = len(self.class_names)

@@ -84,7 +84,8 @@ def abstract_params(model, input_shape):
 
 def make_train_step(model, config: ml_collections.ConfigDict, *,
                     tx: optax.GradientTransformation, schedule: Callable,
-                    prior, pos_weight, lam: float, num_classes: int) -> Callable:
+                    prior, pos_weight, lam: float, num_classes: int,
+                    augment: Callable | None = None) -> Callable:
     """The train step shared by both strategies: `step(state, batch, axis_name=None)`.
 
     Args:
@@ -94,6 +95,9 @@ def make_train_step(model, config: ml_collections.ConfigDict, *,
         prior: `[C, 18]` AU prior; pos_weight: None, `[18]` or `[C, 18]`.
         lam: AU loss weight (0 = CE only).
         num_classes: C.
+        augment: the device-side clip augmentation
+            (`data.augment_device.make_device_augment`), `fn(key, clips
+            [B, T, S, S, 3] uint8) -> [B, T, H, W, 3] uint8`, or None.
 
     Returns:
         `step(state, batch, axis_name=None) -> (state, metrics)`. `batch` holds
@@ -107,12 +111,7 @@ def make_train_step(model, config: ml_collections.ConfigDict, *,
     psum of the denominators, so that the psum of the per-device gradients is
     the gradient of the global mean whatever the per-device counts.
     """
-    prior = jnp.asarray(prior, jnp.float32)
-    pos_weight = None if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
-    smoothing = float(config.label_smoothing)
-    scale = float(config.au.scale)
-    mix = config.mixup
-    use_mixup = bool(mix.enabled)
+    objective = _make_objective(model, config, prior, pos_weight, lam)
 
     def step(state: TrainState, batch: Mapping[str, jax.Array], axis_name: str | None = None):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -120,62 +119,82 @@ def make_train_step(model, config: ml_collections.ConfigDict, *,
             rng = jax.random.fold_in(rng, parallel.device_index(axis_name))
         mix_rng, dropout_rng = jax.random.split(rng)
         batch = dict(batch)
+        if augment is not None:
+            # Its own stream: split(rng) takes counters 0 and 1 (fold_in(rng, 1)
+            # equals split(rng)[1]), so the augmentation folds in 2.
+            batch["clips"] = augment(jax.random.fold_in(rng, 2), batch["clips"])
+        batch, targets, ce_smoothing = _mix(mix_rng, batch, config, num_classes)
         mask = batch["mask"].astype(jnp.float32)
-        if use_mixup:
-            batch = mixup_lib.mixup_cutmix(
-                    mix_rng, batch, num_classes, mixup_alpha=float(mix.mixup_alpha),
-                    cutmix_alpha=float(mix.cutmix_alpha), switch_prob=float(mix.switch_prob),
-                    prob=float(mix.prob), label_smoothing=float(mix.label_smoothing))
-            targets = batch["label_probs"]
-            mask = batch["mask"].astype(jnp.float32)
-            ce_smoothing = 0.0     # the mixed targets are smoothed already (timm Mixup)
-        else:
-            targets = batch["labels"]
-            ce_smoothing = smoothing
         au_mask = mask * batch["au_mask"].astype(jnp.float32)
         # Denominators do not depend on the parameters: global sums, computed once.
-        ce_den = parallel.psum_if(jnp.sum(mask), axis_name)
-        au_den = parallel.psum_if(au_lib.NUM_AUS * jnp.sum(au_mask), axis_name)
-        has_bn = bool(jax.tree.leaves(state.batch_stats))
-
-        def loss_fn(params):
-            variables = {"params": params}
-            if has_bn:
-                variables["batch_stats"] = state.batch_stats
-            out, new_vars = model.apply(variables, batch["clips"], train=True,
-                                        rngs={"dropout": dropout_rng},
-                                        mutable=["batch_stats"] if has_bn else [])
-            ce_num, _ = losses.cross_entropy_sums(out.logits, targets, ce_smoothing, mask)
-            au_num, _ = losses.au_weighted_bce_sums(out.au_logits, batch["au_targets"],
-                                                    targets, prior, pos_weight, scale=scale,
-                                                    mask=au_mask)
-            ce = ce_num / jnp.maximum(ce_den, 1.0)
-            au_term = au_num / jnp.where(au_den > 0, au_den, 1.0)
-            if lam == 0:
-                loss = ce + 0.0 * jax.lax.stop_gradient(au_term)
-            else:
-                loss = (1.0 - lam) * ce + lam * au_term
-            correct = jnp.sum(mask * (jnp.argmax(out.logits, -1) == batch["labels"]))
-            return loss, (new_vars, ce, au_term, correct)
-
+        dens = (parallel.psum_if(jnp.sum(mask), axis_name),
+                parallel.psum_if(au_lib.NUM_AUS * jnp.sum(au_mask), axis_name))
         (loss, (new_vars, ce, au_term, correct)), grads = jax.value_and_grad(
-                loss_fn, has_aux=True)(state.params)
+                objective, has_aux=True)(state.params, state.batch_stats, batch, targets,
+                                         ce_smoothing, mask, au_mask, dens, dropout_rng)
         grads = parallel.psum_if(grads, axis_name)
         loss, ce, au_term, correct = parallel.psum_if((loss, ce, au_term, correct), axis_name)
         batch_stats = state.batch_stats
-        if has_bn:
+        if jax.tree.leaves(state.batch_stats):
             batch_stats = parallel.pmean_if(new_vars["batch_stats"], axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                                   opt_state=opt_state)
         metrics = {"loss": loss, "ce": ce, "au_bce": au_term,
-                   "accuracy": correct / jnp.maximum(ce_den, 1.0),
+                   "accuracy": correct / jnp.maximum(dens[0], 1.0),
                    "lr": jnp.asarray(schedule(state.step), jnp.float32),
-                   "grad_norm": optax.tree.norm(grads), "count": ce_den}
+                   "grad_norm": optax.tree.norm(grads), "count": dens[0]}
         return new_state, jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), metrics)
 
     return step
+
+
+def _mix(rng, batch: dict, config, num_classes: int):
+    """`(batch, targets, ce_smoothing)`: mixup/cutmix when `config.mixup.enabled`.
+
+    Targets are `labels [B] int32`, or `label_probs [B, C]` after mixing (then
+    already smoothed, as timm's Mixup does, so the CE adds none).
+    """
+    mix = config.mixup
+    if not mix.enabled:
+        return batch, batch["labels"], float(config.label_smoothing)
+    batch = mixup_lib.mixup_cutmix(
+            rng, batch, num_classes, mixup_alpha=float(mix.mixup_alpha),
+            cutmix_alpha=float(mix.cutmix_alpha), switch_prob=float(mix.switch_prob),
+            prob=float(mix.prob), label_smoothing=float(mix.label_smoothing))
+    return batch, batch["label_probs"], 0.0
+
+
+def _make_objective(model, config, prior, pos_weight, lam: float) -> Callable:
+    """The differentiated function: params -> (loss, (new BN vars, ce, au, correct))."""
+    prior = jnp.asarray(prior, jnp.float32)
+    pos_weight = None if pos_weight is None else jnp.asarray(pos_weight, jnp.float32)
+    scale = float(config.au.scale)
+
+    def objective(params, batch_stats, batch, targets, ce_smoothing, mask, au_mask, dens,
+                  dropout_rng):
+        has_bn = bool(jax.tree.leaves(batch_stats))
+        variables = {"params": params}
+        if has_bn:
+            variables["batch_stats"] = batch_stats
+        out, new_vars = model.apply(variables, batch["clips"], train=True,
+                                    rngs={"dropout": dropout_rng},
+                                    mutable=["batch_stats"] if has_bn else [])
+        ce_num, _ = losses.cross_entropy_sums(out.logits, targets, ce_smoothing, mask)
+        au_num, _ = losses.au_weighted_bce_sums(out.au_logits, batch["au_targets"], targets,
+                                                prior, pos_weight, scale=scale, mask=au_mask)
+        ce_den, au_den = dens
+        ce = ce_num / jnp.maximum(ce_den, 1.0)
+        au_term = au_num / jnp.where(au_den > 0, au_den, 1.0)
+        if lam == 0:
+            loss = ce + 0.0 * jax.lax.stop_gradient(au_term)
+        else:
+            loss = (1.0 - lam) * ce + lam * au_term
+        correct = jnp.sum(mask * (jnp.argmax(out.logits, -1) == batch["labels"]))
+        return loss, (new_vars, ce, au_term, correct)
+
+    return objective
 
 
 def make_eval_step(model, num_classes: int, *, prior=None, pos_weight=None,

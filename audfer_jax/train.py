@@ -232,7 +232,7 @@ def _start(config, workdir: str, data, model, guard: preemption.PreemptionGuard)
 
     step_fn = make_train_step(exp.model, config, tx=exp.tx, schedule=exp.schedule,
                               prior=exp.prior, pos_weight=exp.pos_weight, lam=exp.lam,
-                              num_classes=exp.num_classes)
+                              num_classes=exp.num_classes, augment=exp.device_augment)
     strategy = str(config.strategy)
     if strategy == "jit":
         train_step = parallel.jit_step(step_fn, exp.mesh)

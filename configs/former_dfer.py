@@ -19,6 +19,11 @@ def get_config(arg: str | None = None):
     c.model = "former_dfer"
     c.data.num_frames = 16
     c.data.image_size = 112
+    # Frames stored square at 128 px (`audfer-jax prepare --prepare_size 128`): the
+    # crop source of the random crop, so the host only decodes and the train step
+    # augments (data.augment_device). The reference crops from the releases'
+    # 224 px frames: prepare_size=None with augment_device=False does that, on the host.
+    c.data.prepare_size = 128
     c.data.sampling = "segments"
     c.data.num_segments = 8
     c.data.frames_per_segment = 2

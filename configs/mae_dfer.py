@@ -24,6 +24,11 @@ def get_config(arg: str | None = None):
     c.model = "mae_dfer"
     c.data.num_frames = 16
     c.data.image_size = 160
+    # Frames stored square at 192 px (`audfer-jax prepare --prepare_size 192`): the
+    # crop source of the random crop, so the host only decodes and the train step
+    # augments (data.augment_device). The reference crops from the releases'
+    # 224 px frames: prepare_size=None with augment_device=False does that, on the host.
+    c.data.prepare_size = 192
     c.data.sampling = "fixed_rate"
     c.data.sampling_rate = 1 if a.dataset == "ferv39k" else 4
     c.data.augment = "mae_dfer"

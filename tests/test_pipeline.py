@@ -305,3 +305,23 @@ def test_resize_shrink_is_antialiased(fast):
     np.testing.assert_allclose(y[:, 2:-2, 2:-2], 127.5, atol=1.0)
     same = augment.resize(x, 32).numpy()
     np.testing.assert_array_equal(same, x.numpy().astype(np.float32))
+
+
+def test_augment_device_host_does_decode_sample_resize_only(prepared):
+    """With augment_device the host hands over the 'none' recipe's frames at the
+    crop source size (here image_size: no prepare_size); the device function
+    augments them."""
+    import jax  # pylint: disable=g-import-not-at-top
+    from audfer_jax.data import augment_device  # pylint: disable=g-import-not-at-top
+    config, _, _ = prepared
+    for recipe in ("former_dfer", "mae_dfer"):
+        c = _cfg(config, augment=recipe, augment_device=True, image_size=16)
+        host = _train(c, global_batch_size=4, seed=1, epoch=0)
+        plain = _train(_cfg(c, augment="none"), global_batch_size=4, seed=1, epoch=0)
+        for a, b in zip(host, plain):
+            np.testing.assert_array_equal(a["clips"], b["clips"])
+            np.testing.assert_array_equal(a["index"], b["index"])
+        out = augment_device.make_device_augment(c)(jax.random.PRNGKey(0), host[0]["clips"])
+        assert out.shape == (4, 16, 16, 16, 3) and out.dtype == np.uint8
+        ref = _train(_cfg(c, augment_device=False), global_batch_size=4, seed=1, epoch=0)
+        assert ref[0]["clips"].shape == (4, 16, 16, 16, 3)

@@ -60,6 +60,10 @@ class DataConfig:
         pad: 'edge' | 'loop' (short clips).
         reference_quirks: reproduce the reference samplers' off-by-one quirks.
         augment: training augmentation recipe, one of `AUGMENTS`.
+        augment_device: run the recipe's random per-clip transforms in the
+            jitted train step (`augment_device.make_device_augment`); the host
+            then only decodes, samples and resizes to `prepare_size` (else
+            `image_size`). False: everything in tf.data (the reference path).
         eval_temporal_views, eval_spatial_views: views per test clip (MAE-DFER
             tests 2 x 2); the prediction is the mean of the views' softmax.
         au_vote: AU target of a training clip: majority over the 'sampled'
@@ -85,6 +89,7 @@ class DataConfig:
     pad: str = "edge"
     reference_quirks: bool = False
     augment: str = "former_dfer"
+    augment_device: bool = True
     eval_temporal_views: int = 1
     eval_spatial_views: int = 1
     au_vote: str = "sampled"

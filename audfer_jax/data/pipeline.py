@@ -5,8 +5,10 @@ Reads the TFDS datasets written by `audfer-jax prepare` (located by
 `tfds.builder_from_directory`, so no builder code is needed to read), shards
 the records per process, samples frames (`sampling_tf`), decodes *only the
 sampled frames* (JPEG bytes are stored; a crop window is decoded with
-`decode_and_crop_jpeg` where possible), augments (`augment`), votes the AU
-target, and batches. Clips stay uint8 until the device
+`decode_and_crop_jpeg` where possible), augments (`augment`; with
+`augment_device` the train clips come out unaugmented at the crop source size
+`augment_device.host_frame_size` and the train step augments them), votes the
+AU target, and batches. Clips stay uint8 until the device
 (../shared/spec/engineering.md section 5).
 
 Batch contract (layout.md): ``clips [B, T, H, W, 3] uint8`` (``[B, V, T, H, W,
@@ -116,6 +118,18 @@ def _require_prepared(data_config) -> str:
             f"{data_config.name} --raw_dir ... --data_dir {data_config.data_dir} "
             f"--fold {data_config.fold}` (or pipeline.ensure_prepared)")
     return path
+
+
+def make_device_augment(data_config):
+    """The train step's device-side clip augmentation of the config, or None.
+
+    See `augment_device.make_device_augment`: with `augment_device` on and a
+    random recipe, train batches leave this pipeline unaugmented at
+    `augment_device.host_frame_size` and this function finishes them on the
+    device.
+    """
+    from audfer_jax.data import augment_device  # pylint: disable=g-import-not-at-top
+    return augment_device.make_device_augment(_typed(data_config))
 
 
 def dataset_info(data_config) -> DataInfo:
@@ -229,13 +243,21 @@ def _decode_all(tf, frames):
 
 def _train_frames(tf, frames, config, seeds):
     """`[U] string` JPEGs -> `[U, S, S, 3] uint8` augmented frames."""
-    from audfer_jax.data import augment  # pylint: disable=g-import-not-at-top
+    from audfer_jax.data import augment, augment_device  # pylint: disable=g-import-not-at-top
     size = int(config.image_size)
     kind = config.augment
     if kind not in AUGMENTS:
         raise ValueError(f"augment {kind!r} not in {AUGMENTS}")
     if kind == "none":
         return augment.to_uint8(augment.resize(_decode_all(tf, frames), size))
+    if config.augment_device:
+        # The device augments (augment_device.py): frames at the crop source
+        # size, resized only when stored at another size.
+        x = _decode_all(tf, frames)
+        src = augment_device.host_frame_size(config)
+        shape = tf.shape(x)
+        return tf.cond((shape[1] == src) & (shape[2] == src), lambda: x,
+                       lambda: augment.to_uint8(augment.resize(x, src)))
     if kind == "mae_dfer":
         x = tf.cast(_decode_all(tf, frames), tf.float32)
         x = augment.rand_augment(x, seeds[1])
@@ -259,10 +281,14 @@ def _train_frames(tf, frames, config, seeds):
 
 def _make_train_fn(data_config, seed: int, epoch: int):
     tf = _tf()
-    from audfer_jax.data import sampling_tf  # pylint: disable=g-import-not-at-top
+    from audfer_jax.data import augment_device, sampling_tf  # pylint: disable=g-import-not-at-top
     spec = sampling.spec_from_config(data_config)
     k = sampling.num_uniforms(spec)
     vote_sampled = data_config.au_vote == "sampled"
+    # Output side: the model input, or the crop source when the device augments.
+    size = int(data_config.image_size)
+    if augment_device.uses_device_augment(data_config):
+        size = augment_device.host_frame_size(data_config)
 
     # No Python control flow on tensors here, so AutoGraph has nothing to convert.
     @tf.autograph.experimental.do_not_convert
@@ -277,7 +303,6 @@ def _make_train_fn(data_config, seed: int, epoch: int):
             target, has = sampling_tf.au_vote(ex["au_frames"], ex["au_valid"], idx)
         else:
             target, has = ex["au_target_all"], ex["has_au_all"]
-        size = int(data_config.image_size)
         return {
             "clips": tf.ensure_shape(clip, [spec.num_frames, size, size, 3]),
             "labels": tf.cast(ex["label"], tf.int32),
