@@ -122,6 +122,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.log_every_steps = 50
     c.progress_bar = True         # a tqdm bar when stdout is a terminal, else log lines
     c.prefetch_to_device = 2      # batches transferred ahead of the running step
+    # Peak FLOP/s of one device for the MFU in the log; 0 = flops.PEAK_BF16_FLOPS
+    # by device kind (GPUs, TPUs; none for CPUs).
+    c.peak_flops = 0.0
     # JAX's persistent compilation cache ('' = off): a restarted or resumed run
     # does not compile again. JAX_COMPILATION_CACHE_DIR, when set, wins.
     c.compile_cache_dir = "~/.cache/audfer_jax/jax_cache"

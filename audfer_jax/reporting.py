@@ -195,14 +195,15 @@ class Console:
             self._bar = None
 
     def progress(self, step: int, total: int, loss: float, clips_per_sec: float,
-                 run_steps: int, run_seconds: float) -> None:
-        """Step, loss, clips/s and ETA (from this session's mean step time)."""
+                 run_steps: int, run_seconds: float, mfu: float | None = None) -> None:
+        """Step, loss, clips/s, MFU where known, and ETA (this session's mean step time)."""
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{clips_per_sec:.1f}")
             return
         eta = (total - step) * run_seconds / max(run_steps, 1)
+        mfu_text = "" if mfu is None else f"MFU {100 * mfu:.1f} %  "
         self.line(f"step {step}/{total}  loss {loss:.4f}  {clips_per_sec:.1f} clips/s  "
-                  f"ETA {_duration(eta)}")
+                  f"{mfu_text}ETA {_duration(eta)}")
 
     def elapsed(self) -> str:
         return _duration(time.time() - self._t0)

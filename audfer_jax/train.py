@@ -42,6 +42,7 @@ import numpy as np
 
 from audfer_jax import checkpoint as ckpt_lib
 from audfer_jax import experiment
+from audfer_jax import flops as flops_lib
 from audfer_jax import parallel
 from audfer_jax import paths
 from audfer_jax import preemption
@@ -78,6 +79,7 @@ class _Run:
     guard: preemption.PreemptionGuard
     preempted: bool = False
     session_steps: int = 0    # steps run by this process since it started
+    flops_per_step: float | None = None   # per device, XLA's count of the train step
     t_session: float = 0.0
     pending: Any = None       # (step, metrics, clip indices, epoch, batch) of the last step
     window: list = dataclasses.field(default_factory=list)
@@ -314,6 +316,8 @@ def _train_epoch(run: _Run, epoch: int) -> None:
         except StopIteration:
             raise ValueError(f"the training data ran out at epoch {epoch + 1}, batch "
                              f"{batch_idx} of {spe}") from None
+        if run.session_steps == 0 and run.strategy == "jit":
+            _count_flops(run, batch)
         m = _step(run, batch)
         if run.pending is not None:
             run.window.append(_check(run, run.pending))
@@ -326,7 +330,7 @@ def _train_epoch(run: _Run, epoch: int) -> None:
             avg = _log_window(run)
             run.console.progress(run.step, exp.total_steps, avg["train/loss"],
                                  avg["train/clips_per_sec"], run.session_steps,
-                                 time.time() - run.t_session)
+                                 time.time() - run.t_session, avg.get("train/mfu"))
         if run.step % spe:        # epoch ends are saved after their evaluation
             run.ckpt.maybe_save(run.step, run.host_state(), lambda: run.make_meta(run.step))
         if run.stopped():
@@ -361,6 +365,15 @@ def _on_device(run: _Run, ds, prefetch: int):
         yield queue.popleft()
 
 
+def _count_flops(run: _Run, batch) -> None:
+    """XLA's FLOP count of the train step, once (a lowering; no extra compile)."""
+    run.flops_per_step = flops_lib.step_flops(run.train_step.lower(run.state, batch))
+    if run.flops_per_step:
+        per_clip = run.flops_per_step * jax.device_count() / run.exp.global_batch
+        run.console.line(f"train step: {per_clip / 1e9:.3g} GFLOPs per clip "
+                         "(XLA cost analysis; forward, backward and update)")
+
+
 def _step(run: _Run, batch) -> dict:
     """One train step on a device batch; returns the (not yet fetched) metrics."""
     run.state, m = run.train_step(run.state, batch)
@@ -390,6 +403,13 @@ def _log_window(run: _Run) -> dict:
            for k in run.window[0] if k != "count"}
     avg["train/clips_per_sec"] = len(run.window) * run.exp.global_batch / max(elapsed, 1e-9)
     avg["train/epoch"] = run.step / run.exp.steps_per_epoch
+    if run.flops_per_step:
+        eff = flops_lib.efficiency(run.flops_per_step, max(elapsed, 1e-9) / len(run.window),
+                                   run.exp.global_batch, jax.devices()[0].device_kind,
+                                   float(run.config.peak_flops) or None, jax.device_count())
+        avg["train/flops_per_sec_per_device"] = eff["flops_per_s"]
+        if eff["mfu"] is not None:
+            avg["train/mfu"] = eff["mfu"]
     run.writer.write_scalars(run.step, avg)
     run.window, run.t_window = [], time.time()
     return avg

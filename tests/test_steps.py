@@ -17,20 +17,21 @@ from audfer_jax import steps  # noqa: E402
 from audfer_jax.data import augment_device  # noqa: E402
 
 
-def _setup(model, shape):
+def _setup(model, shape, host_size):
+    """Config, optimizer, schedule, state, and a host batch of `host_size` px clips."""
     cfg = fakes.micro_config()
     tx, schedule = optim.make_optimizer(cfg.optim, steps.abstract_params(model, shape),
                                         steps_per_epoch=2, num_epochs=1, global_batch_size=8)
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    return cfg, tx, schedule, steps.create_train_state(model, tx, shape, 0, mesh)
+    dc = dict(fakes.default_data_config(), image_size=host_size)
+    batch = next(fakes.create_train_dataset(dc, global_batch_size=8, seed=0, epoch=0))
+    batch = {k: v for k, v in batch.items() if k != "index"}
+    return cfg, tx, schedule, steps.create_train_state(model, tx, shape, 0, mesh), batch
 
 
 def test_augment_runs_before_the_model_with_its_own_key():
     model = fakes.MicroModel(num_classes=7)
-    cfg, tx, schedule, state = _setup(model, (8, 32, 32))
-    dc = dict(fakes.default_data_config(), image_size=64)
-    batch = next(fakes.create_train_dataset(dc, global_batch_size=8, seed=0, epoch=0))
-    batch = {k: v for k, v in batch.items() if k != "index"}
+    cfg, tx, schedule, state, batch = _setup(model, (8, 32, 32), 64)
     keys = []
 
     def augment(key, clips):           # a 64 -> 32 px subsample that records its key
@@ -56,10 +57,7 @@ def test_augment_runs_before_the_model_with_its_own_key():
 
 def test_former_dfer_device_recipe_in_the_step_gives_model_sized_clips():
     model = fakes.MicroModel(num_classes=7)
-    cfg, tx, schedule, state = _setup(model, (8, 32, 32))
-    dc = dict(fakes.default_data_config(), image_size=48)
-    batch = next(fakes.create_train_dataset(dc, global_batch_size=8, seed=0, epoch=0))
-    batch = {k: v for k, v in batch.items() if k != "index"}
+    cfg, tx, schedule, state, batch = _setup(model, (8, 32, 32), 48)
     from audfer_jax.data.config import DataConfig
     augment = augment_device.make_device_augment(
             DataConfig(augment="former_dfer", image_size=32, prepare_size=48))
