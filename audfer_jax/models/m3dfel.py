@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from audfer_jax.models import conv as conv_lib
 from audfer_jax.models import layers
 from audfer_jax.models.base import ModelOutput
 
@@ -149,6 +150,7 @@ class R3D18Features(nn.Module):
                     dtype=self.dtype,
                     param_dtype=jnp.float32,
                     kernel_init=layers.kaiming_normal_fan_out,
+                    conv_general_dilated=conv_lib.conv_general_dilated,
                     name="stem_conv")(x)
         x = nn.relu(layers.batch_norm(train, self.dtype, "stem_bn")(x))
         for k, (width, stride) in enumerate(zip(self.widths, (1, 2, 2, 2)), start=1):
