@@ -148,6 +148,17 @@ def check_clips(clips: Array, num_frames: int, image_size: int, model: str) -> N
                          f"{image_size}, 3] (B, T, H, W, RGB), got {tuple(clips.shape)}")
 
 
+def remat_module(cls: type[nn.Module], enabled: bool) -> type[nn.Module]:
+    """`nn.remat(cls)` when `enabled`, else `cls`.
+
+    For modules called as `module(x, train)`: `train` (argument 2, counting
+    self) is static. Rematerialised modules keep their parameter paths, so
+    checkpoints load either way; values and gradients are the same, the
+    backward pass recomputes the block's activations instead of storing them.
+    """
+    return nn.remat(cls, static_argnums=(2,)) if enabled else cls
+
+
 class BasicBlock(nn.Module):
     """ResNet BasicBlock, 2-D (torchvision resnet18) or 3-D (torchvision r3d_18).
 
@@ -207,12 +218,36 @@ class BasicBlock(nn.Module):
         return nn.relu(y + x)
 
 
+def dot_product_attention(q: Array, k: Array, v: Array, scale: float) -> Array:
+    """`softmax(q k^T * scale) v` per head through `jax.nn.dot_product_attention`.
+
+    On GPU this lets JAX pick cuDNN's fused attention where it applies
+    (bfloat16/float16); elsewhere it is XLA's einsum-softmax-einsum. Either way
+    the logits and the softmax are float32 (`jax.nn.dot_product_attention`
+    computes the logits with `preferred_element_type=float32`), as in the
+    explicit form the parity tests check.
+
+    Args:
+        q: `[..., N, h, d]`.
+        k, v: `[..., M, h, d]`, the same leading axes as q.
+        scale: logit scale (`d ** -0.5` in all three backbones).
+
+    Returns:
+        `[..., N, h, d]` in v's dtype.
+    """
+    lead = q.shape[:-3]
+    flat = lambda t: t.reshape((-1,) + t.shape[-3:])  # noqa: E731  (one batch axis)
+    out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v), scale=scale)
+    return out.reshape(lead + out.shape[1:]).astype(v.dtype)
+
+
 def multi_head_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
     """Scaled dot-product attention over head-major packed features.
 
     Computes `softmax(q_h k_h^T * d^-0.5) v_h` per head h and concatenates the
     heads head-major, as the `einops` code of Former-DFER (`b n (h d) -> b h n d`)
-    and M3DFEL do. Logits and softmax are computed in float32.
+    and M3DFEL do. Logits and softmax are computed in float32 (see
+    `dot_product_attention`).
 
     Args:
         q: `[..., N, h*d]`.
@@ -228,12 +263,8 @@ def multi_head_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
         raise ValueError(f"attention width {inner} is not divisible by {heads} heads")
     d = inner // heads
     split = lambda t: t.reshape(t.shape[:-1] + (heads, d))  # noqa: E731
-    qh, kh, vh = split(q), split(k), split(v)
-    logits = jnp.einsum("...nhd,...mhd->...hnm", qh.astype(jnp.float32), kh.astype(
-        jnp.float32)) * (d**-0.5)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("...hnm,...mhd->...nhd", weights, vh)
-    return out.reshape(out.shape[:-2] + (inner,))
+    out = dot_product_attention(split(q), split(k), split(v), d**-0.5)
+    return out.reshape(out.shape[:-2] + (inner,)).astype(q.dtype)
 
 
 def split_qkv(qkv: Array) -> tuple[Array, Array, Array]:
@@ -339,7 +370,8 @@ class TransformerLayer(nn.Module):
 class Transformer(nn.Module):
     """A stack of `TransformerLayer`s named `layers_0 ... layers_{depth-1}`, no final norm.
 
-    PyTorch `Transformer.layers.i` -> Flax `layers_i`.
+    PyTorch `Transformer.layers.i` -> Flax `layers_i`. `remat=True` recomputes
+    each layer's activations in the backward pass (`remat_module`).
     """
     depth: int
     heads: int
@@ -347,16 +379,18 @@ class Transformer(nn.Module):
     mlp_dim: int
     approximate_gelu: bool = True
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
+        layer_cls = remat_module(TransformerLayer, self.remat)
         for i in range(self.depth):
-            x = TransformerLayer(self.heads,
-                                 self.dim_head,
-                                 self.mlp_dim,
-                                 self.approximate_gelu,
-                                 dtype=self.dtype,
-                                 name=f"layers_{i}")(x, train)
+            x = layer_cls(self.heads,
+                          self.dim_head,
+                          self.mlp_dim,
+                          self.approximate_gelu,
+                          dtype=self.dtype,
+                          name=f"layers_{i}")(x, train)
         return x
 
 
