@@ -70,3 +70,25 @@ def test_other_convolutions_fall_back_to_lax():
         jaxpr = jax.make_jaxpr(lambda a, b: conv.conv_general_dilated(
                 a, b, padding="SAME", dimension_numbers=dn, **kwargs))(x, ww)
         assert "custom_vjp" not in str(jaxpr)
+
+
+@pytest.mark.parametrize("shape, window, strides, padding", [
+    ((2, 9, 9, 3), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((2, 8, 7, 2), (3, 3), (2, 2), ((1, 1), (1, 1))),
+    ((1, 6, 5, 4, 2), (2, 3, 3), (2, 1, 2), ((0, 0), (1, 1), (1, 0))),
+])
+def test_max_pool_matches_flax_with_ties(shape, window, strides, padding):
+    from flax import linen as nn
+    rng = np.random.default_rng(2)
+    # ReLU-like input: many exact zeros, so many windows have tied maxima.
+    x = jnp.asarray(np.maximum(rng.standard_normal(shape), 0.0), jnp.float32)
+    ref = lambda a: nn.max_pool(a, window, strides=strides, padding=padding)  # noqa: E731
+    new = lambda a: conv.max_pool(a, window, strides, padding)  # noqa: E731
+    y = ref(x)
+    np.testing.assert_array_equal(np.asarray(jax.jit(new)(x)), np.asarray(y))
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    want = jax.vjp(ref, x)[1](g)[0]
+    got = jax.jit(lambda a, b: jax.vjp(new, a)[1](b))(x, g)[0]
+    # Same routing of every output's gradient; sums of overlapping windows
+    # may round differently.
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)

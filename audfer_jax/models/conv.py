@@ -1,4 +1,9 @@
-"""A strided convolution whose backward pass avoids dilated convolutions.
+"""Strided convolution and max pooling with backward passes fast on XLA:CPU.
+
+`max_pool` (end of the module) replaces XLA's `select_and_scatter` gradient by
+slices and pads. The rest of this docstring is about the convolution.
+
+A strided convolution whose backward pass avoids dilated convolutions.
 
 The gradient of a strided convolution is, as XLA writes it, a convolution with
 an *input* dilation (for the input gradient) or a *kernel* dilation (for the
@@ -153,3 +158,76 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
                                         batch_group_count, precision, preferred_element_type)
     pads = tuple(_pads(padding, lhs.shape[1:-1], rhs.shape[:nd], strides))
     return _strided_conv(lhs, rhs, strides, pads, precision)
+
+
+def _window_offsets(window: Sequence[int]):
+    return list(itertools.product(*(range(k) for k in window)))
+
+
+def _shifted(xp: Array, offset: Sequence[int], strides: Sequence[int],
+             out: Sequence[int]) -> Array:
+    """`xp[:, o0 + s0*i0, o1 + s1*i1, ..., :]` for `i < out`: one window tap."""
+    start = (0,) + tuple(offset) + (0,)
+    limit = (xp.shape[0],) + tuple(o + s * (m - 1) + 1 for o, s, m in zip(offset, strides, out)) \
+        + (xp.shape[-1],)
+    return lax.slice(xp, start, limit, (1,) + tuple(strides) + (1,))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+    init = jnp.array(-jnp.inf, x.dtype)
+    return lax.reduce_window(x, init, lax.max, (1,) + window + (1,), (1,) + strides + (1,),
+                             ((0, 0),) + padding + ((0, 0),))
+
+
+def _max_pool_fwd(x, window, strides, padding):
+    y = _max_pool(x, window, strides, padding)
+    return y, (x, y)
+
+
+def _max_pool_bwd(window, strides, padding, res, g):
+    x, y = res
+    cfg = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)]
+    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), cfg)
+    out = y.shape[1:-1]
+    taken = jnp.zeros(y.shape, bool)
+    dxp = jnp.zeros(xp.shape, g.dtype)
+    for offset in _window_offsets(window):
+        # The first tap (row-major window order) equal to the max gets the
+        # gradient, as XLA's select_and_scatter (`ge` select) does.
+        hit = (_shifted(xp, offset, strides, out) == y) & ~taken
+        taken = taken | hit
+        # Place g at rows offset + stride * i of the padded input: interior
+        # padding spreads it to the stride, edge padding shifts it.
+        place = [(0, 0, 0)]
+        for o, s, m, n in zip(offset, strides, out, xp.shape[1:-1]):
+            place.append((o, n - o - s * (m - 1) - 1, s - 1))
+        dxp = dxp + lax.pad(jnp.where(hit, g, jnp.zeros((), g.dtype)), jnp.zeros((), g.dtype),
+                            place + [(0, 0, 0)])
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(padding, x.shape[1:-1]))
+    return (dxp[(slice(None),) + crop],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: Array, window: Sequence[int], strides: Sequence[int],
+             padding: Sequence[tuple[int, int]]) -> Array:
+    """Channels-last max pooling with a backward pass made of slices and pads.
+
+    Forward values are those of `flax.linen.max_pool` / `lax.reduce_window`
+    (padding with -inf). The gradient goes, per output, to the first input of
+    its window (row-major order) that equals the maximum, as in XLA's own
+    `select_and_scatter` gradient, which XLA:CPU runs about 6x slower than the
+    forward pass (docs/performance.md).
+
+    Args:
+        x: `[N, *spatial, C]` float.
+        window, strides: per spatial axis.
+        padding: `(low, high)` per spatial axis.
+
+    Returns:
+        `[N, *out_spatial, C]`.
+    """
+    return _max_pool(x, tuple(int(v) for v in window), tuple(int(v) for v in strides),
+                     tuple((int(lo), int(hi)) for lo, hi in padding))

@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from audfer_jax.models import conv as conv_lib
 from audfer_jax.models import layers
 from audfer_jax.models.base import ModelOutput
 
@@ -83,7 +84,9 @@ class SFormer(nn.Module):
                     kernel_init=layers.kaiming_normal_fan_out,
                     name="conv1")(x)
         x = nn.relu(layers.batch_norm(train, self.dtype, "bn1")(x))
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+        # = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),
+        # with a backward pass 2-3x faster on XLA:CPU (conv.max_pool).
+        x = conv_lib.max_pool(x, (3, 3), (2, 2), ((1, 1), (1, 1)))
         for k, (width, stride) in enumerate(zip(w[:3], (1, 2, 2)), start=1):
             for j in range(2):
                 s = stride if j == 0 else 1
