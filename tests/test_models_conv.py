@@ -92,3 +92,27 @@ def test_max_pool_matches_flax_with_ties(shape, window, strides, padding):
     # Same routing of every output's gradient; sums of overlapping windows
     # may round differently.
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("x_shape, kernel", [((2, 4, 32, 32, 3), (2, 16, 16)),
+                                             ((2, 5, 33, 31, 3), (2, 8, 8)),
+                                             ((3, 12, 12, 2), (4, 4))])
+def test_patchify_convolution_gradients(x_shape, kernel):
+    # Kernel = stride, VALID (MAE-DFER's tubelet embedding); odd sizes drop
+    # the incomplete patch like the convolution does.
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal(x_shape), jnp.float32)
+    w = jnp.asarray(rng.standard_normal(kernel + (x_shape[-1], 6)), jnp.float32)
+    ref = _reference(x, w, kernel, "VALID")
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, conv._channels_last_spec(len(kernel)))
+    new = lambda a, b: conv.conv_general_dilated(a, b, kernel, "VALID",  # noqa: E731
+                                                 dimension_numbers=dn)
+    y = ref(x, w)
+    np.testing.assert_array_equal(np.asarray(jax.jit(new)(x, w)), np.asarray(y))
+    np.testing.assert_allclose(np.asarray(conv.patch_conv(x, w, kernel)), np.asarray(y),
+                               rtol=1e-5, atol=1e-4)
+    g = jnp.asarray(rng.standard_normal(y.shape), jnp.float32)
+    want = jax.vjp(ref, x, w)[1](g)
+    got = jax.jit(lambda a, b, c: jax.vjp(new, a, b)[1](c))(x, w, g)
+    for u, v in zip(want, got):
+        np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=1e-4, atol=1e-4)

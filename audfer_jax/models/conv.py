@@ -41,9 +41,9 @@ from jax import lax
 
 Array = jax.Array
 
-# Beyond this many phases (e.g. MAE-DFER's patchify conv, stride 2x16x16 = 512
-# phases) the polyphase form would unroll into too many small convolutions;
-# those keep XLA's own gradient.
+# Beyond this many phases (e.g. stride 2x16x16 = 512 phases) the polyphase
+# form would unroll into too many small convolutions; those keep XLA's own
+# gradient unless they are patchify convolutions (`patch_conv`).
 MAX_PHASES = 16
 
 
@@ -127,6 +127,56 @@ def _strided_conv_bwd(strides, padding, precision, res, g):
 _strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
 
 
+def patch_conv(x: Array, w: Array, strides: Sequence[int], precision: Any = None) -> Array:
+    """A VALID convolution whose kernel equals its stride, as one matrix product.
+
+    Non-overlapping patches (ViT/VideoMAE tubelet embedding): crop `x` to whole
+    patches, flatten each patch in (kernel..., C_in) order, multiply by the
+    kernel reshaped to `[prod(kernel) * C_in, C_out]`.
+
+    Args:
+        x: `[N, *spatial, C_in]`.
+        w: `[*strides, C_in, C_out]`.
+        strides: = the kernel size, one per spatial axis.
+
+    Returns:
+        `[N, *(spatial // strides), C_out]`.
+    """
+    nd = len(strides)
+    out = [n // s for n, s in zip(x.shape[1:-1], strides)]
+    x = x[(slice(None),) + tuple(slice(0, m * s) for m, s in zip(out, strides))]
+    split = (x.shape[0],)
+    for m, s in zip(out, strides):
+        split += (m, s)
+    x = x.reshape(split + (x.shape[-1],))
+    order = (0,) + tuple(1 + 2 * i for i in range(nd)) + tuple(2 + 2 * i for i in range(nd)) \
+        + (2 * nd + 1,)
+    patches = x.transpose(order).reshape(x.shape[0] * math.prod(out), -1)
+    y = jnp.dot(patches, w.reshape(-1, w.shape[-1]), precision=precision)
+    return y.reshape((x.shape[0],) + tuple(out) + (w.shape[-1],))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _patch_conv(x, w, strides, precision):
+    nd = len(strides)
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, _channels_last_spec(nd))
+    return lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=dn,
+                                    precision=precision)
+
+
+def _patch_conv_fwd(x, w, strides, precision):
+    return _patch_conv(x, w, strides, precision), (x, w)
+
+
+def _patch_conv_bwd(strides, precision, res, g):
+    x, w = res
+    _, vjp = jax.vjp(lambda a, b: patch_conv(a, b, strides, precision), x, w)
+    return vjp(g)
+
+
+_patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
+
+
 def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], padding: Any,
                          lhs_dilation: Sequence[int] | None = None,
                          rhs_dilation: Sequence[int] | None = None,
@@ -137,8 +187,11 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
 
     Takes the polyphase gradient (module docstring) when the convolution is
     channels-last (`NHWC`/`HWIO`, any number of spatial axes), strided with at
-    most `MAX_PHASES` phases, undilated and ungrouped; anything else is passed
-    to `lax.conv_general_dilated` unchanged. Forward values are always those of
+    most `MAX_PHASES` phases, undilated and ungrouped; a patchify convolution
+    (kernel = stride, no padding: MAE-DFER's tubelet embedding, whose kernel
+    gradient XLA:CPU computes as a 16x-dilated convolution) takes the gradient
+    of `patch_conv`, two matrix products. Anything else is passed to
+    `lax.conv_general_dilated` unchanged. Forward values are always those of
     `lax.conv_general_dilated`.
     """
     nd = lhs.ndim - 2
@@ -147,7 +200,11 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
              and all(d == 1 for d in (rhs_dilation or (1,) * nd))
              and feature_group_count == 1 and batch_group_count == 1
              and preferred_element_type is None
-             and 1 < math.prod(strides) <= MAX_PHASES)
+             and 1 < math.prod(strides))
+    if plain and math.prod(strides) > MAX_PHASES:
+        # Only the patchify case (kernel = stride, no padding) has a fast form.
+        pads = _pads(padding, lhs.shape[1:-1], rhs.shape[:nd], strides)
+        plain = tuple(rhs.shape[:nd]) == strides and all(tuple(p) == (0, 0) for p in pads)
     if plain:
         expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _channels_last_spec(nd))
         given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
@@ -157,6 +214,8 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         batch_group_count, precision, preferred_element_type)
     pads = tuple(_pads(padding, lhs.shape[1:-1], rhs.shape[:nd], strides))
+    if tuple(rhs.shape[:nd]) == strides and all(p == (0, 0) for p in pads):
+        return _patch_conv(lhs, rhs, strides, precision)
     return _strided_conv(lhs, rhs, strides, pads, precision)
 
 

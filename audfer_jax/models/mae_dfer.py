@@ -74,6 +74,7 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from audfer_jax.models import conv as conv_lib
 from audfer_jax.models import layers
 from audfer_jax.models.base import ModelOutput
 
@@ -368,7 +369,10 @@ class PatchEmbed(nn.Module):
         fan_in = x.shape[-1] * int(np.prod(k))
         y = nn.Conv(self.embed_dim, k, strides=k, padding='VALID', dtype=self.dtype,
                     param_dtype=jnp.float32, kernel_init=_torch_conv_kernel_init,
-                    bias_init=_torch_conv_bias_init(fan_in), name='proj')(x)
+                    bias_init=_torch_conv_bias_init(fan_in),
+                    # Same forward; kernel gradient as a matrix product
+                    # (XLA:CPU's 16x-dilated gradient conv is slow, conv.py).
+                    conv_general_dilated=conv_lib.conv_general_dilated, name='proj')(x)
         return y.reshape(y.shape[0], -1, self.embed_dim)
 
 
