@@ -75,8 +75,9 @@ def test_remat_gives_the_same_loss_and_gradients(name):
         assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max() + 1e-7
 
 
+@pytest.mark.parametrize("implementation", ["fused", "einsum", "cpu", None])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_dot_product_attention_equals_explicit_softmax(dtype):
+def test_dot_product_attention_equals_explicit_softmax(dtype, implementation):
     rng = np.random.default_rng(0)
     q, k, v = (rng.standard_normal(s).astype(np.float32)
                for s in ((2, 3, 5, 4, 8), (2, 3, 7, 4, 8), (2, 3, 7, 4, 8)))
@@ -86,10 +87,26 @@ def test_dot_product_attention_equals_explicit_softmax(dtype):
     w = np.exp(logits - logits.max(-1, keepdims=True))
     w /= w.sum(-1, keepdims=True)
     want = np.einsum("abhnm,abmhd->abnhd", w, v)
-    got = layers.dot_product_attention(*(jnp.asarray(t, dtype) for t in (q, k, v)), scale)
+    got = layers.dot_product_attention(*(jnp.asarray(t, dtype) for t in (q, k, v)), scale,
+                                       implementation)
     assert got.dtype == dtype and got.shape == want.shape
     tol = 1e-5 if dtype == jnp.float32 else 3e-2
     np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol)
+
+
+def test_fused_and_einsum_attention_gradients_agree():
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 6, 2, 8)), jnp.float32) for _ in range(3))
+
+    def grads(impl):
+        return jax.grad(lambda *a: jnp.sum(layers.dot_product_attention(*a, 0.3, impl) ** 2),
+                        argnums=(0, 1, 2))(q, k, v)
+
+    for impl in ("einsum", "cpu"):
+        for a, b in zip(grads("fused"), grads(impl)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="implementation"):
+        layers.dot_product_attention(q, k, v, 0.3, "flash")
 
 
 def test_bfloat16_training_reduces_the_loss_like_float32():

@@ -20,6 +20,7 @@ Parameters are always float32 (`param_dtype`); `dtype` sets the activation dtype
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -218,27 +219,75 @@ class BasicBlock(nn.Module):
         return nn.relu(y + x)
 
 
-def dot_product_attention(q: Array, k: Array, v: Array, scale: float) -> Array:
-    """`softmax(q k^T * scale) v` per head through `jax.nn.dot_product_attention`.
+def dot_product_attention(q: Array, k: Array, v: Array, scale: float,
+                          implementation: str | None = None) -> Array:
+    """`softmax(q k^T * scale) v` per head, logits and softmax in float32.
 
-    On GPU this lets JAX pick cuDNN's fused attention where it applies
-    (bfloat16/float16); elsewhere it is XLA's einsum-softmax-einsum. Either way
-    the logits and the softmax are float32 (`jax.nn.dot_product_attention`
-    computes the logits with `preferred_element_type=float32`), as in the
-    explicit form the parity tests check.
+    Two equivalent forms (equal up to float32 rounding):
+    * "fused": `jax.nn.dot_product_attention`, so that on GPU JAX can pick
+      cuDNN's fused attention (bfloat16/float16) and XLA:GPU/TPU its fused
+      form; it computes the logits with `preferred_element_type=float32`;
+    * "einsum": the explicit einsum-softmax-einsum, whose backward pass is
+      15-100 % faster on XLA:CPU than the fused form's (docs/performance.md);
+    * "cpu": the fused form's forward values with the einsum form's gradient
+      (XLA:CPU runs the fused forward faster, the einsum backward faster).
+    `None` picks "cpu" on CPU and "fused" elsewhere.
 
     Args:
         q: `[..., N, h, d]`.
         k, v: `[..., M, h, d]`, the same leading axes as q.
         scale: logit scale (`d ** -0.5` in all three backbones).
+        implementation: "fused", "einsum", "cpu" or None (by backend).
 
     Returns:
         `[..., N, h, d]` in v's dtype.
+
+    Raises:
+        ValueError: unknown implementation.
     """
+    if implementation is None:
+        implementation = "cpu" if jax.default_backend() == "cpu" else "fused"
+    if implementation == "einsum":
+        return _einsum_attention(q, k, v, scale)
+    if implementation == "fused":
+        return _fused_attention(q, k, v, scale)
+    if implementation == "cpu":
+        return _cpu_attention(q, k, v, scale)
+    raise ValueError(f"attention implementation must be 'fused', 'einsum', 'cpu' or None, "
+                     f"got {implementation!r}")
+
+
+def _einsum_attention(q: Array, k: Array, v: Array, scale: float) -> Array:
+    logits = jnp.einsum("...nhd,...mhd->...hnm", q, k,
+                        preferred_element_type=jnp.float32) * jnp.float32(scale)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("...hnm,...mhd->...nhd", weights, v).astype(v.dtype)
+
+
+def _fused_attention(q: Array, k: Array, v: Array, scale: float) -> Array:
     lead = q.shape[:-3]
     flat = lambda t: t.reshape((-1,) + t.shape[-3:])  # noqa: E731  (one batch axis)
     out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v), scale=scale)
     return out.reshape(lead + out.shape[1:]).astype(v.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _cpu_attention(q, k, v, scale):
+    return _fused_attention(q, k, v, scale)
+
+
+def _cpu_attention_fwd(q, k, v, scale):
+    return _fused_attention(q, k, v, scale), (q, k, v)
+
+
+def _cpu_attention_bwd(scale, res, g):
+    # The gradient of the einsum form (recomputing its softmax): on XLA:CPU
+    # this is faster than the fused form's own backward pass.
+    _, vjp = jax.vjp(lambda a, b, c: _einsum_attention(a, b, c, scale), *res)
+    return vjp(g)
+
+
+_cpu_attention.defvjp(_cpu_attention_fwd, _cpu_attention_bwd)
 
 
 def multi_head_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
