@@ -73,7 +73,8 @@ def polyphase_conv(x: Array, w: Array, strides: Sequence[int],
     """
     nd = len(strides)
     spatial, kernel = x.shape[1:-1], w.shape[:nd]
-    out = [(n + lo + hi - k) // s + 1 for n, (lo, hi), k, s in zip(spatial, padding, kernel, strides)]
+    out = [(n + lo + hi - k) // s + 1
+           for n, (lo, hi), k, s in zip(spatial, padding, kernel, strides)]
     # Padded length: a whole number of phases long enough for the widest sub-kernel.
     lengths = [s * (m - 1 + -(-k // s)) for m, k, s in zip(out, kernel, strides)]
     cfg = [(0, 0, 0)] + [(lo, ln - n - lo, 0) for (lo, _), ln, n in zip(padding, lengths, spatial)]
