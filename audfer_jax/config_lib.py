@@ -114,6 +114,14 @@ def base_config() -> ml_collections.ConfigDict:
             label_smoothing=0.1))
 
     c.strategy = "jit"            # or 'pmap' (explicit collectives)
+    # Accelerator path (issue 9): compute dtype of the registered backbones
+    # ('float32' | 'bfloat16' | 'float16'; parameters, optimizer state, softmax,
+    # losses and BatchNorm statistics stay float32), activation recomputation
+    # of their blocks, and the generator of the dropout / drop-path stream
+    # ('threefry' | 'rbg' | 'unsafe_rbg', `audfer_jax.rng`).
+    c.dtype = "float32"
+    c.remat = False
+    c.rng_impl = "threefry"
     c.eval_every_epochs = 1
     c.best_metric = "war+uar"     # datasets.md section 8; or uar, war, au_f1_mean
     c.checkpoint_every_steps = 0  # 0 = epoch ends only

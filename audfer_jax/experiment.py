@@ -98,6 +98,14 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
     """`audfer_jax.models.get_model(config.model, num_classes, **config.model_overrides)`."""
     from audfer_jax import models  # pylint: disable=g-import-not-at-top
     overrides = dict(config.model_overrides or {})
+    # The accelerator fields reach the registered backbones (an import-path
+    # backbone's factory takes only its own `model_overrides`). `get` because
+    # `predict` rebuilds models from the partial configs of converted weights.
+    if not models.is_import_path(config.model):
+        if config.get("dtype", "float32") != "float32":
+            overrides.setdefault("dtype", config.dtype)
+        if config.get("remat", False):
+            overrides.setdefault("remat", True)
     return models.get_model(config.model, num_classes=num_classes,
                             num_aus=au_lib.NUM_AUS, **overrides)
 

@@ -25,6 +25,7 @@ from audfer_jax import losses
 from audfer_jax import metrics as metrics_lib
 from audfer_jax import mixup as mixup_lib
 from audfer_jax import parallel
+from audfer_jax import rng as rng_lib
 
 PyTree = Any
 
@@ -112,12 +113,14 @@ def make_train_step(model, config: ml_collections.ConfigDict, *,
     the gradient of the global mean whatever the per-device counts.
     """
     objective = _make_objective(model, config, prior, pos_weight, lam)
+    rng_impl = str(config.get("rng_impl", "threefry"))
 
     def step(state: TrainState, batch: Mapping[str, jax.Array], axis_name: str | None = None):
         rng = jax.random.fold_in(state.rng, state.step)
         if axis_name is not None:
             rng = jax.random.fold_in(rng, parallel.device_index(axis_name))
         mix_rng, dropout_rng = jax.random.split(rng)
+        dropout_rng = rng_lib.dropout_key(dropout_rng, rng_impl)
         batch = dict(batch)
         if augment is not None:
             # Its own stream: split(rng) takes counters 0 and 1 (fold_in(rng, 1)

@@ -1,7 +1,8 @@
 """`audfer-jax bench train`: train-step throughput and the cost of the AU loss.
 
     audfer-jax bench train --config configs/former_dfer.py:dataset=dfew,loss=au \\
-        [--batch 8] [--steps 10] [--warmup 2] [--init random|model] [--config.x=y ...]
+        [--batch 8] [--steps 10] [--warmup 2] [--init random|model] [--peak-flops F]
+        [--config.x=y ...]
 
 Builds the config's model, optimizer and the trainer's own train step
 (`train.make_train_step`, jitted with the state donated as in training,
@@ -13,6 +14,10 @@ Builds the config's model, optimizer and the trainer's own train step
   step waited for with `block_until_ready` (so asynchronous dispatch does
   not hide work); the two variants below alternate step by step, so a
   change of the machine's load hits both alike;
+* **efficiency**: the compiled step's FLOPs per clip (XLA cost analysis),
+  the achieved FLOP/s per device and, on GPU/TPU, the MFU against the
+  device's peak bfloat16 FLOP/s (`audfer_jax.flops`, `--peak-flops` to
+  override; "n/a" on CPU);
 * **share of step time spent in the AU loss**, two ways:
   1. *difference*: the same step with the AU loss (and AU head) removed (lambda = 0 and
      the AU head's output replaced by a constant, so XLA drops the AU head
@@ -215,7 +220,7 @@ def time_isolated_loss(batch: int, num_classes: int, prior, pos_weight, scale: f
 
 def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "random",
               model=None, log: Callable[[str], None] = print,
-              time_augment: bool = False) -> dict:
+              time_augment: bool = False, peak_flops: float | None = None) -> dict:
     """Times the full and the AU-free train step of `config`; see the module doc.
 
     Args:
@@ -227,15 +232,19 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
         model: a Flax module instead of `config.model` (tests).
         log: progress messages.
         time_augment: also time the device-side augmentation (module doc).
+        peak_flops: peak FLOP/s of one device for the MFU (default: the
+            `flops.PEAK_BF16_FLOPS` entry of the device kind).
 
     Returns:
         `{"model", "backend", "devices", "batch", "input_shape", "steps",
         "full_ms", "without_au_ms" (medians), "full_min_ms", "without_au_min_ms"
         (fastest steps), "full_clips_per_s", "without_au_clips_per_s" (from the
         medians), "au_share_diff_percent" (from the fastest steps), "au_loss_isolated_ms", "au_share_isolated_percent",
-        "compile_s_full", "compile_s_without_au", "loss", "lam"}`, with
-        `time_augment` and a device recipe also "augment_device_ms",
-        "augment_device_share_percent"; times are medians in ms per step.
+        "compile_s_full", "compile_s_without_au", "loss", "lam", "device_kind",
+        "flops_per_clip", "flops_per_s" (per device), "mfu" (fraction; None
+        when unknown, e.g. on CPU)}`, with `time_augment` and a device recipe
+        also "augment_device_ms", "augment_device_share_percent"; times are
+        medians in ms per step.
 
     Raises:
         ValueError: batch not a multiple of the device count, steps < 1, or an
@@ -244,6 +253,7 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
     from audfer_jax import classes, optim, parallel, train  # pylint: disable=g-import-not-at-top
+    from audfer_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if init not in ("random", "model"):
@@ -294,15 +304,26 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
                            "input_shape": list(input_shape), "steps": steps,
                            "loss": str(config.loss), "lam": float(lam)}
     log(f"compiling the full and the AU-free train step of {config.model} ...")
-    times, first = time_interleaved({k: parallel.jit_step(fn, mesh) for k, fn in variants.items()},
-                                    {k: make_state() for k in variants}, device_batch,
-                                    steps, warmup)
+    states = {k: make_state() for k in variants}
+    compiled, compile_s = {}, {}
+    for k, fn in variants.items():
+        # Compiled ahead of time so that XLA's cost analysis (FLOPs) is at hand.
+        t0 = time.perf_counter()
+        compiled[k] = parallel.jit_step(fn, mesh).lower(states[k], device_batch).compile()
+        compile_s[k] = time.perf_counter() - t0
+    times, first = time_interleaved(compiled, states, device_batch, steps, warmup)
     for name in variants:
         median = statistics.median(times[name])
         out[f"{name}_ms"] = 1e3 * median
         out[f"{name}_min_ms"] = 1e3 * min(times[name])
         out[f"{name}_clips_per_s"] = batch / median
-        out[f"compile_s_{name}"] = first[name]
+        out[f"compile_s_{name}"] = compile_s[name] + first[name]
+    device_kind = jax.devices()[0].device_kind
+    eff = flops_lib.efficiency(flops_lib.step_flops(compiled["full"]), out["full_ms"] / 1e3,
+                               batch, device_kind, peak_flops,
+                               num_devices=jax.device_count())
+    out.update(device_kind=device_kind, flops_per_clip=eff["flops_per_clip"],
+               flops_per_s=eff["flops_per_s"], mfu=eff["mfu"])
     # Minima: other processes only ever add time, so the fastest step is the
     # least disturbed estimate of each variant's own cost.
     out["au_share_diff_percent"] = (100.0 * (out["full_min_ms"] - out["without_au_min_ms"])
@@ -346,6 +367,10 @@ def format_result(r: dict, config_spec: str = "") -> str:
                      f"batch): {r['augment_device_ms']:.2f} ms/batch, "
                      f"{r['augment_device_share_percent']:.2f} % of augmentation + step "
                      f"(goal <= 10 % for MAE-DFER)")
+    if "flops_per_clip" in r:
+        from audfer_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
+        lines.append(f"efficiency of the full step on {r.get('device_kind', '?')} (XLA cost "
+                     f"analysis): " + flops_lib.format_efficiency(r))
     return "\n".join(lines)
 
 
@@ -364,6 +389,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, default=2,
                         help="untimed steps after the compiling one (default 2)")
+    parser.add_argument("--peak-flops", type=float, default=None,
+                        help="peak FLOP/s of one device for the MFU (default: the "
+                             "bfloat16 table in audfer_jax/flops.py; none for CPUs)")
     parser.add_argument("--init", default="random", choices=("random", "model"),
                         help="random parameters (default, no init compile) or the "
                              "model's own init")
@@ -374,7 +402,8 @@ def main(argv: list[str]) -> int:
         config = sweep.apply_overrides(sweep.load_config_file(args.config), overrides)
         result = run_bench(config, batch=args.batch, steps=args.steps, warmup=args.warmup,
                            init=args.init, log=lambda m: print(m, file=sys.stderr),
-                           time_augment=args.augment_share == "on")
+                           time_augment=args.augment_share == "on",
+                           peak_flops=args.peak_flops)
     except (ValueError, KeyError, OSError) as e:
         return cli_errors.report("audfer-jax bench train", e)
     print(format_result(result, args.config))

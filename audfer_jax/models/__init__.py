@@ -79,14 +79,17 @@ def get_model(name: str, num_classes: int = 7, num_aus: int = 18, **overrides: A
             wrapped by `with_au_head` (`plugin.build`).
         num_classes: expression classes C of the `fc`/`head` layer.
         num_aus: AU head width (18 OpenFace presence AUs, `audfer_jax.au.AU_NAMES`).
-        **overrides: module attributes to change (e.g. `dtype=jnp.bfloat16`).
+        **overrides: module attributes to change: e.g. `dtype` (compute dtype,
+            `jnp.bfloat16` or the string "bfloat16", see `compute_dtype`),
+            `remat=True` (recompute block activations in the backward pass).
 
     Returns:
         An unbound `flax.linen.Module` whose `apply(variables, clips, train=...)`
         returns `audfer_jax.models.base.ModelOutput`.
 
     Raises:
-        ValueError: unknown name (the message lists the known ones).
+        ValueError: unknown name (the message lists the known ones), or an
+            unsupported dtype.
         BackboneImportError, BackboneError: an import path that cannot be
             imported, or whose backbone breaks the contract (one line naming
             the path and what was expected).
@@ -95,8 +98,33 @@ def get_model(name: str, num_classes: int = 7, num_aus: int = 18, **overrides: A
         from audfer_jax.models import plugin
         return plugin.build(name, num_classes, num_aus, **overrides)
     module_name, attr, _ = _entry(name)
+    if "dtype" in overrides:
+        overrides["dtype"] = compute_dtype(overrides["dtype"])
     factory = getattr(importlib.import_module(module_name), attr)
     return factory(num_classes=num_classes, num_aus=num_aus, **overrides)
+
+
+# Compute dtypes the backbones support (parameters stay float32 regardless).
+COMPUTE_DTYPES = ("float32", "bfloat16", "float16")
+
+
+def compute_dtype(value: Any) -> Any:
+    """A model `dtype` override as a NumPy dtype (`"bfloat16"` -> `jnp.bfloat16`).
+
+    Config files and command lines give the dtype as a string
+    (`--config.dtype=bfloat16`); the modules want a dtype.
+
+    Raises:
+        ValueError: not one of `COMPUTE_DTYPES`.
+    """
+    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+    try:
+        dtype = jnp.dtype(value)
+    except TypeError as e:
+        raise ValueError(f"model dtype must be one of {COMPUTE_DTYPES}, got {value!r}") from e
+    if dtype.name not in COMPUTE_DTYPES:
+        raise ValueError(f"model dtype must be one of {COMPUTE_DTYPES}, got {value!r}")
+    return dtype
 
 
 def default_input_shape(name: str, data_config: Any = None) -> tuple[int, int, int]:

@@ -20,12 +20,15 @@ Parameters are always float32 (`param_dtype`); `dtype` sets the activation dtype
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from audfer_jax.models import conv as conv_lib
 
 Array = jax.Array
 Dtype = Any
@@ -146,6 +149,17 @@ def check_clips(clips: Array, num_frames: int, image_size: int, model: str) -> N
                          f"{image_size}, 3] (B, T, H, W, RGB), got {tuple(clips.shape)}")
 
 
+def remat_module(cls: type[nn.Module], enabled: bool) -> type[nn.Module]:
+    """`nn.remat(cls)` when `enabled`, else `cls`.
+
+    For modules called as `module(x, train)`: `train` (argument 2, counting
+    self) is static. Rematerialised modules keep their parameter paths, so
+    checkpoints load either way; values and gradients are the same, the
+    backward pass recomputes the block's activations instead of storing them.
+    """
+    return nn.remat(cls, static_argnums=(2,)) if enabled else cls
+
+
 class BasicBlock(nn.Module):
     """ResNet BasicBlock, 2-D (torchvision resnet18) or 3-D (torchvision r3d_18).
 
@@ -179,6 +193,10 @@ class BasicBlock(nn.Module):
         ndim = len(self.strides)
         k3 = (3,) * ndim
         pad1 = ((1, 1),) * ndim
+        # 3-D strided convolutions take the polyphase backward pass (same
+        # forward values): XLA:CPU's dilated gradient convolutions are 15-60x
+        # slower there (conv.py). In 2-D they are not, so 2-D keeps lax's.
+        conv_fn = conv_lib.conv_general_dilated if ndim == 3 else None
         conv = lambda feats, k, s, p, name: nn.Conv(  # noqa: E731
             feats,
             k,
@@ -188,6 +206,7 @@ class BasicBlock(nn.Module):
             dtype=self.dtype,
             param_dtype=jnp.float32,
             kernel_init=kaiming_normal_fan_out,
+            conv_general_dilated=conv_fn,
             name=name)
         y = conv(self.features, k3, self.strides, pad1, "conv1")(x)
         y = nn.relu(batch_norm(train, self.dtype, "bn1")(y))
@@ -200,12 +219,84 @@ class BasicBlock(nn.Module):
         return nn.relu(y + x)
 
 
+def dot_product_attention(q: Array, k: Array, v: Array, scale: float,
+                          implementation: str | None = None) -> Array:
+    """`softmax(q k^T * scale) v` per head, logits and softmax in float32.
+
+    Two equivalent forms (equal up to float32 rounding):
+    * "fused": `jax.nn.dot_product_attention`, so that on GPU JAX can pick
+      cuDNN's fused attention (bfloat16/float16) and XLA:GPU/TPU its fused
+      form; it computes the logits with `preferred_element_type=float32`;
+    * "einsum": the explicit einsum-softmax-einsum, whose backward pass is
+      15-100 % faster on XLA:CPU than the fused form's (docs/performance.md);
+    * "cpu": the fused form's forward values with the einsum form's gradient
+      (XLA:CPU runs the fused forward faster, the einsum backward faster).
+    `None` picks "cpu" on CPU and "fused" elsewhere.
+
+    Args:
+        q: `[..., N, h, d]`.
+        k, v: `[..., M, h, d]`, the same leading axes as q.
+        scale: logit scale (`d ** -0.5` in all three backbones).
+        implementation: "fused", "einsum", "cpu" or None (by backend).
+
+    Returns:
+        `[..., N, h, d]` in v's dtype.
+
+    Raises:
+        ValueError: unknown implementation.
+    """
+    if implementation is None:
+        implementation = "cpu" if jax.default_backend() == "cpu" else "fused"
+    if implementation == "einsum":
+        return _einsum_attention(q, k, v, scale)
+    if implementation == "fused":
+        return _fused_attention(q, k, v, scale)
+    if implementation == "cpu":
+        return _cpu_attention(q, k, v, scale)
+    raise ValueError(f"attention implementation must be 'fused', 'einsum', 'cpu' or None, "
+                     f"got {implementation!r}")
+
+
+def _einsum_attention(q: Array, k: Array, v: Array, scale: float) -> Array:
+    logits = jnp.einsum("...nhd,...mhd->...hnm", q, k,
+                        preferred_element_type=jnp.float32) * jnp.float32(scale)
+    weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("...hnm,...mhd->...nhd", weights, v).astype(v.dtype)
+
+
+def _fused_attention(q: Array, k: Array, v: Array, scale: float) -> Array:
+    lead = q.shape[:-3]
+    flat = lambda t: t.reshape((-1,) + t.shape[-3:])  # noqa: E731  (one batch axis)
+    out = jax.nn.dot_product_attention(flat(q), flat(k), flat(v), scale=scale)
+    return out.reshape(lead + out.shape[1:]).astype(v.dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _cpu_attention(q, k, v, scale):
+    return _fused_attention(q, k, v, scale)
+
+
+def _cpu_attention_fwd(q, k, v, scale):
+    return _fused_attention(q, k, v, scale), (q, k, v)
+
+
+def _cpu_attention_bwd(scale, res, g):
+    # The gradient of the einsum form (recomputing its softmax): on XLA:CPU
+    # this is faster than the fused form's own backward pass.
+    _, vjp = jax.vjp(lambda a, b, c: _einsum_attention(a, b, c, scale), *res)
+    return vjp(g)
+
+
+_cpu_attention.defvjp(_cpu_attention_fwd, _cpu_attention_bwd)
+
+
 def multi_head_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
     """Scaled dot-product attention over head-major packed features.
 
     Computes `softmax(q_h k_h^T * d^-0.5) v_h` per head h and concatenates the
     heads head-major, as the `einops` code of Former-DFER (`b n (h d) -> b h n d`)
-    and M3DFEL do. Logits and softmax are computed in float32.
+    and M3DFEL do. Logits and softmax are computed in float32 (see
+    `dot_product_attention`).
 
     Args:
         q: `[..., N, h*d]`.
@@ -221,12 +312,8 @@ def multi_head_attention(q: Array, k: Array, v: Array, heads: int) -> Array:
         raise ValueError(f"attention width {inner} is not divisible by {heads} heads")
     d = inner // heads
     split = lambda t: t.reshape(t.shape[:-1] + (heads, d))  # noqa: E731
-    qh, kh, vh = split(q), split(k), split(v)
-    logits = jnp.einsum("...nhd,...mhd->...hnm", qh.astype(jnp.float32), kh.astype(
-        jnp.float32)) * (d**-0.5)
-    weights = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("...hnm,...mhd->...nhd", weights, vh)
-    return out.reshape(out.shape[:-2] + (inner,))
+    out = dot_product_attention(split(q), split(k), split(v), d**-0.5)
+    return out.reshape(out.shape[:-2] + (inner,)).astype(q.dtype)
 
 
 def split_qkv(qkv: Array) -> tuple[Array, Array, Array]:
@@ -332,7 +419,8 @@ class TransformerLayer(nn.Module):
 class Transformer(nn.Module):
     """A stack of `TransformerLayer`s named `layers_0 ... layers_{depth-1}`, no final norm.
 
-    PyTorch `Transformer.layers.i` -> Flax `layers_i`.
+    PyTorch `Transformer.layers.i` -> Flax `layers_i`. `remat=True` recomputes
+    each layer's activations in the backward pass (`remat_module`).
     """
     depth: int
     heads: int
@@ -340,16 +428,18 @@ class Transformer(nn.Module):
     mlp_dim: int
     approximate_gelu: bool = True
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
+        layer_cls = remat_module(TransformerLayer, self.remat)
         for i in range(self.depth):
-            x = TransformerLayer(self.heads,
-                                 self.dim_head,
-                                 self.mlp_dim,
-                                 self.approximate_gelu,
-                                 dtype=self.dtype,
-                                 name=f"layers_{i}")(x, train)
+            x = layer_cls(self.heads,
+                          self.dim_head,
+                          self.mlp_dim,
+                          self.approximate_gelu,
+                          dtype=self.dtype,
+                          name=f"layers_{i}")(x, train)
         return x
 
 

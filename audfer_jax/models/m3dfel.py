@@ -45,6 +45,7 @@ import jax
 import jax.numpy as jnp
 from flax import linen as nn
 
+from audfer_jax.models import conv as conv_lib
 from audfer_jax.models import layers
 from audfer_jax.models.base import ModelOutput
 
@@ -134,14 +135,17 @@ class R3D18Features(nn.Module):
     Attributes:
         widths: channels of layer1..4 (64, 128, 256, 512); the stem has widths[0].
         dtype: activation dtype.
+        remat: rematerialise the BasicBlocks (`layers.remat_module`).
 
     Input `[N, T, H, W, 3]` float; output `[N, widths[3]]`.
     """
     widths: Sequence[int] = (64, 128, 256, 512)
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
+        block_cls = layers.remat_module(layers.BasicBlock, self.remat)
         x = nn.Conv(self.widths[0], (3, 7, 7),
                     strides=(1, 2, 2),
                     padding=((1, 1), (3, 3), (3, 3)),
@@ -149,12 +153,13 @@ class R3D18Features(nn.Module):
                     dtype=self.dtype,
                     param_dtype=jnp.float32,
                     kernel_init=layers.kaiming_normal_fan_out,
+                    conv_general_dilated=conv_lib.conv_general_dilated,
                     name="stem_conv")(x)
         x = nn.relu(layers.batch_norm(train, self.dtype, "stem_bn")(x))
         for k, (width, stride) in enumerate(zip(self.widths, (1, 2, 2, 2)), start=1):
             for j in range(2):
                 s = stride if j == 0 else 1
-                x = layers.BasicBlock(width, (s, s, s), self.dtype, name=f"layer{k}_{j}")(x, train)
+                x = block_cls(width, (s, s, s), self.dtype, name=f"layer{k}_{j}")(x, train)
         return jnp.mean(x, axis=(1, 2, 3))
 
 
@@ -171,7 +176,10 @@ class M3DFEL(nn.Module):
         lstm_hidden: LSTM hidden size per direction (512); the MIL width is twice it.
         lstm_layers: 2.
         heads: MHSA heads (8); head width = 2 * lstm_hidden / heads (128).
-        dtype: activation dtype; parameters float32, outputs float32.
+        dtype: activation dtype; parameters float32, outputs float32;
+            BatchNorm statistics, attention softmax and DMIN are float32.
+        remat: recompute the R3D-18 blocks' activations in the backward pass
+            (`nn.remat`; same values and parameter paths, less memory).
 
     `__call__(clips, train)`: clips `[B, T, S, S, 3]` uint8 (or float in [0, 1]);
     returns `ModelOutput(logits [B, C] f32, au_logits [B, num_aus] f32,
@@ -187,6 +195,7 @@ class M3DFEL(nn.Module):
     lstm_layers: int = 2
     heads: int = 8
     dtype: Dtype = jnp.float32
+    remat: bool = False
 
     @nn.compact
     def __call__(self, clips: Array, train: bool) -> ModelOutput:
@@ -194,7 +203,7 @@ class M3DFEL(nn.Module):
         b = clips.shape[0]
         bag = self.num_frames // self.instance_length
         x = make_bag(layers.to_float_clips(clips, self.dtype), self.instance_length)
-        x = R3D18Features(self.widths, self.dtype, name="features")(x, train)
+        x = R3D18Features(self.widths, self.dtype, self.remat, name="features")(x, train)
         x = x.reshape(b, bag, x.shape[-1])
         h = layers.BiLSTM(self.lstm_hidden, self.lstm_layers, self.dtype, name="lstm")(x)
         width = h.shape[-1]

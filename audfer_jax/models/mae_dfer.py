@@ -74,6 +74,8 @@ import numpy as np
 from flax import linen as nn
 from flax import traverse_util
 
+from audfer_jax.models import conv as conv_lib
+from audfer_jax.models import layers
 from audfer_jax.models.base import ModelOutput
 
 # ImageNet statistics used by the original MAE-DFER data pipeline
@@ -222,9 +224,9 @@ class GeneralAttention(nn.Module):
     """Multi-head (cross-)attention of MAE-DFER (`GeneralAttention`).
 
     `q = x Wq + q_bias`; `k = ctx Wk` (**no bias**); `v = ctx Wv + v_bias`;
-    heads are head-major slices of the channels (`h*head_dim + d`); q is
-    scaled by `head_dim**-0.5` before `q k^T`; softmax (in float32) over the
-    context; `proj` with bias. Attention and projection dropout are 0 in
+    heads are head-major slices of the channels (`h*head_dim + d`); logits
+    `q k^T * head_dim**-0.5` and their softmax over the context in float32
+    (`jax.nn.dot_product_attention`); `proj` with bias. Attention and projection dropout are 0 in
     MAE-DFER and are not implemented.
 
     Attributes:
@@ -253,10 +255,10 @@ class GeneralAttention(nn.Module):
         q = dense(name='q')(x).reshape(b, t1, self.num_heads, hd)
         k = dense(use_bias=False, name='k')(ctx).reshape(b, t2, self.num_heads, hd)
         v = dense(name='v')(ctx).reshape(b, t2, self.num_heads, hd)
-        q = q * jnp.asarray(hd ** -0.5, q.dtype)
-        logits = jnp.einsum('bqhd,bkhd->bhqk', q, k)
-        attn = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
-        out = jnp.einsum('bhqk,bkhd->bqhd', attn, v).reshape(b, t1, c)
+        # The original scales q before q k^T; scaling the float32 logits
+        # instead is the same up to rounding, and lets the fused kernel
+        # (cuDNN on GPU) do it. Softmax in float32 (layers.dot_product_attention).
+        out = layers.dot_product_attention(q, k, v, hd ** -0.5).reshape(b, t1, c)
         return dense(name='proj')(out)
 
 
@@ -367,7 +369,10 @@ class PatchEmbed(nn.Module):
         fan_in = x.shape[-1] * int(np.prod(k))
         y = nn.Conv(self.embed_dim, k, strides=k, padding='VALID', dtype=self.dtype,
                     param_dtype=jnp.float32, kernel_init=_torch_conv_kernel_init,
-                    bias_init=_torch_conv_bias_init(fan_in), name='proj')(x)
+                    bias_init=_torch_conv_bias_init(fan_in),
+                    # Same forward; kernel gradient as a matrix product
+                    # (XLA:CPU's 16x-dilated gradient conv is slow, conv.py).
+                    conv_general_dilated=conv_lib.conv_general_dilated, name='proj')(x)
         return y.reshape(y.shape[0], -1, self.embed_dim)
 
 

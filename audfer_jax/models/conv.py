@@ -1,0 +1,293 @@
+"""Strided convolution and max pooling with backward passes fast on XLA:CPU.
+
+`max_pool` (end of the module) replaces XLA's `select_and_scatter` gradient by
+slices and pads. The rest of this docstring is about the convolution.
+
+A strided convolution whose backward pass avoids dilated convolutions.
+
+The gradient of a strided convolution is, as XLA writes it, a convolution with
+an *input* dilation (for the input gradient) or a *kernel* dilation (for the
+kernel gradient). XLA:CPU has no fast kernel for either and runs them through
+a generic loop: measured on the 2-core CPU of this project (docs/performance.md,
+`[16, 4, 56, 56, 64]` -> 128 channels, kernel 3x3x3, stride 2) the input
+gradient takes 60 times as long as the forward convolution, and these
+gradients were most of the M3DFEL train step.
+
+`conv_general_dilated` below is a drop-in for `lax.conv_general_dilated` (pass
+it to `flax.linen.Conv(conv_general_dilated=...)`): its forward pass is the
+very same `lax` convolution (bit-identical outputs), and its backward pass is
+the exact gradient of the *polyphase* form of the same convolution:
+
+    y[o] = sum_j x_pad[o*s + j] w[j]
+         = sum_{r < s} sum_t phase_r[o + t] w[r + t*s],  phase_r[u] = x_pad[u*s + r],
+
+i.e. a sum over the `prod(s)` phase combinations of stride-1 VALID
+convolutions with the sub-kernels `w[r::s]`. Differentiating that form needs
+only stride-1 convolutions (fast Eigen/oneDNN kernels) plus reshapes, and
+does the same number of multiply-adds as the original gradient. The result is
+mathematically equal; only the floating-point summation order differs.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+Array = jax.Array
+
+# Beyond this many phases (e.g. stride 2x16x16 = 512 phases) the polyphase
+# form would unroll into too many small convolutions; those keep XLA's own
+# gradient unless they are patchify convolutions (`patch_conv`).
+MAX_PHASES = 16
+
+
+def _pads(padding: Any, x_shape: Sequence[int], k_shape: Sequence[int],
+          strides: Sequence[int]) -> list[tuple[int, int]]:
+    if isinstance(padding, str):
+        return [tuple(p) for p in lax.padtype_to_pads(x_shape, k_shape, strides, padding)]
+    return [tuple(int(v) for v in p) for p in padding]
+
+
+def polyphase_conv(x: Array, w: Array, strides: Sequence[int],
+                   padding: Sequence[tuple[int, int]], precision: Any = None) -> Array:
+    """A strided channels-last convolution as a sum of stride-1 convolutions.
+
+    Equal (up to summation order) to `lax.conv_general_dilated(x, w, strides,
+    padding)` with channels-last dimension numbers.
+
+    Args:
+        x: `[N, *spatial, C_in]`.
+        w: `[*kernel, C_in, C_out]`.
+        strides: one per spatial axis.
+        padding: `(low, high)` per spatial axis.
+        precision: passed to each convolution.
+
+    Returns:
+        `[N, *out_spatial, C_out]`, `out = (n + low + high - k) // s + 1` per axis.
+    """
+    nd = len(strides)
+    spatial, kernel = x.shape[1:-1], w.shape[:nd]
+    out = [(n + lo + hi - k) // s + 1
+           for n, (lo, hi), k, s in zip(spatial, padding, kernel, strides)]
+    # Padded length: a whole number of phases long enough for the widest sub-kernel.
+    lengths = [s * (m - 1 + -(-k // s)) for m, k, s in zip(out, kernel, strides)]
+    cfg = [(0, 0, 0)] + [(lo, ln - n - lo, 0) for (lo, _), ln, n in zip(padding, lengths, spatial)]
+    xp = lax.pad(x, jnp.zeros((), x.dtype), cfg + [(0, 0, 0)])
+    split = (x.shape[0],)
+    for ln, s in zip(lengths, strides):
+        split += (ln // s, s)
+    xp = xp.reshape(split + (x.shape[-1],))
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, _channels_last_spec(nd))
+    y = None
+    for phase in itertools.product(*(range(s) for s in strides)):
+        if any(r >= k for r, k in zip(phase, kernel)):
+            continue                      # no kernel tap falls on this phase
+        index = (slice(None),)
+        for r in phase:
+            index += (slice(None), r)
+        sub_x = xp[index]
+        sub_w = w[tuple(slice(r, None, s) for r, s in zip(phase, strides))]
+        # Valid stride-1 convolution, cropped to the output size.
+        keep = tuple(m + t - 1 for m, t in zip(out, sub_w.shape[:nd]))
+        sub_x = sub_x[(slice(None),) + tuple(slice(0, v) for v in keep)]
+        part = lax.conv_general_dilated(sub_x, sub_w, (1,) * nd, "VALID", dimension_numbers=dn,
+                                        precision=precision)
+        y = part if y is None else y + part
+    return y
+
+
+def _channels_last_spec(nd: int) -> tuple[str, str, str]:
+    sp = "DHW"[-nd:] if nd <= 3 else "".join(chr(ord("a") + i) for i in range(nd))
+    return ("N" + sp + "C", sp + "IO", "N" + sp + "C")
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _strided_conv(x, w, strides, padding, precision):
+    nd = len(strides)
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, _channels_last_spec(nd))
+    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn,
+                                    precision=precision)
+
+
+def _strided_conv_fwd(x, w, strides, padding, precision):
+    return _strided_conv(x, w, strides, padding, precision), (x, w)
+
+
+def _strided_conv_bwd(strides, padding, precision, res, g):
+    x, w = res
+    _, vjp = jax.vjp(lambda a, b: polyphase_conv(a, b, strides, padding, precision), x, w)
+    return vjp(g)
+
+
+_strided_conv.defvjp(_strided_conv_fwd, _strided_conv_bwd)
+
+
+def patch_conv(x: Array, w: Array, strides: Sequence[int], precision: Any = None) -> Array:
+    """A VALID convolution whose kernel equals its stride, as one matrix product.
+
+    Non-overlapping patches (ViT/VideoMAE tubelet embedding): crop `x` to whole
+    patches, flatten each patch in (kernel..., C_in) order, multiply by the
+    kernel reshaped to `[prod(kernel) * C_in, C_out]`.
+
+    Args:
+        x: `[N, *spatial, C_in]`.
+        w: `[*strides, C_in, C_out]`.
+        strides: = the kernel size, one per spatial axis.
+
+    Returns:
+        `[N, *(spatial // strides), C_out]`.
+    """
+    nd = len(strides)
+    out = [n // s for n, s in zip(x.shape[1:-1], strides)]
+    x = x[(slice(None),) + tuple(slice(0, m * s) for m, s in zip(out, strides))]
+    split = (x.shape[0],)
+    for m, s in zip(out, strides):
+        split += (m, s)
+    x = x.reshape(split + (x.shape[-1],))
+    order = (0,) + tuple(1 + 2 * i for i in range(nd)) + tuple(2 + 2 * i for i in range(nd)) \
+        + (2 * nd + 1,)
+    patches = x.transpose(order).reshape(x.shape[0] * math.prod(out), -1)
+    y = jnp.dot(patches, w.reshape(-1, w.shape[-1]), precision=precision)
+    return y.reshape((x.shape[0],) + tuple(out) + (w.shape[-1],))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _patch_conv(x, w, strides, precision):
+    nd = len(strides)
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, _channels_last_spec(nd))
+    return lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=dn,
+                                    precision=precision)
+
+
+def _patch_conv_fwd(x, w, strides, precision):
+    return _patch_conv(x, w, strides, precision), (x, w)
+
+
+def _patch_conv_bwd(strides, precision, res, g):
+    x, w = res
+    _, vjp = jax.vjp(lambda a, b: patch_conv(a, b, strides, precision), x, w)
+    return vjp(g)
+
+
+_patch_conv.defvjp(_patch_conv_fwd, _patch_conv_bwd)
+
+
+def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], padding: Any,
+                         lhs_dilation: Sequence[int] | None = None,
+                         rhs_dilation: Sequence[int] | None = None,
+                         dimension_numbers: Any = None, feature_group_count: int = 1,
+                         batch_group_count: int = 1, precision: Any = None,
+                         preferred_element_type: Any = None) -> Array:
+    """`lax.conv_general_dilated` with a fast backward pass for strided convolutions.
+
+    Takes the polyphase gradient (module docstring) when the convolution is
+    channels-last (`NHWC`/`HWIO`, any number of spatial axes), strided with at
+    most `MAX_PHASES` phases, undilated and ungrouped; a patchify convolution
+    (kernel = stride, no padding: MAE-DFER's tubelet embedding, whose kernel
+    gradient XLA:CPU computes as a 16x-dilated convolution) takes the gradient
+    of `patch_conv`, two matrix products. Anything else is passed to
+    `lax.conv_general_dilated` unchanged. Forward values are always those of
+    `lax.conv_general_dilated`.
+    """
+    nd = lhs.ndim - 2
+    strides = tuple(int(s) for s in window_strides)
+    plain = (all(d == 1 for d in (lhs_dilation or (1,) * nd))
+             and all(d == 1 for d in (rhs_dilation or (1,) * nd))
+             and feature_group_count == 1 and batch_group_count == 1
+             and preferred_element_type is None
+             and 1 < math.prod(strides))
+    if plain and math.prod(strides) > MAX_PHASES:
+        # Only the patchify case (kernel = stride, no padding) has a fast form.
+        pads = _pads(padding, lhs.shape[1:-1], rhs.shape[:nd], strides)
+        plain = tuple(rhs.shape[:nd]) == strides and all(tuple(p) == (0, 0) for p in pads)
+    if plain:
+        expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _channels_last_spec(nd))
+        given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+        plain = given == expected
+    if not plain:
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                        rhs_dilation, dimension_numbers, feature_group_count,
+                                        batch_group_count, precision, preferred_element_type)
+    pads = tuple(_pads(padding, lhs.shape[1:-1], rhs.shape[:nd], strides))
+    if tuple(rhs.shape[:nd]) == strides and all(p == (0, 0) for p in pads):
+        return _patch_conv(lhs, rhs, strides, precision)
+    return _strided_conv(lhs, rhs, strides, pads, precision)
+
+
+def _window_offsets(window: Sequence[int]):
+    return list(itertools.product(*(range(k) for k in window)))
+
+
+def _shifted(xp: Array, offset: Sequence[int], strides: Sequence[int],
+             out: Sequence[int]) -> Array:
+    """`xp[:, o0 + s0*i0, o1 + s1*i1, ..., :]` for `i < out`: one window tap."""
+    start = (0,) + tuple(offset) + (0,)
+    limit = (xp.shape[0],) + tuple(o + s * (m - 1) + 1 for o, s, m in zip(offset, strides, out)) \
+        + (xp.shape[-1],)
+    return lax.slice(xp, start, limit, (1,) + tuple(strides) + (1,))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
+def _max_pool(x, window, strides, padding):
+    init = jnp.array(-jnp.inf, x.dtype)
+    return lax.reduce_window(x, init, lax.max, (1,) + window + (1,), (1,) + strides + (1,),
+                             ((0, 0),) + padding + ((0, 0),))
+
+
+def _max_pool_fwd(x, window, strides, padding):
+    y = _max_pool(x, window, strides, padding)
+    return y, (x, y)
+
+
+def _max_pool_bwd(window, strides, padding, res, g):
+    x, y = res
+    cfg = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)]
+    xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), cfg)
+    out = y.shape[1:-1]
+    taken = jnp.zeros(y.shape, bool)
+    dxp = jnp.zeros(xp.shape, g.dtype)
+    for offset in _window_offsets(window):
+        # The first tap (row-major window order) equal to the max gets the
+        # gradient, as XLA's select_and_scatter (`ge` select) does.
+        hit = (_shifted(xp, offset, strides, out) == y) & ~taken
+        taken = taken | hit
+        # Place g at rows offset + stride * i of the padded input: interior
+        # padding spreads it to the stride, edge padding shifts it.
+        place = [(0, 0, 0)]
+        for o, s, m, n in zip(offset, strides, out, xp.shape[1:-1]):
+            place.append((o, n - o - s * (m - 1) - 1, s - 1))
+        dxp = dxp + lax.pad(jnp.where(hit, g, jnp.zeros((), g.dtype)), jnp.zeros((), g.dtype),
+                            place + [(0, 0, 0)])
+    crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(padding, x.shape[1:-1]))
+    return (dxp[(slice(None),) + crop],)
+
+
+_max_pool.defvjp(_max_pool_fwd, _max_pool_bwd)
+
+
+def max_pool(x: Array, window: Sequence[int], strides: Sequence[int],
+             padding: Sequence[tuple[int, int]]) -> Array:
+    """Channels-last max pooling with a backward pass made of slices and pads.
+
+    Forward values are those of `flax.linen.max_pool` / `lax.reduce_window`
+    (padding with -inf). The gradient goes, per output, to the first input of
+    its window (row-major order) that equals the maximum, as in XLA's own
+    `select_and_scatter` gradient, which XLA:CPU runs about 6x slower than the
+    forward pass (docs/performance.md).
+
+    Args:
+        x: `[N, *spatial, C]` float.
+        window, strides: per spatial axis.
+        padding: `(low, high)` per spatial axis.
+
+    Returns:
+        `[N, *out_spatial, C]`.
+    """
+    return _max_pool(x, tuple(int(v) for v in window), tuple(int(v) for v in strides),
+                     tuple((int(lo), int(hi)) for lo, hi in padding))

@@ -1,0 +1,144 @@
+"""The accelerator path of the three backbones (tiny variants): bfloat16
+compute, rematerialisation, dot_product_attention."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from audfer_jax import models
+from audfer_jax.models import layers
+from model_testing import numpy_variables
+
+NAMES = ["former_dfer_tiny", "m3dfel_tiny", "mae_dfer_tiny"]
+
+
+def _clips(name, batch=2, seed=0):
+    t, h, w = models.default_input_shape(name)
+    rng = np.random.default_rng(seed)
+    return jnp.asarray(rng.integers(0, 256, (batch, t, h, w, 3), dtype=np.uint8))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bfloat16_eval_logits_close_to_float32(name):
+    clips = _clips(name)
+    f32 = models.get_model(name)
+    bf16 = models.get_model(name, dtype="bfloat16")
+    assert bf16.dtype == jnp.bfloat16
+    variables = numpy_variables(f32, clips, train=False)
+    want = jax.jit(lambda v, c: f32.apply(v, c, train=False))(variables, clips)
+    got = jax.jit(lambda v, c: bf16.apply(v, c, train=False))(variables, clips)
+    # Outputs stay float32; parameters are the same float32 arrays.
+    assert got.logits.dtype == jnp.float32 and got.au_logits.dtype == jnp.float32
+    # bfloat16 keeps 8 mantissa bits (relative step 2^-8 = 0.4 %); through a
+    # few dozen layers the logits drift by a few percent of their range.
+    for a, b in ((want.logits, got.logits), (want.au_logits, got.au_logits)):
+        a, b = np.asarray(a), np.asarray(b)
+        scale = np.abs(a).max() + 1e-3
+        assert np.abs(a - b).max() <= 0.1 * scale, (np.abs(a - b).max(), scale)
+        assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98
+
+
+def test_unknown_dtype_is_an_error():
+    with pytest.raises(ValueError, match="dtype"):
+        models.get_model("former_dfer_tiny", dtype="int8")
+
+
+def _grads(model, variables, clips, labels):
+    extra = {k: v for k, v in variables.items() if k != "params"}
+
+    def loss_fn(params):
+        out, _ = model.apply({"params": params, **extra}, clips, train=True,
+                             rngs={"dropout": jax.random.PRNGKey(7)}, mutable=list(extra))
+        return optax.softmax_cross_entropy_with_integer_labels(out.logits, labels).mean()
+
+    return jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_remat_gives_the_same_loss_and_gradients(name):
+    clips = _clips(name)
+    labels = jnp.asarray([1, 4])
+    plain, remat = models.get_model(name), models.get_model(name, remat=True)
+    variables = numpy_variables(plain, clips, train=False)
+    # Same parameter tree: checkpoints load with either setting.
+    assert (jax.tree.structure(numpy_variables(remat, clips, train=False))
+            == jax.tree.structure(variables))
+    loss0, g0 = _grads(plain, variables, clips, labels)
+    loss1, g1 = _grads(remat, variables, clips, labels)
+    np.testing.assert_allclose(float(loss1), float(loss0), rtol=1e-6)
+    # Recomputation may fuse differently: equal up to float32 rounding, i.e.
+    # far below the size of the leaf's gradient.
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= 1e-3 * np.abs(a).max() + 1e-7
+
+
+@pytest.mark.parametrize("implementation", ["fused", "einsum", "cpu", None])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_dot_product_attention_equals_explicit_softmax(dtype, implementation):
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal(s).astype(np.float32)
+               for s in ((2, 3, 5, 4, 8), (2, 3, 7, 4, 8), (2, 3, 7, 4, 8)))
+    scale = 8 ** -0.5
+    # NumPy reference: softmax(q k^T * scale) v per head, in float64.
+    logits = np.einsum("abnhd,abmhd->abhnm", q, k).astype(np.float64) * scale
+    w = np.exp(logits - logits.max(-1, keepdims=True))
+    w /= w.sum(-1, keepdims=True)
+    want = np.einsum("abhnm,abmhd->abnhd", w, v)
+    got = layers.dot_product_attention(*(jnp.asarray(t, dtype) for t in (q, k, v)), scale,
+                                       implementation)
+    assert got.dtype == dtype and got.shape == want.shape
+    tol = 1e-5 if dtype == jnp.float32 else 3e-2
+    np.testing.assert_allclose(np.asarray(got, np.float32), want, rtol=tol, atol=tol)
+
+
+def test_fused_and_einsum_attention_gradients_agree():
+    rng = np.random.default_rng(1)
+    q, k, v = (jnp.asarray(rng.standard_normal((2, 6, 2, 8)), jnp.float32) for _ in range(3))
+
+    def grads(impl):
+        return jax.grad(lambda *a: jnp.sum(layers.dot_product_attention(*a, 0.3, impl) ** 2),
+                        argnums=(0, 1, 2))(q, k, v)
+
+    for impl in ("einsum", "cpu"):
+        for a, b in zip(grads("fused"), grads(impl)):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="implementation"):
+        layers.dot_product_attention(q, k, v, 0.3, "flash")
+
+
+def test_bfloat16_training_reduces_the_loss_like_float32():
+    name = "former_dfer_tiny"
+    clips, labels = _clips(name, batch=4), jnp.asarray([0, 1, 2, 3])
+    tx = optax.adam(1e-3)
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        model = models.get_model(name, dtype=dtype)
+        variables = numpy_variables(model, clips, train=False)
+
+        @jax.jit
+        def step(params, stats, opt_state, model=model):
+            def loss_fn(p):
+                out, new = model.apply({"params": p, "batch_stats": stats}, clips, train=True,
+                                       mutable=["batch_stats"])
+                return optax.softmax_cross_entropy_with_integer_labels(
+                        out.logits, labels).mean(), new["batch_stats"]
+            (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            # Parameters, gradients and optimizer state stay float32.
+            assert all(g.dtype == jnp.float32 for g in jax.tree.leaves(grads))
+            updates, opt_state = tx.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), new_stats, opt_state, loss
+
+        params, stats = variables["params"], variables["batch_stats"]
+        opt_state = tx.init(params)
+        trace = []
+        for _ in range(6):
+            params, stats, opt_state, loss = step(params, stats, opt_state)
+            trace.append(float(loss))
+        losses[dtype] = trace
+    for trace in losses.values():
+        assert trace[-1] < 0.7 * trace[0], losses
+    # bfloat16 follows the float32 trajectory.
+    np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.1, atol=0.05)
