@@ -70,3 +70,30 @@ def test_former_dfer_device_recipe_in_the_step_gives_model_sized_clips():
     assert augment_device.make_device_augment(DataConfig(augment="none")) is None
     assert augment_device.make_device_augment(
             DataConfig(augment="former_dfer", augment_device=False)) is None
+
+
+def test_accelerator_fields_reach_registered_backbones_only():
+    import jax.numpy as jnp
+    from audfer_jax import config_lib, experiment
+    cfg = config_lib.base_config()
+    cfg.model = "former_dfer_tiny"
+    assert experiment.build_model(cfg, 7).dtype == jnp.float32
+    cfg.dtype, cfg.remat = "bfloat16", True
+    model = experiment.build_model(cfg, 7)
+    assert model.dtype == jnp.bfloat16 and model.remat is True
+    cfg.dtype = "int8"
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        experiment.build_model(cfg, 7)
+
+
+def test_rng_impl_changes_only_the_dropout_stream():
+    model = fakes.MicroModel(num_classes=7, dropout=0.5)
+    cfg, tx, schedule, state, batch = _setup(model, (8, 32, 32), 32)
+    out = {}
+    for impl in ("threefry", "rbg"):
+        cfg.rng_impl = impl
+        step = steps.make_train_step(model, cfg, tx=tx, schedule=schedule,
+                                     prior=au_lib.prior("dfew"), pos_weight=None, lam=0.25,
+                                     num_classes=7)
+        out[impl] = float(jax.jit(step)(state, batch)[1]["loss"])
+    assert np.isfinite(out["rbg"]) and out["rbg"] != out["threefry"]
