@@ -175,14 +175,16 @@ def maybe_initialize_distributed(config) -> None:
 
     Called when `config.multihost` is set or a launcher's environment is seen
     (`JAX_COORDINATOR_ADDRESS`, Slurm with several tasks, Open MPI with
-    several ranks); explicit `config.coordinator_address`, `num_processes`,
+    several ranks, a Cloud TPU VM pod slice of several workers:
+    `TPU_WORKER_HOSTNAMES` lists more than one host); explicit `config.coordinator_address`, `num_processes`,
     `process_id` are passed through (a 2-process test on 127.0.0.1 uses them).
     Must run before any device is touched; a second call is ignored.
     """
     env = os.environ
     launched = ("JAX_COORDINATOR_ADDRESS" in env
                 or int(env.get("SLURM_NTASKS", "1") or 1) > 1
-                or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1)
+                or int(env.get("OMPI_COMM_WORLD_SIZE", "1") or 1) > 1
+                or "," in env.get("TPU_WORKER_HOSTNAMES", ""))
     if not (config.multihost or launched):
         return
     kwargs = {}

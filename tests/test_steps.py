@@ -97,3 +97,19 @@ def test_rng_impl_changes_only_the_dropout_stream():
                                      num_classes=7)
         out[impl] = float(jax.jit(step)(state, batch)[1]["loss"])
     assert np.isfinite(out["rbg"]) and out["rbg"] != out["threefry"]
+
+
+def test_distributed_start_is_detected_on_a_tpu_pod_slice(monkeypatch):
+    import jax as jax_mod
+    from audfer_jax import config_lib, parallel
+    calls = []
+    monkeypatch.setattr(jax_mod.distributed, "initialize", lambda **kw: calls.append(kw))
+    cfg = config_lib.base_config()
+    for var in ("JAX_COORDINATOR_ADDRESS", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2")          # one worker: no
+    parallel.maybe_initialize_distributed(cfg)
+    assert calls == []
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")  # a pod slice: yes
+    parallel.maybe_initialize_distributed(cfg)
+    assert calls == [{}]
