@@ -5,10 +5,10 @@ Writes the demo set (`audfer_jax.data.demo`) and prepares it on first use
 8 frames (4 segments x 2) of 48 x 48, the tiny Former-DFER,
 batch 16, SGD with the Former-DFER recipe's momentum and L2 at a constant lr.
 The demo set is synthetic, with exaggerated expressions: its figures say
-nothing about real DFER accuracy. In this budget (~2.5-3 min on 2 CPU cores,
-demo set generation included) the tiny model reaches roughly 65-70 % test UAR
-and 75 % WAR on fold 1 (chance is ~14 % UAR), with disgust and fear the weakest
-classes; the demo shows that every stage runs end to end and learns.
+nothing about real DFER accuracy. In this budget (1-2 min on 2 CPU cores,
+demo set generation included) the tiny model reaches roughly 60 % test UAR
+and 60-75 % WAR on fold 1 (chance is ~14 % UAR; the exact figures move with
+float rounding); the demo shows that every stage runs end to end and learns.
 
     audfer-jax train --config configs/demo.py --workdir runs/demo
     audfer-jax train --config configs/demo.py:num_clips=35,epochs=1 --workdir /tmp/d
