@@ -142,9 +142,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     parallel.enable_compilation_cache(config.compile_cache_dir)
     if data is None:
         from audfer_jax.data import pipeline as data  # pylint: disable=g-import-not-at-top
+    # The run directory is created by `save_config` once the config has been
+    # validated (`_start`), so a bad config leaves nothing behind.
     workdir = paths.resolve(workdir)
-    if jax.process_index() == 0:
-        paths.makedirs(workdir)
     with jax.set_mesh(parallel.make_mesh()), preemption.PreemptionGuard() as guard:
         run = _start(config, workdir, data, model, guard)
         try:
