@@ -366,8 +366,14 @@ def _on_device(run: _Run, ds, prefetch: int):
 
 
 def _count_flops(run: _Run, batch) -> None:
-    """XLA's FLOP count of the train step, once (a lowering; no extra compile)."""
-    run.flops_per_step = flops_lib.step_flops(run.train_step.lower(run.state, batch))
+    """XLA's FLOP count of the train step, once (a lowering; no extra compile).
+
+    The lowered program is the global, not yet partitioned computation (its
+    count is the whole batch's, checked against the compiled per-device count
+    on 2 devices), so the per-device share is the count over the devices.
+    """
+    total = flops_lib.step_flops(run.train_step.lower(run.state, batch))
+    run.flops_per_step = None if total is None else total / jax.device_count()
     if run.flops_per_step:
         per_clip = run.flops_per_step * jax.device_count() / run.exp.global_batch
         run.console.line(f"train step: {per_clip / 1e9:.3g} GFLOPs per clip "
