@@ -176,8 +176,9 @@ def maybe_initialize_distributed(config) -> None:
     Called when `config.multihost` is set or a launcher's environment is seen
     (`JAX_COORDINATOR_ADDRESS`, Slurm with several tasks, Open MPI with
     several ranks, a Cloud TPU VM pod slice of several workers:
-    `TPU_WORKER_HOSTNAMES` lists more than one host); explicit `config.coordinator_address`, `num_processes`,
-    `process_id` are passed through (a 2-process test on 127.0.0.1 uses them).
+    `TPU_WORKER_HOSTNAMES` lists more than one host); explicit
+    `config.coordinator_address`, `num_processes`, `process_id` are passed
+    through (a 2-process test on 127.0.0.1 uses them).
     Must run before any device is touched; a second call is ignored.
     """
     env = os.environ

@@ -157,8 +157,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                                         lambda: run.make_meta(run.step), force=True)
                     break
                 _evaluate_and_checkpoint(run, epoch)
-                if run.stopped() or run.preempted or guard.should_stop():
-                    run.preempted = run.preempted or guard.should_stop()
+                # One agreement per epoch end (a collective on several hosts).
+                run.preempted = run.preempted or guard.should_stop()
+                if run.stopped() or run.preempted:
                     break
         finally:
             run.ckpt.wait_until_finished()

@@ -45,3 +45,20 @@ def run_multidevice():
         return proc.stdout
 
     return run
+
+
+@pytest.fixture(scope="module")
+def module_compile_cache(tmp_path_factory):
+    """JAX's persistent compilation cache in a fresh folder for one test module.
+
+    Runs of the same model in one module reuse their compiled steps (same
+    HLO); the previous cache settings are restored afterwards.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    old = (jax.config.jax_compilation_cache_dir,
+           jax.config.jax_persistent_cache_min_compile_time_secs)
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jaxcache")))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    yield
+    jax.config.update("jax_compilation_cache_dir", old[0])
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])

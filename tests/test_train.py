@@ -26,16 +26,8 @@ from audfer_jax import optim  # noqa: E402
 from audfer_jax import train  # noqa: E402
 
 
-@pytest.fixture(scope="module", autouse=True)
-def compile_cache(tmp_path_factory):
-    """Reuses compiled steps across the runs of this module (same HLO)."""
-    old = (jax.config.jax_compilation_cache_dir,
-           jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jaxcache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    yield
-    jax.config.update("jax_compilation_cache_dir", old[0])
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+# Reuses compiled steps across the runs of this module (conftest.py).
+pytestmark = pytest.mark.usefixtures("module_compile_cache")
 
 
 def _params(workdir, step=None, best=False):

@@ -148,15 +148,15 @@ class DataConfig:
         hints = typing.get_type_hints(cls)
         kwargs = {}
         data = dict(data or {})
-        if data.get("dataset") is not None:
-            # `dataset` is the name that configs of earlier versions (and their
-            # saved config.json) gave the dataset; it wins over the default name.
-            data["name"] = data.pop("dataset")
-        data.pop("dataset", None)
+        # `dataset` is the name that configs of earlier versions (and their
+        # saved config.json) gave the dataset; it wins over the default name.
+        dataset = data.pop("dataset", None)
+        if dataset is not None:
+            data["name"] = dataset
         for key, value in data.items():
-            if key not in known and not strict:
-                continue
             if key not in known:
+                if not strict:
+                    continue
                 raise ValueError(f"unknown field config.data.{key}{_did_you_mean(key, known)}; "
                                  f"known fields: {', '.join(known)}")
             kwargs[key] = _coerce(key, value, hints[key])

@@ -245,9 +245,7 @@ def _train_frames(tf, frames, config, seeds):
     """`[U] string` JPEGs -> `[U, S, S, 3] uint8` augmented frames."""
     from audfer_jax.data import augment, augment_device  # pylint: disable=g-import-not-at-top
     size = int(config.image_size)
-    kind = config.augment
-    if kind not in AUGMENTS:
-        raise ValueError(f"augment {kind!r} not in {AUGMENTS}")
+    kind = config.augment          # validated by DataConfig
     if kind == "none":
         return augment.to_uint8(augment.resize(_decode_all(tf, frames), size))
     if config.augment_device:
