@@ -116,3 +116,101 @@ def test_patchify_convolution_gradients(x_shape, kernel):
     got = jax.jit(lambda a, b, c: jax.vjp(new, a, b)[1](c))(x, w, g)
     for u, v in zip(want, got):
         np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=1e-4, atol=1e-4)
+
+
+# 3-D convolutions with temporal stride 1 that `frames_conv_general_dilated`
+# runs frame by frame on CPU: R3D-18's stem, its stride-1 3x3x3 convolutions,
+# a length-1 clip axis (two of three taps read only padding) and uneven
+# temporal padding.
+FRAME_CASES = [
+    ((2, 4, 14, 14, 3), (3, 7, 7), (1, 2, 2), ((1, 1), (3, 3), (3, 3))),
+    ((2, 4, 8, 8, 5), (3, 3, 3), (1, 1, 1), ((1, 1),) * 3),
+    ((2, 1, 6, 6, 4), (3, 3, 3), (1, 1, 1), ((1, 1),) * 3),
+    ((1, 3, 7, 6, 2), (2, 3, 3), (1, 2, 1), ((0, 1), (1, 1), (1, 1))),
+    ((2, 5, 6, 6, 3), (3, 3, 3), (1, 1, 1), "SAME"),
+]
+
+
+def _numpy_conv3d(x, w, g, strides, pads):
+    """Float64 NumPy 3-D convolution, tap by tap, with its vjp for cotangent `g`.
+
+    y[n, o] = sum_taps x_pad[n, o * s + tap] @ w[tap]; dw[tap] and dx_pad
+    collect the same products. Returns (y, dx, dw); `g` may be None (y only).
+    """
+    (lt, ht), (lh, hh), (lw, hw) = pads
+    xp = np.pad(x, ((0, 0), (lt, ht), (lh, hh), (lw, hw), (0, 0)))
+    out = [(n - k) // s + 1 for n, k, s in zip(xp.shape[1:4], w.shape[:3], strides)]
+    y = np.zeros((x.shape[0], *out, w.shape[-1]))
+    dxp, dw = np.zeros_like(xp), np.zeros_like(w)
+    for a, b, c in np.ndindex(*w.shape[:3]):
+        index = (slice(None),) + tuple(slice(t, t + (m - 1) * s + 1, s)
+                                       for t, m, s in zip((a, b, c), out, strides))
+        y += np.einsum("nthwi,io->nthwo", xp[index], w[a, b, c])
+        if g is not None:
+            dw[a, b, c] = np.einsum("nthwi,nthwo->io", xp[index], g)
+            dxp[index] += np.einsum("nthwo,io->nthwi", g, w[a, b, c])
+    dx = dxp[:, lt:lt + x.shape[1], lh:lh + x.shape[2], lw:lw + x.shape[3]]
+    return y, dx, dw
+
+
+@pytest.mark.parametrize("x_shape, kernel, strides, padding", FRAME_CASES)
+def test_frames_convolution_matches_a_float64_numpy_convolution(x_shape, kernel, strides,
+                                                                padding):
+    # The frame-by-frame float32 form must match an independent float64
+    # convolution as closely as lax's own float32 3-D convolution does.
+    rng = np.random.default_rng(2)
+    x64 = rng.standard_normal(x_shape)
+    w64 = rng.standard_normal(kernel + (x_shape[-1], 6))
+    pads = conv._pads(padding, x_shape[1:-1], kernel, strides)
+    y64, _, _ = _numpy_conv3d(x64, w64, None, strides, pads)
+    g64 = rng.standard_normal(y64.shape)
+    _, dx64, dw64 = _numpy_conv3d(x64, w64, g64, strides, pads)
+    dn = ("NDHWC", "DHWIO", "NDHWC")
+    new = lambda a, b: conv.frames_conv_general_dilated(a, b, strides, padding,  # noqa: E731
+                                                        dimension_numbers=dn)
+    x, w, g = (jnp.asarray(a, jnp.float32) for a in (x64, w64, g64))
+    y = jax.jit(new)(x, w)
+    dx, dw = jax.jit(lambda a, b, c: jax.vjp(new, a, b)[1](c))(x, w, g)
+    assert y.shape == y64.shape and y.dtype == jnp.float32
+    for got, want in ((y, y64), (dx, dx64), (dw, dw64)):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5,
+                                   atol=1e-5 * np.abs(want).max())
+
+
+def test_frames_convolution_drops_taps_that_read_only_padding():
+    # One frame, temporal padding 1: taps 0 and 2 multiply zeros only. The
+    # frame form convolves with the middle tap alone (a 2-D convolution of
+    # C_in channels, not 3*C_in) and their kernel gradient is exactly 0.
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.standard_normal((2, 1, 6, 6, 4)), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((3, 3, 3, 4, 5)), jnp.float32)
+    pads = ((1, 1),) * 3
+    jaxpr = str(jax.make_jaxpr(lambda a, b: conv.frames_conv(a, b, pads))(x, w))
+    assert "f32[3,3,4,5]" in jaxpr and "f32[3,3,12,5]" not in jaxpr
+    dw = jax.grad(lambda b: jnp.sum(conv.frames_conv(x, b, pads) ** 2))(w)
+    assert np.all(np.asarray(dw[0]) == 0) and np.all(np.asarray(dw[2]) == 0)
+    assert np.abs(np.asarray(dw[1])).max() > 0
+
+
+def test_frames_dispatch_only_for_temporal_stride_one():
+    # Temporal stride 2 keeps the polyphase path (a custom_vjp around lax's
+    # forward); a 2-D convolution is lax's own.
+    x3 = jnp.ones((1, 4, 8, 8, 2))
+    w3 = jnp.ones((3, 3, 3, 2, 3))
+    dn3 = ("NDHWC", "DHWIO", "NDHWC")
+    strided = str(jax.make_jaxpr(lambda a, b: conv.frames_conv_general_dilated(
+            a, b, (2, 2, 2), ((1, 1),) * 3, dimension_numbers=dn3))(x3, w3))
+    assert "custom_vjp" in strided
+    framed = str(jax.make_jaxpr(lambda a, b: conv.frames_conv_general_dilated(
+            a, b, (1, 1, 1), ((1, 1),) * 3, dimension_numbers=dn3))(x3, w3))
+    assert "concatenate" in framed and "custom_vjp" not in framed
+    flat = str(jax.make_jaxpr(lambda a, b: conv.frames_conv_general_dilated(
+            a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))(
+                jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 3))))
+    assert "concatenate" not in flat and "custom_vjp" not in flat
+
+
+def test_frames_convolution_without_output_frames_is_an_error():
+    with pytest.raises(ValueError, match="no output frame"):
+        conv.frames_conv(jnp.ones((1, 1, 4, 4, 2)), jnp.ones((3, 3, 3, 2, 2)),
+                         ((0, 0), (1, 1), (1, 1)))

@@ -193,10 +193,11 @@ class BasicBlock(nn.Module):
         ndim = len(self.strides)
         k3 = (3,) * ndim
         pad1 = ((1, 1),) * ndim
-        # 3-D strided convolutions take the polyphase backward pass (same
-        # forward values): XLA:CPU's dilated gradient convolutions are 15-60x
-        # slower there (conv.py). In 2-D they are not, so 2-D keeps lax's.
-        conv_fn = conv_lib.conv_general_dilated if ndim == 3 else None
+        # 3-D: on XLA:CPU, temporal-stride-1 convolutions run frame by frame
+        # as 2-D convolutions and strided ones take the polyphase backward
+        # pass; its dilated gradient convolutions are 15-60x slower (conv.py).
+        # In 2-D XLA's own kernels are the fast ones, so 2-D keeps lax's.
+        conv_fn = conv_lib.frames_conv_general_dilated if ndim == 3 else None
         conv = lambda feats, k, s, p, name: nn.Conv(  # noqa: E731
             feats,
             k,

@@ -153,7 +153,9 @@ class R3D18Features(nn.Module):
                     dtype=self.dtype,
                     param_dtype=jnp.float32,
                     kernel_init=layers.kaiming_normal_fan_out,
-                    conv_general_dilated=conv_lib.conv_general_dilated,
+                    # A 9-channel 2-D convolution per frame on XLA:CPU (4x faster
+                    # than its 3-channel 3-D convolution; conv.frames_conv).
+                    conv_general_dilated=conv_lib.frames_conv_general_dilated,
                     name="stem_conv")(x)
         x = nn.relu(layers.batch_norm(train, self.dtype, "stem_bn")(x))
         for k, (width, stride) in enumerate(zip(self.widths, (1, 2, 2, 2)), start=1):
