@@ -128,6 +128,10 @@ FRAME_CASES = [
     ((2, 1, 6, 6, 4), (3, 3, 3), (1, 1, 1), ((1, 1),) * 3),
     ((1, 3, 7, 6, 2), (2, 3, 3), (1, 2, 1), ((0, 1), (1, 1), (1, 1))),
     ((2, 5, 6, 6, 3), (3, 3, 3), (1, 1, 1), "SAME"),
+    # Temporal stride 2 with taps that read only padding (R3D-18's layer3
+    # and layer4 first convolutions on 4-frame instances).
+    ((2, 2, 8, 8, 3), (3, 3, 3), (2, 2, 2), ((1, 1),) * 3),
+    ((2, 1, 7, 7, 3), (3, 3, 3), (2, 2, 2), ((1, 1),) * 3),
 ]
 
 
@@ -192,9 +196,9 @@ def test_frames_convolution_drops_taps_that_read_only_padding():
     assert np.abs(np.asarray(dw[1])).max() > 0
 
 
-def test_frames_dispatch_only_for_temporal_stride_one():
-    # Temporal stride 2 keeps the polyphase path (a custom_vjp around lax's
-    # forward); a 2-D convolution is lax's own.
+def test_frames_dispatch():
+    # Temporal stride 2 with all taps live keeps the polyphase path (a
+    # custom_vjp around lax's forward); a 2-D convolution is lax's own.
     x3 = jnp.ones((1, 4, 8, 8, 2))
     w3 = jnp.ones((3, 3, 3, 2, 3))
     dn3 = ("NDHWC", "DHWIO", "NDHWC")
@@ -208,6 +212,10 @@ def test_frames_dispatch_only_for_temporal_stride_one():
             a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))(
                 jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 3))))
     assert "concatenate" not in flat and "custom_vjp" not in flat
+    # Stride 2 over a 2-frame clip: tap 0 reads only padding -> frame form.
+    pruned = str(jax.make_jaxpr(lambda a, b: conv.frames_conv_general_dilated(
+            a, b, (2, 2, 2), ((1, 1),) * 3, dimension_numbers=dn3))(x3[:, :2], w3))
+    assert "concatenate" in pruned and "custom_vjp" not in pruned
 
 
 def test_frames_convolution_without_output_frames_is_an_error():

@@ -220,50 +220,63 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
     return _strided_conv(lhs, rhs, strides, pads, precision)
 
 
+def _live_taps(frames: int, taps: int, padding: tuple[int, int], stride: int) -> list[int]:
+    """Temporal taps that read at least one real frame (the rest read padding only).
+
+    Tap dt of output frame j reads input frame `dt - low + stride * j`.
+    """
+    low, high = padding
+    out = (frames + low + high - taps) // stride + 1
+    return [dt for dt in range(taps) if any(0 <= dt - low + stride * j < frames
+                                            for j in range(out))]
+
+
 def frames_conv(x: Array, w: Array, padding: Sequence[tuple[int, int]],
-                spatial_strides: Sequence[int] = (1, 1), precision: Any = None) -> Array:
-    """A 3-D convolution with temporal stride 1 as one 2-D convolution per output frame.
+                strides: Sequence[int] = (1, 1, 1), precision: Any = None) -> Array:
+    """A 3-D convolution as one 2-D convolution per output frame.
 
     With the temporal taps stacked on the channel axis,
 
-        y[n, t] = conv2d(concat_dt x_pad[n, t + dt], w.reshape(kh, kw, kt * C_in, C_out)),
+        y[n, j] = conv2d(concat_dt x_pad[n, st * j + dt], w.reshape(kh, kw, kt * C_in, C_out)),
 
     which is the same sum of products as the 3-D convolution (only the
     summation order differs). Taps that read nothing but temporal padding
-    for every output frame (a length-1 clip axis with padding 1, as in
-    R3D-18's layer3/layer4 on 4-frame instances) add exact zeros and are
-    dropped. On XLA:CPU this form runs 1.2-4x faster than the 3-D
-    convolution, forward and backward (docs/performance.md: R3D-18's
-    stem 4.3x forward, its stride-1 3x3x3 layers 1.2-1.4x): XLA:CPU's 2-D
-    convolution kernels are much better tuned than its 3-D ones, and a
-    3-channel stem becomes a 9-channel 2-D convolution.
+    for every output frame add exact zeros and are dropped: with R3D-18's
+    4-frame instances, layer3's first convolution keeps 2 of its 3 taps and
+    layer4's convolutions (one frame) keep 1. On XLA:CPU this form runs
+    1.2-5x faster than the 3-D convolution, forward and backward
+    (docs/performance.md): XLA:CPU's 2-D convolution kernels are better tuned
+    than its 3-D ones, and R3D-18's 3-channel stem becomes a 9-channel 2-D
+    convolution.
 
     Args:
         x: `[N, T, H, W, C_in]`.
         w: `[kt, kh, kw, C_in, C_out]`.
         padding: `(low, high)` for T, H and W.
-        spatial_strides: strides of H and W (the temporal stride is 1).
+        strides: strides of T, H and W.
         precision: passed to the 2-D convolution.
 
     Returns:
-        `[N, T + lo + hi - kt + 1, H', W', C_out]`, H' and W' as
-        `lax.conv_general_dilated` gives them.
+        `[N, T', H', W', C_out]`, the output shape of `lax.conv_general_dilated`.
+
+    Raises:
+        ValueError: the padded clip is shorter than the kernel (no output frame).
     """
     n, t = x.shape[:2]
     kt = w.shape[0]
     (lo, hi), pads_hw = tuple(padding[0]), tuple(tuple(p) for p in padding[1:])
-    out_t = t + lo + hi - kt + 1
+    st = int(strides[0])
+    out_t = (t + lo + hi - kt) // st + 1
     if out_t < 1:
         raise ValueError(f"frames_conv: {t} frames, padding {(lo, hi)} and {kt} temporal taps "
                          "give no output frame")
-    # Tap dt reads input frames dt - lo .. dt - lo + out_t - 1.
-    taps = [dt for dt in range(kt) if dt - lo < t and dt - lo + out_t - 1 >= 0]
+    taps = _live_taps(t, kt, (lo, hi), st)
     xp = lax.pad(x, jnp.zeros((), x.dtype), [(0, 0, 0), (lo, hi, 0)] + [(0, 0, 0)] * 3)
-    frames = jnp.concatenate([xp[:, dt:dt + out_t] for dt in taps], axis=-1)
+    frames = jnp.concatenate([xp[:, dt:dt + st * (out_t - 1) + 1:st] for dt in taps], axis=-1)
     frames = frames.reshape((n * out_t,) + frames.shape[2:])
     kernel = jnp.concatenate([w[dt] for dt in taps], axis=-2)   # [kh, kw, taps*C_in, C_out]
     dn = lax.conv_dimension_numbers(frames.shape, kernel.shape, _channels_last_spec(2))
-    y = lax.conv_general_dilated(frames, kernel, tuple(spatial_strides), pads_hw,
+    y = lax.conv_general_dilated(frames, kernel, tuple(strides[1:]), pads_hw,
                                  dimension_numbers=dn, precision=precision)
     return y.reshape((n, out_t) + y.shape[1:])
 
@@ -279,18 +292,19 @@ def frames_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence
     A drop-in for `lax.conv_general_dilated` (pass it to
     `flax.linen.Conv(conv_general_dilated=...)`), used by M3DFEL's R3D-18.
     On the CPU backend, a channels-last, undilated, ungrouped 3-D convolution
-    with temporal stride 1 and more than one temporal tap goes through
-    `frames_conv` (values equal up to float32 summation order, about 1e-6
-    relative); every other convolution, and every convolution on GPU and
-    TPU (where cuDNN's and XLA:TPU's 3-D kernels are the fast path), goes to
-    `conv_general_dilated` above (lax's forward, the polyphase backward for
-    strided ones).
+    with more than one temporal tap goes through `frames_conv` (values equal
+    up to float32 summation order, about 1e-7 relative) when its temporal
+    stride is 1 or when some taps read only padding; the measured cases
+    (docs/performance.md) where the 3-D kernel stays faster are a temporal
+    stride of 2 with every tap live and 1x1x1 kernels. Every other
+    convolution, and every convolution on GPU and TPU (where cuDNN's and
+    XLA:TPU's 3-D kernels are the fast path), goes to `conv_general_dilated`
+    above (lax's forward; the polyphase backward for strided ones).
     """
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)
     strides = tuple(int(s) for s in window_strides)
-    frame_form = (lhs.ndim == 5 and jax.default_backend() == "cpu"
-                  and strides[0] == 1 and rhs.shape[0] > 1
+    frame_form = (lhs.ndim == 5 and jax.default_backend() == "cpu" and rhs.shape[0] > 1
                   and all(d == 1 for d in (lhs_dilation or (1,) * 3))
                   and all(d == 1 for d in (rhs_dilation or (1,) * 3))
                   and feature_group_count == 1 and batch_group_count == 1
@@ -299,10 +313,13 @@ def frames_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence
         expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _channels_last_spec(3))
         frame_form = lax.conv_dimension_numbers(lhs.shape, rhs.shape,
                                                 dimension_numbers) == expected
+    if frame_form:
+        pads = _pads(padding, lhs.shape[1:-1], rhs.shape[:3], strides)
+        live = _live_taps(lhs.shape[1], rhs.shape[0], pads[0], strides[0])
+        frame_form = strides[0] == 1 or len(live) < rhs.shape[0]
     if not frame_form:
         return conv_general_dilated(*args)
-    pads = _pads(padding, lhs.shape[1:-1], rhs.shape[:3], strides)
-    return frames_conv(lhs, rhs, pads, strides[1:], precision)
+    return frames_conv(lhs, rhs, pads, strides, precision)
 
 
 def _window_offsets(window: Sequence[int]):
