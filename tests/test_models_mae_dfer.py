@@ -543,3 +543,41 @@ def test_no_weight_decay_and_mask(tiny):
         expected = (leaf.ndim >= 2 and path[0] != 'lg_region_tokens'
                     and not (path[0] == 'blocks_1' and path[1].startswith('third_attn')))
         assert mask[path] == expected, path
+
+
+def test_last_block_returns_what_the_full_block_returns_for_region_tokens(tiny):
+    # The last block skips step 3 and the MLP of the local tokens; its region
+    # tokens, the drop-path draws (train mode, heavy rate) and the gradients
+    # must equal those of the full block run on the same input.
+    model, params, clips = tiny
+    heavy = md.mae_dfer_tiny(drop_path_rate=0.5)
+    depth, n = heavy.depth, heavy.num_regions
+    b = clips.shape[0]
+    s = 1 + int(np.prod(heavy.token_grid)) // n
+    x = jax.random.normal(jax.random.key(5), (b * n, s, heavy.embed_dim))
+    block_params = {'params': params[f'blocks_{depth - 1}']}
+    kwargs = dict(num_regions=n, num_heads=heavy.num_heads, drop_path=0.5)
+    full = md.LGBlock(**kwargs)
+    short = md.LGBlock(region_tokens_only=True, **kwargs)
+
+    def run(block, p, inputs):
+        return block.apply(p, inputs, True, rngs={'dropout': jax.random.key(6)},
+                           mutable=['intermediates'])
+
+    (y_full, st_full), (y_short, st_short) = run(full, block_params, x), run(short, block_params, x)
+    assert y_short.shape == (b * n, 1, heavy.embed_dim)
+    # Equal up to float32 rounding (the MLP's matrix product has 8 rows instead of 8*S).
+    np.testing.assert_allclose(np.asarray(y_short[:, 0]), np.asarray(y_full[:, 0]),
+                               rtol=1e-4, atol=1e-4)
+    masks = lambda st: [np.asarray(m) for m in st['intermediates']['drop_path']['keep_mask']]
+    for a, c in zip(masks(st_full), masks(st_short), strict=True):
+        np.testing.assert_array_equal(a, c)
+    loss = lambda block: (lambda p, xx: jnp.sum(run(block, p, xx)[0][:, 0] ** 2))
+    g_full = jax.grad(loss(full), argnums=(0, 1))(block_params, x)
+    g_short = jax.grad(loss(short), argnums=(0, 1))(block_params, x)
+    for a, c in zip(jax.tree.leaves(g_full), jax.tree.leaves(g_short), strict=True):
+        np.testing.assert_allclose(np.asarray(c), np.asarray(a), rtol=1e-4,
+                                   atol=1e-4 * max(1.0, float(np.abs(np.asarray(a)).max())))
+    # The model uses it for its last block only, and init still creates the
+    # complete parameter tree (third_attn* of the last block included).
+    assert set(params[f'blocks_{depth - 1}']) == set(params['blocks_0'])

@@ -302,6 +302,16 @@ class LGBlock(nn.Module):
     LayerNorms: eps 1e-6, `use_fast_variance=False` (PyTorch subtracts the
     mean first).
 
+    With `region_tokens_only` (the last block, whose output is pooled over
+    its region tokens) the block returns only the region-token rows
+    `[B*N, 1, C]`, with the same values: step 3 cannot reach them
+    (backbones.md section 3 quirks), and the step-4 MLP acts row by row. It
+    skips step 3 and the MLP of the other 800 tokens (4.2 of the block's
+    6.1 GFLOPs per clip at full size, about 4 % of the forward pass) but
+    still draws step 3's drop-path noise, so every random draw is the one of
+    the full block. At `init` the full block runs, so its parameter tree is
+    always complete (checkpoints keep `third_attn*`).
+
     Attributes:
         num_regions: N.
         num_heads: heads of the three attentions.
@@ -309,6 +319,7 @@ class LGBlock(nn.Module):
         drop_path: stochastic-depth rate of this block.
         norm_eps: LayerNorm epsilon.
         dtype: computation dtype; parameters are float32.
+        region_tokens_only: return only the region tokens (see above).
     """
     num_regions: int
     num_heads: int
@@ -316,10 +327,11 @@ class LGBlock(nn.Module):
     drop_path: float = 0.0
     norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
+    region_tokens_only: bool = False
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        """`x [B*N, S, C]` -> `[B*N, S, C]` in `dtype`."""
+        """`x [B*N, S, C]` -> `[B*N, S, C]` (`[B*N, 1, C]` if `region_tokens_only`)."""
         bn, s, c = x.shape
         n = self.num_regions
         if bn % n:
@@ -336,11 +348,16 @@ class LGBlock(nn.Module):
         m = x[:, 0].reshape(b, n, c)
         m = m + dp(attn(name='second_attn')(norm(name='second_attn_norm0')(m)), det)
 
-        l = x[:, 1:].reshape(b, n * (s - 1), c)
-        ctx = norm(name='third_attn_norm1')(m)
-        l = l + dp(attn(name='third_attn')(norm(name='third_attn_norm0')(l), ctx), det)
-
-        x = jnp.concatenate([m.reshape(bn, 1, c), l.reshape(bn, s - 1, c)], axis=1)
+        if self.region_tokens_only and not self.is_initializing():
+            # Step 3's noise, drawn and unused: step 4 then draws what it
+            # draws in the full block ([B] rows, as for `l` below).
+            dp(jnp.zeros((b, 1), x.dtype), det)
+            x = m.reshape(bn, 1, c)
+        else:
+            l = x[:, 1:].reshape(b, n * (s - 1), c)
+            ctx = norm(name='third_attn_norm1')(m)
+            l = l + dp(attn(name='third_attn')(norm(name='third_attn_norm0')(l), ctx), det)
+            x = jnp.concatenate([m.reshape(bn, 1, c), l.reshape(bn, s - 1, c)], axis=1)
         h = Mlp(int(c * self.mlp_ratio), dtype=self.dtype, name='mlp')(norm(name='norm2')(x))
         return x + dp(h, det)
 
@@ -506,6 +523,7 @@ class MAEDFER(nn.Module):
         for k, rate in enumerate(drop_path_rates(self.drop_path_rate, self.depth)):
             x = block_cls(num_regions=n, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
                           drop_path=rate, norm_eps=self.norm_eps, dtype=self.dtype,
+                          region_tokens_only=k == self.depth - 1,
                           name=f'blocks_{k}')(x, train)
 
         region_out = x[:, 0].reshape(b, n, c).astype(jnp.float32)
