@@ -198,16 +198,19 @@ def test_frames_convolution_drops_taps_that_read_only_padding():
 
 def test_frames_dispatch():
     # Temporal stride 2 with all taps live keeps the polyphase path (a
-    # custom_vjp around lax's forward); a 2-D convolution is lax's own.
+    # custom_vjp around lax's forward); the frame form is a 2-D
+    # batch_chunked_conv; conv.frames_conv_general_dilated leaves a 2-D
+    # convolution to lax.
     x3 = jnp.ones((1, 4, 8, 8, 2))
     w3 = jnp.ones((3, 3, 3, 2, 3))
     dn3 = ("NDHWC", "DHWIO", "NDHWC")
     strided = str(jax.make_jaxpr(lambda a, b: conv.frames_conv_general_dilated(
             a, b, (2, 2, 2), ((1, 1),) * 3, dimension_numbers=dn3))(x3, w3))
-    assert "custom_vjp" in strided
+    assert "name=_strided_conv" in strided and "concatenate" not in strided
     framed = str(jax.make_jaxpr(lambda a, b: conv.frames_conv_general_dilated(
             a, b, (1, 1, 1), ((1, 1),) * 3, dimension_numbers=dn3))(x3, w3))
-    assert "concatenate" in framed and "custom_vjp" not in framed
+    assert "concatenate" in framed and "name=batch_chunked_conv" in framed
+    assert "_strided_conv" not in framed
     flat = str(jax.make_jaxpr(lambda a, b: conv.frames_conv_general_dilated(
             a, b, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")))(
                 jnp.ones((1, 8, 8, 2)), jnp.ones((3, 3, 2, 3))))
@@ -215,10 +218,66 @@ def test_frames_dispatch():
     # Stride 2 over a 2-frame clip: tap 0 reads only padding -> frame form.
     pruned = str(jax.make_jaxpr(lambda a, b: conv.frames_conv_general_dilated(
             a, b, (2, 2, 2), ((1, 1),) * 3, dimension_numbers=dn3))(x3[:, :2], w3))
-    assert "concatenate" in pruned and "custom_vjp" not in pruned
+    assert "concatenate" in pruned and "_strided_conv" not in pruned
 
 
 def test_frames_convolution_without_output_frames_is_an_error():
     with pytest.raises(ValueError, match="no output frame"):
         conv.frames_conv(jnp.ones((1, 1, 4, 4, 2)), jnp.ones((3, 3, 3, 2, 2)),
                          ((0, 0), (1, 1), (1, 1)))
+
+
+@pytest.mark.parametrize("batch, nbytes, want", [
+    (64, 147 << 20, 16),   # R3D-18 layer1 as frames: capped at 16 chunks
+    (64, 3 << 20, 2),      # 3 MB: 3 wanted; 2 is the largest divisor of 64 <= 3
+    (64, 1 << 19, 1),      # half a MB: no chunking
+    (12, 20 << 20, 12),    # 16 wanted; 12 is the largest divisor <= 16
+    (7, 5 << 20, 1),       # prime batch: only 1 divides it below 5
+])
+def test_grad_chunks(batch, nbytes, want):
+    assert conv.grad_chunks(batch, nbytes) == want
+
+
+@pytest.mark.parametrize("x_shape, kernel, strides, padding", [
+    ((8, 9, 9, 3), (7, 7), (2, 2), ((3, 3), (3, 3))),
+    ((6, 8, 7, 5), (3, 3), (1, 1), ((1, 1), (1, 1))),
+])
+def test_batch_chunked_convolution_matches_float64(monkeypatch, x_shape, kernel, strides,
+                                                   padding):
+    # Tiny chunk size so that the backward pass really runs in several chunks
+    # (8 and 6 of them); the reference is the float64 NumPy convolution with a
+    # length-1 time axis.
+    monkeypatch.setattr(conv, "_CHUNK_BYTES", 64)
+    assert conv.grad_chunks(x_shape[0], int(np.prod(x_shape)) * 4) == x_shape[0]
+    rng = np.random.default_rng(4)
+    x64 = rng.standard_normal(x_shape)
+    w64 = rng.standard_normal(kernel + (x_shape[-1], 4))
+    pads3 = ((0, 0),) + tuple(padding)
+    y64, _, _ = _numpy_conv3d(x64[:, None], w64[None], None, (1,) + strides, pads3)
+    g64 = rng.standard_normal(y64.shape)[:, 0]
+    _, dx64, dw64 = _numpy_conv3d(x64[:, None], w64[None], g64[:, None], (1,) + strides, pads3)
+    x, w, g = (jnp.asarray(a, jnp.float32) for a in (x64, w64, g64))
+    f = lambda a, b: conv.batch_chunked_conv(a, b, strides, padding)  # noqa: E731
+    y = jax.jit(f)(x, w)
+    np.testing.assert_array_equal(np.asarray(y),
+                                  np.asarray(_reference(x, w, strides, padding)(x, w)))
+    dx, dw = jax.jit(lambda a, b, c: jax.vjp(f, a, b)[1](c))(x, w, g)
+    for got, want in ((y, y64[:, 0]), (dx, dx64[:, 0]), (dw, dw64[0])):
+        np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5,
+                                   atol=1e-5 * np.abs(want).max())
+
+
+def test_cpu_convolution_dispatch():
+    x2, w2 = jnp.ones((2, 8, 8, 2)), jnp.ones((3, 3, 2, 3))
+    dn2 = ("NHWC", "HWIO", "NHWC")
+    chunked = str(jax.make_jaxpr(lambda a, b: conv.cpu_conv_general_dilated(
+            a, b, (1, 1), "SAME", dimension_numbers=dn2))(x2, w2))
+    assert "name=batch_chunked_conv" in chunked
+    grouped = str(jax.make_jaxpr(lambda a, b: conv.cpu_conv_general_dilated(
+            a, b, (1, 1), "SAME", dimension_numbers=dn2, feature_group_count=2))(
+                x2, jnp.ones((3, 3, 1, 4))))
+    assert "custom_vjp" not in grouped
+    x3, w3 = jnp.ones((1, 4, 8, 8, 2)), jnp.ones((3, 3, 3, 2, 3))
+    three_d = str(jax.make_jaxpr(lambda a, b: conv.cpu_conv_general_dilated(
+            a, b, (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")))(x3, w3))
+    assert "custom_vjp" not in three_d

@@ -82,6 +82,8 @@ class SFormer(nn.Module):
                     dtype=self.dtype,
                     param_dtype=jnp.float32,
                     kernel_init=layers.kaiming_normal_fan_out,
+                    # Kernel gradient in batch chunks on XLA:CPU (3x faster here).
+                    conv_general_dilated=conv_lib.cpu_conv_general_dilated,
                     name="conv1")(x)
         x = nn.relu(layers.batch_norm(train, self.dtype, "bn1")(x))
         # = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1))),

@@ -193,11 +193,13 @@ class BasicBlock(nn.Module):
         ndim = len(self.strides)
         k3 = (3,) * ndim
         pad1 = ((1, 1),) * ndim
-        # 3-D: on XLA:CPU, temporal-stride-1 convolutions run frame by frame
-        # as 2-D convolutions and strided ones take the polyphase backward
-        # pass; its dilated gradient convolutions are 15-60x slower (conv.py).
-        # In 2-D XLA's own kernels are the fast ones, so 2-D keeps lax's.
-        conv_fn = conv_lib.frames_conv_general_dilated if ndim == 3 else None
+        # On XLA:CPU (conv.py): 3-D convolutions run frame by frame as 2-D
+        # ones where that is faster, strided ones otherwise take the
+        # polyphase backward pass (XLA:CPU's dilated gradient convolutions
+        # are 15-60x slower); 2-D ones compute their gradients in batch
+        # chunks. Elsewhere all of these are lax's convolution.
+        conv_fn = (conv_lib.frames_conv_general_dilated if ndim == 3
+                   else conv_lib.cpu_conv_general_dilated)
         conv = lambda feats, k, s, p, name: nn.Conv(  # noqa: E731
             feats,
             k,
