@@ -1,7 +1,7 @@
-"""MAE-DFER with `scan_blocks=True` against the unrolled model (tiny, depth 4).
+"""MAE-DFER with `scan_blocks=True` against the unrolled model (tiny, depth 3).
 
 The scanned model must compute the unrolled model's function with the same
-parameter tree: blocks 0..2 under one `lax.scan` (3 iterations), block 3
+parameter tree: blocks 0..1 under one `lax.scan` (2 iterations), block 2
 (`region_tokens_only`) outside it. Expectations are the unrolled model's
 values on the same weights, and for the drop-path rates a manual unrolled
 run of the scanned blocks with the original per-block rates.
@@ -30,7 +30,7 @@ from audfer_jax import train_bench  # noqa: E402
 from audfer_jax.models import bench as model_bench  # noqa: E402
 from audfer_jax.models import mae_dfer as md  # noqa: E402
 
-DEPTH = 4
+DEPTH = 3
 
 
 def _clips(batch=2, seed=0):
@@ -124,7 +124,7 @@ def test_train_mode_uses_the_per_block_drop_path_rates(monkeypatch):
                   rngs={'dropout': jax.random.PRNGKey(5)})
     monkeypatch.undo()
     rates = md.drop_path_rates(0.9, DEPTH)[:-1]
-    assert rates[0] == 0.0 and rates[-1] > 0.5
+    assert rates[0] == 0.0 and rates[-1] > 0.4
     np.testing.assert_array_equal(np.asarray(seen['xs']['rate']), np.float32(rates))
     assert seen['xs']['key'].shape[0] == DEPTH - 1
 
