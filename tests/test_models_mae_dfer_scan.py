@@ -25,6 +25,7 @@ from model_testing import numpy_variables  # noqa: E402
 
 from audfer_jax import config_lib  # noqa: E402
 from audfer_jax import experiment  # noqa: E402
+from audfer_jax import rng as rng_lib  # noqa: E402
 from audfer_jax import train  # noqa: E402
 from audfer_jax import train_bench  # noqa: E402
 from audfer_jax.models import bench as model_bench  # noqa: E402
@@ -75,6 +76,15 @@ def test_parameter_tree_is_the_unrolled_one():
             == [(x.shape, x.dtype) for x in jax.tree.leaves(shapes[1])])
     assert sorted(k for k in shapes[1]['params'] if k.startswith('blocks')) == [
             f'blocks_{k}' for k in range(DEPTH)]
+
+
+def test_missing_block_parameters_are_an_error():
+    plain, scanned = _models()
+    clips = _clips()
+    params = dict(numpy_variables(plain, clips, train=False)['params'])
+    del params['blocks_1']
+    with pytest.raises(ValueError, match=r"params lack \['blocks_1'\]"):
+        scanned.apply({'params': params}, clips, train=False)
 
 
 def test_eval_forward_equals_unrolled():
@@ -166,8 +176,10 @@ def test_remat_with_scan_gives_the_same_loss_and_gradients():
     remat = scanned.clone(remat=True)
     clips = _clips()
     params = numpy_variables(scanned, clips, train=False)['params']
-    loss0, g0 = _loss_and_grads(scanned, params, clips, True)
-    loss1, g1 = _loss_and_grads(remat, params, clips, True)
+    # A typed rbg key, as config.rng_impl='rbg' gives the model (split per block).
+    key = rng_lib.dropout_key(jax.random.PRNGKey(7), 'rbg')
+    loss0, g0 = _loss_and_grads(scanned, params, clips, True, key)
+    loss1, g1 = _loss_and_grads(remat, params, clips, True, key)
     np.testing.assert_allclose(float(loss1), float(loss0), rtol=1e-6)
     _assert_grads_close(g0, g1, rel=1e-5)
 

@@ -571,7 +571,6 @@ class MAEDFER(nn.Module):
                              bias_init=nn.initializers.zeros, name='au_head')(feat)
         return ModelOutput(logits=logits, au_logits=au_logits, features=feat)
 
-
     def _scanned_blocks(self, x: Array, train: bool, rates: Sequence[float],
                         block_kw: dict[str, Any]) -> Array:
         """Blocks 0 .. len(rates)-1 as one `jax.lax.scan` over their stacked parameters.
