@@ -122,8 +122,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.dtype = "float32"
     c.remat = False
     # MAE-DFER only: run its transformer blocks as one lax.scan (same params
-    # and values; the train step compiles ~4x faster). XLA's FLOP count then
-    # misses the loop, so FLOPs/MFU are not reported while it is on.
+    # and values; the train step compiles about 2x faster). XLA's FLOP count
+    # then misses the loop, so FLOPs/MFU are not reported while it is on.
     c.scan_blocks = False
     c.rng_impl = "threefry"
     c.eval_every_epochs = 1
