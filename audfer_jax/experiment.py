@@ -95,7 +95,15 @@ def prepare_data_if_needed(config: ml_collections.ConfigDict, data, data_config)
 # ---------------------------------------------------------------------------
 
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    """`audfer_jax.models.get_model(config.model, num_classes, **config.model_overrides)`."""
+    """`audfer_jax.models.get_model(config.model, num_classes, **config.model_overrides)`.
+
+    The accelerator fields `dtype`, `remat` and `scan_blocks` of the config are
+    passed to registered backbones.
+
+    Raises:
+        ValueError: `config.scan_blocks` is true for a model without a
+            `scan_blocks` attribute (every backbone but MAE-DFER).
+    """
     from audfer_jax import models  # pylint: disable=g-import-not-at-top
     overrides = dict(config.model_overrides or {})
     # The accelerator fields reach the registered backbones (an import-path
@@ -106,8 +114,16 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
             overrides.setdefault("dtype", config.dtype)
         if config.get("remat", False):
             overrides.setdefault("remat", True)
-    return models.get_model(config.model, num_classes=num_classes,
-                            num_aus=au_lib.NUM_AUS, **overrides)
+    model = models.get_model(config.model, num_classes=num_classes,
+                             num_aus=au_lib.NUM_AUS, **overrides)
+    if config.get("scan_blocks", False) and not overrides.get("scan_blocks", False):
+        # Only MAE-DFER has the attribute; asked of another model, say so
+        # instead of silently compiling the unrolled program.
+        if "scan_blocks" not in getattr(type(model), "__dataclass_fields__", {}):
+            raise ValueError(f"config.scan_blocks=True: only mae_dfer scans its blocks; "
+                             f"{config.model} has no scan_blocks")
+        model = model.clone(scan_blocks=True)
+    return model
 
 
 def model_input_shape(model, name: str, data_config=None) -> tuple[int, int, int]:

@@ -373,6 +373,10 @@ def _count_flops(run: _Run, batch) -> None:
     count is the whole batch's, checked against the compiled per-device count
     on 2 devices), so the per-device share is the count over the devices.
     """
+    note = flops_lib.uncounted_reason(run.exp.model)   # scan_blocks: XLA counts the loop once
+    if note:
+        run.console.line(f"train step: {note}")
+        return
     total = flops_lib.step_flops(run.train_step.lower(run.state, batch))
     run.flops_per_step = None if total is None else total / jax.device_count()
     if run.flops_per_step:

@@ -17,7 +17,8 @@ Builds the config's model, optimizer and the trainer's own train step
 * **efficiency**: the compiled step's FLOPs per clip (XLA cost analysis),
   the achieved FLOP/s per device and, on GPU/TPU, the MFU against the
   device's peak bfloat16 FLOP/s (`audfer_jax.flops`, `--peak-flops` to
-  override; "n/a" on CPU);
+  override; "n/a" on CPU); not counted (one line says so) with
+  `--config.scan_blocks=True`, whose loop XLA counts once;
 * **share of step time spent in the AU loss**, two ways:
   1. *difference*: the same step with the AU loss (and AU head) removed (lambda = 0 and
      the AU head's output replaced by a constant, so XLA drops the AU head
@@ -242,7 +243,8 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
         medians), "au_share_diff_percent" (from the fastest steps), "au_loss_isolated_ms", "au_share_isolated_percent",
         "compile_s_full", "compile_s_without_au", "loss", "lam", "device_kind",
         "flops_per_clip", "flops_per_s" (per device), "mfu" (fraction; None
-        when unknown, e.g. on CPU)}`, with `time_augment` and a device recipe
+        when unknown, e.g. on CPU)}`, plus "flops_note" (why the FLOPs are
+        None) when the model scans its blocks, with `time_augment` and a device recipe
         also "augment_device_ms", "augment_device_share_percent"; times are
         medians in ms per step.
 
@@ -319,8 +321,11 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
         out[f"{name}_clips_per_s"] = batch / median
         out[f"compile_s_{name}"] = compile_s[name] + first[name]
     device_kind = jax.devices()[0].device_kind
-    eff = flops_lib.efficiency(flops_lib.step_flops(compiled["full"]), out["full_ms"] / 1e3,
-                               batch, device_kind, peak_flops,
+    note = flops_lib.uncounted_reason(model)
+    if note:        # a scanned program: XLA's count would be too low
+        out["flops_note"] = note
+    eff = flops_lib.efficiency(None if note else flops_lib.step_flops(compiled["full"]),
+                               out["full_ms"] / 1e3, batch, device_kind, peak_flops,
                                num_devices=jax.device_count())
     out.update(device_kind=device_kind, flops_per_clip=eff["flops_per_clip"],
                flops_per_s=eff["flops_per_s"], mfu=eff["mfu"])
@@ -367,7 +372,9 @@ def format_result(r: dict, config_spec: str = "") -> str:
                      f"batch): {r['augment_device_ms']:.2f} ms/batch, "
                      f"{r['augment_device_share_percent']:.2f} % of augmentation + step "
                      f"(goal <= 10 % for MAE-DFER)")
-    if "flops_per_clip" in r:
+    if r.get("flops_note"):
+        lines.append(f"efficiency of the full step: {r['flops_note']}")
+    elif "flops_per_clip" in r:
         from audfer_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
         lines.append(f"efficiency of the full step on {r.get('device_kind', '?')} (XLA cost "
                      f"analysis): " + flops_lib.format_efficiency(r))

@@ -1,6 +1,7 @@
 """`audfer-jax bench model`: forward and forward+backward throughput of a backbone.
 
     audfer-jax bench model --model former_dfer --batch 8 [--steps 10 --dtype bfloat16]
+    audfer-jax bench model --model mae_dfer --batch 4 --scan-blocks
     audfer-jax bench model --model my_pkg.my_module:make_backbone --num-frames 16 \
         --image-size 112
 
@@ -55,6 +56,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
                         choices=sorted(_DTYPES),
                         default="float32",
                         help="activation dtype; parameters stay float32")
+    parser.add_argument("--scan-blocks", action="store_true",
+                        help="MAE-DFER: run its blocks as one lax.scan (same values, "
+                             "faster compile)")
     parser.add_argument("--num-classes", type=int, default=7)
     parser.add_argument("--num-frames", type=int, default=None,
                         help="clip length T for an import-path backbone without a "
@@ -122,6 +126,12 @@ def main(argv: list[str]) -> int:
     except models.BackboneError as e:
         print(f"audfer-jax bench model: error: {e}", file=sys.stderr)
         return 1
+    if args.scan_blocks:
+        if "scan_blocks" not in getattr(type(model), "__dataclass_fields__", {}):
+            print(f"audfer-jax bench model: error: --scan-blocks: only mae_dfer scans its "
+                  f"blocks; {args.model} has no scan_blocks", file=sys.stderr)
+            return 1
+        model = model.clone(scan_blocks=True)
     rng = np.random.default_rng(args.seed)
     clips = jnp.asarray(rng.integers(0, 256, (args.batch, t, h, w, 3), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, args.num_classes, (args.batch,), dtype=np.int32))
@@ -159,6 +169,7 @@ def main(argv: list[str]) -> int:
         return loss, grads, updates
 
     print(f"model {args.model}  batch {args.batch}  clips {t}x{h}x{w}  dtype {args.dtype}  "
+          + ("scan_blocks  " if args.scan_blocks else "") +
           f"backend {jax.default_backend()} ({jax.local_devices()[0].device_kind})  "
           f"params {n_params:,}")
     for name, fn in (("forward", lambda: forward(params, extra, clips)),
