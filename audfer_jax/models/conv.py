@@ -107,12 +107,16 @@ def _channels_last_spec(nd: int) -> tuple[str, str, str]:
     return ("N" + sp + "C", sp + "IO", "N" + sp + "C")
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
-def _strided_conv(x, w, strides, padding, precision):
-    nd = len(strides)
-    dn = lax.conv_dimension_numbers(x.shape, w.shape, _channels_last_spec(nd))
+def _lax_conv(x, w, strides, padding, precision):
+    """lax's channels-last convolution (the forward pass of every form here)."""
+    dn = lax.conv_dimension_numbers(x.shape, w.shape, _channels_last_spec(len(strides)))
     return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn,
                                     precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
+def _strided_conv(x, w, strides, padding, precision):
+    return _lax_conv(x, w, strides, padding, precision)
 
 
 def _strided_conv_fwd(x, w, strides, padding, precision):
@@ -159,10 +163,7 @@ def patch_conv(x: Array, w: Array, strides: Sequence[int], precision: Any = None
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def _patch_conv(x, w, strides, precision):
-    nd = len(strides)
-    dn = lax.conv_dimension_numbers(x.shape, w.shape, _channels_last_spec(nd))
-    return lax.conv_general_dilated(x, w, strides, "VALID", dimension_numbers=dn,
-                                    precision=precision)
+    return _lax_conv(x, w, strides, "VALID", precision)
 
 
 def _patch_conv_fwd(x, w, strides, precision):
@@ -263,12 +264,6 @@ def batch_chunked_conv(x: Array, w: Array, strides: tuple[int, ...],
     return _lax_conv(x, w, strides, padding, precision)
 
 
-def _lax_conv(x, w, strides, padding, precision):
-    dn = lax.conv_dimension_numbers(x.shape, w.shape, _channels_last_spec(len(strides)))
-    return lax.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn,
-                                    precision=precision)
-
-
 def _batch_chunked_conv_fwd(x, w, strides, padding, precision):
     return _lax_conv(x, w, strides, padding, precision), (x, w)
 
@@ -290,6 +285,20 @@ def _batch_chunked_conv_bwd(strides, padding, precision, res, g):
 batch_chunked_conv.defvjp(_batch_chunked_conv_fwd, _batch_chunked_conv_bwd)
 
 
+def _plain_cpu_conv(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                    feature_group_count, batch_group_count, preferred_element_type) -> bool:
+    """On the CPU backend, channels-last, undilated, ungrouped, default output type."""
+    nd = lhs.ndim - 2
+    if not (jax.default_backend() == "cpu"
+            and all(d == 1 for d in (lhs_dilation or (1,) * nd))
+            and all(d == 1 for d in (rhs_dilation or (1,) * nd))
+            and feature_group_count == 1 and batch_group_count == 1
+            and preferred_element_type is None):
+        return False
+    expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _channels_last_spec(nd))
+    return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == expected
+
+
 def cpu_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
                              padding: Any, lhs_dilation: Sequence[int] | None = None,
                              rhs_dilation: Sequence[int] | None = None,
@@ -305,15 +314,9 @@ def cpu_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[in
     else, and everything on GPU and TPU, is `lax.conv_general_dilated`.
     """
     nd = lhs.ndim - 2
-    simple = (nd == 2 and jax.default_backend() == "cpu"
-              and all(d == 1 for d in (lhs_dilation or (1,) * nd))
-              and all(d == 1 for d in (rhs_dilation or (1,) * nd))
-              and feature_group_count == 1 and batch_group_count == 1
-              and preferred_element_type is None)
-    if simple:
-        expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _channels_last_spec(nd))
-        simple = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == expected
-    if not simple:
+    if not (nd == 2 and _plain_cpu_conv(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                                        feature_group_count, batch_group_count,
+                                        preferred_element_type)):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         batch_group_count, precision, preferred_element_type)
@@ -406,15 +409,10 @@ def frames_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)
     strides = tuple(int(s) for s in window_strides)
-    frame_form = (lhs.ndim == 5 and jax.default_backend() == "cpu" and rhs.shape[0] > 1
-                  and all(d == 1 for d in (lhs_dilation or (1,) * 3))
-                  and all(d == 1 for d in (rhs_dilation or (1,) * 3))
-                  and feature_group_count == 1 and batch_group_count == 1
-                  and preferred_element_type is None)
-    if frame_form:
-        expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _channels_last_spec(3))
-        frame_form = lax.conv_dimension_numbers(lhs.shape, rhs.shape,
-                                                dimension_numbers) == expected
+    frame_form = (lhs.ndim == 5 and rhs.shape[0] > 1
+                  and _plain_cpu_conv(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                                      feature_group_count, batch_group_count,
+                                      preferred_element_type))
     if frame_form:
         pads = _pads(padding, lhs.shape[1:-1], rhs.shape[:3], strides)
         live = _live_taps(lhs.shape[1], rhs.shape[0], pads[0], strides[0])
