@@ -119,10 +119,10 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
     if config.get("scan_blocks", False) and not overrides.get("scan_blocks", False):
         # Only MAE-DFER has the attribute; asked of another model, say so
         # instead of silently compiling the unrolled program.
-        if "scan_blocks" not in getattr(type(model), "__dataclass_fields__", {}):
-            raise ValueError(f"config.scan_blocks=True: only mae_dfer scans its blocks; "
-                             f"{config.model} has no scan_blocks")
-        model = model.clone(scan_blocks=True)
+        try:
+            model = models.with_scan_blocks(model, config.model)
+        except ValueError as e:
+            raise ValueError(f"config.scan_blocks=True: {e}") from None
     return model
 
 

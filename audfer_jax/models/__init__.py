@@ -127,6 +127,25 @@ def compute_dtype(value: Any) -> Any:
     return dtype
 
 
+def with_scan_blocks(model: nn.Module, name: str) -> nn.Module:
+    """`model` with its transformer blocks run as one `lax.scan` (MAE-DFER only).
+
+    Args:
+        model: a built backbone.
+        name: its registry name or import path (for the error).
+
+    Returns:
+        `model.clone(scan_blocks=True)`.
+
+    Raises:
+        ValueError: the model has no `scan_blocks` attribute (every backbone
+            but MAE-DFER).
+    """
+    if "scan_blocks" not in getattr(type(model), "__dataclass_fields__", {}):
+        raise ValueError(f"only mae_dfer scans its blocks; {name} has no scan_blocks")
+    return model.clone(scan_blocks=True)
+
+
 def default_input_shape(name: str, data_config: Any = None) -> tuple[int, int, int]:
     """`(T, H, W)` of the clips the named model expects by default.
 

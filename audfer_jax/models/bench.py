@@ -127,11 +127,11 @@ def main(argv: list[str]) -> int:
         print(f"audfer-jax bench model: error: {e}", file=sys.stderr)
         return 1
     if args.scan_blocks:
-        if "scan_blocks" not in getattr(type(model), "__dataclass_fields__", {}):
-            print(f"audfer-jax bench model: error: --scan-blocks: only mae_dfer scans its "
-                  f"blocks; {args.model} has no scan_blocks", file=sys.stderr)
+        try:
+            model = models.with_scan_blocks(model, args.model)
+        except ValueError as e:
+            print(f"audfer-jax bench model: error: --scan-blocks: {e}", file=sys.stderr)
             return 1
-        model = model.clone(scan_blocks=True)
     rng = np.random.default_rng(args.seed)
     clips = jnp.asarray(rng.integers(0, 256, (args.batch, t, h, w, 3), dtype=np.uint8))
     labels = jnp.asarray(rng.integers(0, args.num_classes, (args.batch,), dtype=np.int32))

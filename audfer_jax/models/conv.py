@@ -114,6 +114,20 @@ def _lax_conv(x, w, strides, padding, precision):
                                     precision=precision)
 
 
+def _plain_channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                         feature_group_count, batch_group_count,
+                         preferred_element_type) -> bool:
+    """Channels-last, undilated, ungrouped, default output type: the forms here apply."""
+    nd = lhs.ndim - 2
+    if not (all(d == 1 for d in (lhs_dilation or (1,) * nd))
+            and all(d == 1 for d in (rhs_dilation or (1,) * nd))
+            and feature_group_count == 1 and batch_group_count == 1
+            and preferred_element_type is None):
+        return False
+    expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _channels_last_spec(nd))
+    return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == expected
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _strided_conv(x, w, strides, padding, precision):
     return _lax_conv(x, w, strides, padding, precision)
@@ -198,19 +212,13 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
     """
     nd = lhs.ndim - 2
     strides = tuple(int(s) for s in window_strides)
-    plain = (all(d == 1 for d in (lhs_dilation or (1,) * nd))
-             and all(d == 1 for d in (rhs_dilation or (1,) * nd))
-             and feature_group_count == 1 and batch_group_count == 1
-             and preferred_element_type is None
-             and 1 < math.prod(strides))
+    plain = 1 < math.prod(strides) and _plain_channels_last(
+            lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
+            batch_group_count, preferred_element_type)
     if plain and math.prod(strides) > MAX_PHASES:
         # Only the patchify case (kernel = stride, no padding) has a fast form.
         pads = _pads(padding, lhs.shape[1:-1], rhs.shape[:nd], strides)
         plain = tuple(rhs.shape[:nd]) == strides and all(tuple(p) == (0, 0) for p in pads)
-    if plain:
-        expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _channels_last_spec(nd))
-        given = lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-        plain = given == expected
     if not plain:
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
@@ -285,20 +293,6 @@ def _batch_chunked_conv_bwd(strides, padding, precision, res, g):
 batch_chunked_conv.defvjp(_batch_chunked_conv_fwd, _batch_chunked_conv_bwd)
 
 
-def _plain_cpu_conv(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-                    feature_group_count, batch_group_count, preferred_element_type) -> bool:
-    """On the CPU backend, channels-last, undilated, ungrouped, default output type."""
-    nd = lhs.ndim - 2
-    if not (jax.default_backend() == "cpu"
-            and all(d == 1 for d in (lhs_dilation or (1,) * nd))
-            and all(d == 1 for d in (rhs_dilation or (1,) * nd))
-            and feature_group_count == 1 and batch_group_count == 1
-            and preferred_element_type is None):
-        return False
-    expected = lax.conv_dimension_numbers(lhs.shape, rhs.shape, _channels_last_spec(nd))
-    return lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == expected
-
-
 def cpu_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int],
                              padding: Any, lhs_dilation: Sequence[int] | None = None,
                              rhs_dilation: Sequence[int] | None = None,
@@ -314,9 +308,10 @@ def cpu_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[in
     else, and everything on GPU and TPU, is `lax.conv_general_dilated`.
     """
     nd = lhs.ndim - 2
-    if not (nd == 2 and _plain_cpu_conv(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-                                        feature_group_count, batch_group_count,
-                                        preferred_element_type)):
+    if not (nd == 2 and jax.default_backend() == "cpu"
+            and _plain_channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
+                                     feature_group_count, batch_group_count,
+                                     preferred_element_type)):
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         batch_group_count, precision, preferred_element_type)
@@ -409,10 +404,10 @@ def frames_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)
     strides = tuple(int(s) for s in window_strides)
-    frame_form = (lhs.ndim == 5 and rhs.shape[0] > 1
-                  and _plain_cpu_conv(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
-                                      feature_group_count, batch_group_count,
-                                      preferred_element_type))
+    frame_form = (lhs.ndim == 5 and rhs.shape[0] > 1 and jax.default_backend() == "cpu"
+                  and _plain_channels_last(lhs, rhs, lhs_dilation, rhs_dilation,
+                                           dimension_numbers, feature_group_count,
+                                           batch_group_count, preferred_element_type))
     if frame_form:
         pads = _pads(padding, lhs.shape[1:-1], rhs.shape[:3], strides)
         live = _live_taps(lhs.shape[1], rhs.shape[0], pads[0], strides[0])
