@@ -19,8 +19,9 @@ from audfer_jax import cli_errors
 
 DATASETS = ("dfew", "ferv39k", "mafw", "demo")
 LOSSES = ("ce", "au", "au_none", "au_distinct", "au_minor", "au_from_data")
-# Official fold counts: DFEW and MAFW have 5 folds, FERV39k one split (datasets.md).
-NUM_FOLDS = {"dfew": 5, "mafw": 5, "ferv39k": 1, "demo": 1}
+# Official fold counts: DFEW and MAFW have 5 folds, FERV39k one split (datasets.md);
+# the demo set has DFEW's 5 folds (data/demo.py).
+NUM_FOLDS = {"dfew": 5, "mafw": 5, "ferv39k": 1, "demo": 5}
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:

@@ -22,6 +22,21 @@ deviation across folds (ddof = 1, divisor k - 1), undefined (NaN, printed
 Outputs in WORKDIR: `results.md` (Markdown tables), `results.csv` (one row per
 table x fold plus the mean and std rows) and `results.json` (the per-fold
 records and the rows).
+
+Grids (ablations): `--grid KEY=V1,V2` (repeatable; `grid.py`) runs every variant
+of the product in turn, variant `NAME` in `WORKDIR/NAME/fold_k` (with its own
+per-variant tables as above and `variant.json`), then writes the comparison
+against `--baseline KEY=V` (default: the first variant) to WORKDIR:
+`results.md`, `results.csv`, `results.json` (one table per metric and epoch
+choice, paired statistics over folds: `comparison.py`, `stats.py`) and
+`results.png` (`figures/sweep.py`). Every variant and fold is resolved and
+checked before the first one trains. On several hosts every process runs the
+same variants and folds in the same order (each run uses the whole slice);
+process 0 writes the tables.
+
+    audfer-jax sweep --config configs/m3dfel.py:dataset=dfew --folds 1-5 \\
+        --grid loss=ce,au,au_distinct --grid au.lam=0.1,0.25 --baseline loss=ce \\
+        --workdir runs/abl
 """
 
 from __future__ import annotations
@@ -39,6 +54,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from audfer_jax import cli_errors
+from audfer_jax import grid as grid_lib
 from audfer_jax import paths
 
 EPOCH_CHOICES = ("last", "best")
@@ -195,6 +211,22 @@ def with_fold(spec: str, fold: int) -> str:
         path, arg = spec, ""
     items = [x for x in arg.split(",") if x and not x.strip().startswith("fold=")]
     items.append(f"fold={int(fold)}")
+    return f"{path}:{','.join(items)}"
+
+
+def with_arg(spec: str, key: str, value: str) -> str:
+    """`spec` with its config argument's `key=` entry set to `value`.
+
+    `configs/x.py:dataset=dfew,loss=au` with `loss`, `ce` ->
+    `configs/x.py:dataset=dfew,loss=ce`; a missing entry is appended.
+    """
+    if ".py:" in spec:
+        cut = spec.index(".py:") + 3
+        path, arg = spec[:cut], spec[cut + 1:]
+    else:
+        path, arg = spec, ""
+    items = [x for x in arg.split(",") if x and x.split("=", 1)[0].strip() != key]
+    items.append(f"{key}={value}")
     return f"{path}:{','.join(items)}"
 
 
@@ -494,6 +526,232 @@ def run_sweep(make_config: Callable[[int], Any], folds: Sequence[int], workdir: 
     return per_fold, rows
 
 
+# ---------------------------------------------------------------------------
+# Grids of variants.
+# ---------------------------------------------------------------------------
+
+def classify_axes(spec: str, axes: Sequence[grid_lib.Axis]) -> list[grid_lib.Axis]:
+    """Marks each axis as a config argument of `spec`'s file or a config field.
+
+    A key without a dot that the config file's `get_config(arg)` accepts is an
+    argument (its values go into `FILE.py:...,KEY=V`, so the file's own logic
+    runs, e.g. MAFW's prior); any other key is a field (`--config.KEY=V`).
+
+    Raises:
+        ValueError: a value the config file rejects for an argument key.
+    """
+    base = None
+    out = []
+    for axis in axes:
+        is_arg = False
+        arg_error = ""
+        if "." not in axis.key:
+            try:
+                load_config_file(with_arg(spec, axis.key, axis.values[0]))
+                is_arg = True
+            except ValueError as e:
+                arg_error = cli_errors.one_line(e)
+                if f"unknown config argument {axis.key!r}" not in arg_error:
+                    raise ValueError(f"--grid {axis.key}={axis.values[0]}: {arg_error}") from None
+        if not is_arg:
+            if base is None:
+                base = grid_lib.flat_fields(load_config_file(spec))
+            if axis.key not in base:
+                args_text = arg_error.partition("; ")[2].split("; did you mean")[0]
+                raise ValueError(
+                        f"--grid {axis.key}: neither a config argument of "
+                        f"{spec.split('.py:')[0] + '.py' if '.py:' in spec else spec}"
+                        + (f" ({args_text})" if args_text else "")
+                        + " nor a config field"
+                        + (cli_errors.did_you_mean(axis.key, list(base)) or
+                           " (a field is e.g. au.lam or optim.lr)"))
+        out.append(grid_lib.Axis(axis.key, axis.values, is_arg))
+    return out
+
+
+def variant_config(spec: str, axes: Sequence[grid_lib.Axis], overrides, assignments,
+                   fold: int):
+    """The config of one grid point and fold: `spec` with the argument values and
+    the fold, then the `--config.` overrides, then the grid's field values.
+
+    Raises:
+        ValueError: a config argument the file rejects, a grid field that does not
+            exist or a value of the wrong type (one line naming the `--grid` entry).
+    """
+    kinds = {a.key: a.is_argument for a in axes}
+    for key, value in assignments:
+        if kinds[key]:
+            spec = with_arg(spec, key, value)
+    try:
+        config = load_config_file(with_fold(spec, fold))
+    except ValueError as e:
+        grid_args = ",".join(f"{k}={v}" for k, v in assignments if kinds[k])
+        raise ValueError(f"--grid {grid_args}: {cli_errors.one_line(e)}") from None
+    apply_overrides(config, overrides)
+    for key, value in assignments:
+        if not kinds[key]:
+            try:
+                apply_overrides(config, [(key, value)])
+            except (KeyError, ValueError) as e:
+                text = cli_errors.one_line(e).partition(": ")[2]
+                raise ValueError(f"--grid {key}={value}: {text}") from None
+    return config
+
+
+def _variant_dir(workdir: str, variant: grid_lib.Variant, log) -> str:
+    """`WORKDIR/<name>`, or the directory of an earlier run of the same experiment.
+
+    A directory of another name whose `variant.json` has the same fingerprint
+    (a grid extended by an axis renames its variants) is reused, so that its
+    finished folds are not trained again.
+    """
+    own = paths.join(workdir, variant.name)
+    if paths.isfile(paths.join(own, "variant.json")):
+        return own
+    for path in paths.glob(workdir, "*"):
+        record = paths.join(path, "variant.json")
+        if not paths.isfile(record):
+            continue
+        try:
+            if json.loads(paths.read_text(record)).get("fingerprint") == variant.fingerprint:
+                log(f"variant {variant.label()}: same experiment as {path}; reusing it")
+                return path
+        except json.JSONDecodeError:
+            continue
+    return own
+
+
+def run_grid(variants: Sequence[grid_lib.Variant], make_config: Callable[[Any, int], Any],
+             folds: Sequence[int], workdir: str, *, baseline: grid_lib.Variant,
+             runner: Runner | None = None, log: Callable[[str], None] = print,
+             title: str = "", criterion: str = "", merged: Sequence[str] = ()
+             ) -> list[dict]:
+    """Runs each variant's folds in turn (`run_sweep`) and writes the comparison.
+
+    Args:
+        variants: `grid.expand` output, in run order.
+        make_config: `(variant, fold) -> config`.
+        folds: fold numbers.
+        workdir: sweep directory; variant v in `workdir/<v.name or reused>`.
+        baseline: the variant the others are compared with.
+        runner, log: as `run_sweep`.
+        title: heading of `results.md` and `results.png`.
+        criterion: best-epoch criterion for the headings.
+        merged: lines describing merged grid points (printed in `results.md`).
+
+    Returns:
+        `comparison.build_tables` output. Writes `results.{md,csv,json,png}` to
+        `workdir` (process 0); each variant's own tables and `variant.json` in
+        its directory.
+    """
+    from audfer_jax import comparison  # pylint: disable=g-import-not-at-top
+    workdir = paths.resolve(workdir)
+    if _is_main_process():
+        paths.makedirs(workdir)
+    per_variant, labels, dirs = {}, {}, {}
+    for i, v in enumerate(variants, 1):
+        directory = _variant_dir(workdir, v, log)
+        dirs[v.name] = directory
+        log(f"variant {i}/{len(variants)}: {v.label()} in {directory}")
+        record_path = paths.join(directory, "variant.json")
+        if paths.isfile(record_path):
+            try:
+                recorded = json.loads(paths.read_text(record_path)).get("fingerprint")
+            except json.JSONDecodeError:
+                recorded = None
+            if recorded != v.fingerprint:
+                log(f"warning: {record_path} records another resolved config "
+                    f"({recorded} != {v.fingerprint}: other --config. values than before?); "
+                    "its finished folds are read back as they are")
+        elif _is_main_process():
+            # The first run of a variant records what it is; later runs (also of an
+            # extended grid that reuses it under another name) leave it as it is.
+            paths.makedirs(directory)
+            record = {"name": v.name, "assignments": [list(a) for a in v.assignments],
+                      "merged": [[list(a) for a in m] for m in v.merged],
+                      "fingerprint": v.fingerprint}
+            paths.write_text(record_path, json.dumps(record, indent=2))
+        per_fold, _ = run_sweep(lambda fold, v=v: make_config(v, fold), folds, directory,
+                                runner=runner, log=lambda m: log(f"  {m}"),
+                                title=f"{title}: {v.label()}")
+        per_variant[v.name] = per_fold
+        labels[v.name] = v.label()
+    published = None
+    if variants:
+        from audfer_jax import published as published_lib  # pylint: disable=g-import-not-at-top
+        published = published_lib.for_config(make_config(variants[0], folds[0]))
+    tables = comparison.build_tables(per_variant, labels, baseline.name, published)
+    if not _is_main_process():
+        return tables
+    paths.write_text(paths.join(workdir, "results.md"), comparison.to_markdown(
+            tables, title=title, baseline_label=baseline.label(), criterion=criterion,
+            merged=merged))
+    paths.write_text(paths.join(workdir, "results.csv"), comparison.to_csv(tables))
+    paths.write_text(paths.join(workdir, "results.json"), json.dumps(
+            {"std": "sample (ddof=1)", "test": "paired t-test (scipy.stats.ttest_rel, "
+             "two-sided) over folds", "baseline": baseline.name,
+             "variants": {v.name: {"label": v.label(), "directory": dirs[v.name],
+                                   "merged": [dict(m) for m in v.merged],
+                                   "per_fold": {str(k): r for k, r in
+                                                per_variant[v.name].items()}}
+                          for v in variants},
+             "tables": comparison.to_json(tables)}, indent=2))
+    from audfer_jax import figures  # pylint: disable=g-import-not-at-top
+    from audfer_jax.figures import sweep as sweep_figure  # pylint: disable=g-import-not-at-top
+    fig = sweep_figure.results_figure(tables, title=title)
+    figures.save(fig, paths.join(workdir, "results.png"))
+    return tables
+
+
+def _grid_main(args, overrides, folds) -> int:
+    """`sweep --grid ...`: resolve and check every variant, run them, compare."""
+    prog = "audfer-jax sweep"
+    try:
+        axes = grid_lib.parse_axes(args.grid)
+        override_keys = {k for k, _ in overrides}
+        for a in axes:
+            if a.key in override_keys:
+                raise ValueError(f"--grid {a.key} and --config.{a.key} both set {a.key}; "
+                                 "keep one")
+        axes = classify_axes(args.config, axes)
+
+        def make(assign, fold):
+            return variant_config(args.config, axes, overrides, assign, fold)
+
+        # Every grid point of every fold resolves before anything trains.
+        variants, merges = grid_lib.expand(axes, lambda a: make(a, folds[0]))
+        for v in variants:
+            for fold in folds[1:]:
+                make(v.assignments, fold)
+        if args.baseline:
+            baseline = grid_lib.find_baseline(variants,
+                                              grid_lib.parse_baseline(args.baseline, axes))
+        else:
+            baseline = variants[0]
+    except (ValueError, KeyError, OSError) as e:
+        return cli_errors.report(prog, e, status=2)
+    merged_lines = []
+    for kept, assign in merges:
+        text = ", ".join(f"{k}={v}" for k, v in assign)
+        merged_lines.append(f"{text} trains the same experiment as {kept.label()} "
+                            f"(resolved configs equal): merged into {kept.name}")
+    print(f"{len(variants)} variant(s) x {len(folds)} fold(s); baseline: {baseline.label()}"
+          + ("" if args.baseline else " (the first variant; --baseline to choose)"))
+    for line in merged_lines:
+        print(f"merged: {line}")
+    first = make(variants[0].assignments, folds[0])
+    criterion = str(first.get("best_metric", "")) if hasattr(first, "get") else ""
+    grid_text = " ".join(f"--grid {a.key}={','.join(a.values)}" for a in axes)
+    workdir = paths.resolve(args.workdir)
+    tables = run_grid(variants, lambda v, fold: make(v.assignments, fold), folds, workdir,
+                      baseline=baseline, title=f"{args.config} {grid_text} (folds {args.folds})",
+                      criterion=criterion, merged=merged_lines)
+    from audfer_jax import comparison  # pylint: disable=g-import-not-at-top
+    print(comparison.console_summary(tables))
+    print(f"wrote {paths.join(workdir, 'results.md')}, results.csv, results.json, results.png")
+    return 0
+
+
 def main(argv: list[str]) -> int:
     """`audfer-jax sweep --config FILE.py:ARGS --folds 1-5 --workdir DIR [--config.x=y]`."""
     try:
@@ -509,17 +767,29 @@ def main(argv: list[str]) -> int:
                         help="configs/<backbone>.py:dataset=...,loss=... (fold is set per fold)")
     parser.add_argument("--folds", default="1-5", help="e.g. 1-5 or 1,3 (default 1-5)")
     parser.add_argument("--workdir", required=True, help="sweep directory (fold_k inside)")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a config argument (loss=ce,au) or field (au.lam=0.1,0.25) "
+                             "with a comma list; repeat for more axes. Variants = their "
+                             "product, duplicates merged; variant NAME in WORKDIR/NAME")
+    parser.add_argument("--baseline", default="", metavar="KEY=V",
+                        help="the variant the others are compared with fold by fold "
+                             "(e.g. loss=ce; default: the first variant)")
     parser.epilog = "--config.key=value overrides apply to every fold's config."
     args = parser.parse_args(rest)
     for key, _ in overrides:
         if key in ("data.fold", "fold"):
             parser.error("the fold is set by --folds, not by --config.data.fold")
+    if args.baseline and not args.grid:
+        return cli_errors.report("audfer-jax sweep", cli_errors.UsageError(
+                "--baseline needs --grid (a sweep without a grid has one variant)"), status=2)
     try:
         folds = parse_folds(args.folds)
         # Fail before the first fold trains if the config or an override is bad.
         apply_overrides(load_config_file(with_fold(args.config, folds[0])), overrides)
     except (ValueError, KeyError, OSError) as e:
         return cli_errors.report("audfer-jax sweep", e, status=2)
+    if args.grid:
+        return _grid_main(args, overrides, folds)
 
     def make_config(fold: int):
         return apply_overrides(load_config_file(with_fold(args.config, fold)), overrides)

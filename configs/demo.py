@@ -13,7 +13,8 @@ float rounding); the demo shows that every stage runs end to end and learns.
     audfer-jax train --config configs/demo.py --workdir runs/demo
     audfer-jax train --config configs/demo.py:num_clips=35,epochs=1 --workdir /tmp/d
 
-`arg`: `loss=` (common.LOSSES), `num_clips=` clips in the demo set (>= 35),
+`arg`: `loss=` (common.LOSSES), `fold=` 1..5 (the demo set has DFEW's five
+folds; `audfer-jax sweep --folds` sets it), `num_clips=` clips in the demo set (>= 35),
 `epochs=`, `data_dir=` where the demo set and its prepared fold go, `size=`
 frame and input size in pixels, `augment=` none | former_dfer, `model=` a
 registered name or your own backbone's import path `package.module:factory`
@@ -28,8 +29,9 @@ from audfer_jax import config_lib as common
 
 
 def get_config(arg: str | None = None):
-    a = common.parse_arg(arg, loss="au", num_clips=1500, epochs=10, data_dir="data/demo",
-                         size=48, augment="none", model="former_dfer_tiny")
+    a = common.parse_arg(arg, loss="au", fold=1, num_clips=1500, epochs=10,
+                         data_dir="data/demo", size=48, augment="none",
+                         model="former_dfer_tiny")
     c = common.base_config()
     c.model = a.model
     if ":" not in a.model:
@@ -55,4 +57,4 @@ def get_config(arg: str | None = None):
     c.optim.update(dict(optimizer="sgd", lr=0.01, momentum=0.9, weight_decay=1e-4,
                         grad_clip_norm=5.0,
                         schedule="constant"))
-    return common.apply_variant(c, "demo", 1, a.loss)
+    return common.apply_variant(c, "demo", a.fold, a.loss)
