@@ -361,6 +361,7 @@ def test_cli_errors_are_one_line_before_training(tmp_path, monkeypatch, capsys, 
 # End to end on the demo set through the CLI.
 # ---------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_demo_grid_end_to_end_cli(tmp_path, capsys):
     """`audfer-jax sweep` on the demo set: 2 variants x 2 folds, 1 epoch each.
 
