@@ -676,10 +676,12 @@ def run_grid(variants: Sequence[grid_lib.Variant], make_config: Callable[[Any, i
                                 title=f"{title}: {v.label()}")
         per_variant[v.name] = per_fold
         labels[v.name] = v.label()
-    published = None
-    if variants:
-        from audfer_jax import published as published_lib  # pylint: disable=g-import-not-at-top
-        published = published_lib.for_config(make_config(variants[0], folds[0]))
+    # A reference row only when every variant is the same paper recipe on the same
+    # dataset (a grid over `dataset=` or `--config.model` has no single reference).
+    from audfer_jax import published as published_lib  # pylint: disable=g-import-not-at-top
+    configs = [make_config(v, folds[0]) for v in variants]
+    recipes = {(str(c.model), str(c.data.name)) for c in configs}
+    published = published_lib.for_config(configs[0]) if len(recipes) == 1 else None
     tables = comparison.build_tables(per_variant, labels, baseline.name, published)
     if not _is_main_process():
         return tables
