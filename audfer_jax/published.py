@@ -62,8 +62,15 @@ def lookup(model: str, dataset: str) -> Optional[dict]:
 
 
 def for_config(config) -> Optional[dict]:
-    """`lookup(config.model, config.data.name)` with a display `label` added."""
-    entry = lookup(str(config.model), str(config.data.name))
+    """`lookup(config.model, config.data.name)` with a display `label` added.
+
+    None also for a config without those fields (e.g. a test's stand-in).
+    """
+    try:
+        model, dataset = str(config.model), str(config.data.name)
+    except (AttributeError, KeyError):
+        return None
+    entry = lookup(model, dataset)
     if entry is not None:
         entry["label"] = (f"published: {DISPLAY_NAMES[entry['model']]} on "
                           f"{DISPLAY_NAMES[entry['dataset']]} (original paper, CE)")

@@ -370,10 +370,12 @@ def _header(col: str) -> str:
 
 
 def to_markdown(rows: Sequence[Row], per_fold: Mapping[int, Mapping] | None = None,
-                title: str = "") -> str:
+                title: str = "", published: Mapping[str, Any] | None = None) -> str:
     """Markdown: one table for the last epoch, one for the best epoch.
 
     Figures in %; the std row is labelled as the sample std (ddof = 1).
+    `published` (`published.for_config`): the original paper's UAR/WAR as a
+    reference row of each table, with its source below.
     """
     out = []
     if title:
@@ -402,7 +404,16 @@ def to_markdown(rows: Sequence[Row], per_fold: Mapping[int, Mapping] | None = No
             fold = {"mean": "mean", "std": STD_LABEL}.get(r["fold"], r["fold"])
             out.append(f"| {choice} | {fold} | {_fmt(r['epoch'])} | "
                        + " | ".join(_fmt(r[c]) for c in cols) + " |")
+        if published:
+            out.append(f"| {choice} | *{published['label']}* [1] |  | "
+                       + " | ".join(_fmt(float(published[c])) if c in ("uar", "war") else ""
+                                    for c in cols) + " |")
         out.append("")
+    if published:
+        out += [f"[1] Reference only, not a run of this library. Source: "
+                f"{published['source']}."
+                + (f" Epoch selection of the source: {published['selection']}."
+                   if published.get("selection") else ""), ""]
     return "\n".join(out)
 
 
@@ -517,7 +528,10 @@ def run_sweep(make_config: Callable[[int], Any], folds: Sequence[int], workdir: 
     rows = summarize_folds(per_fold)
     if not _is_main_process():
         return per_fold, rows
-    paths.write_text(paths.join(workdir, "results.md"), to_markdown(rows, per_fold, title))
+    from audfer_jax import published as published_lib  # pylint: disable=g-import-not-at-top
+    reference = published_lib.for_config(make_config(folds[0])) if folds else None
+    paths.write_text(paths.join(workdir, "results.md"),
+                     to_markdown(rows, per_fold, title, reference))
     paths.write_text(paths.join(workdir, "results.csv"), to_csv(rows))
     paths.write_text(paths.join(workdir, "results.json"), json.dumps(
             {"std": "sample (ddof=1)", "per_fold": {str(k): v for k, v in per_fold.items()},

@@ -195,7 +195,7 @@ def test_tables_one_per_metric_and_epoch_with_paired_columns():
     assert "d +1.00 +- 2.00, improved 2/3, paired t p=0.478" in comparison.console_summary(tables)
 
 
-def test_published_row_for_a_recipe_and_not_for_the_demo():
+def test_published_row_for_a_recipe_and_not_for_the_demo(tmp_path):
     m3dfel = published.for_config(sweep.load_config_file(sweep.with_fold(M3DFEL, 1)))
     assert (m3dfel["uar"], m3dfel["war"]) == (56.10, 69.25) and "M3DFEL" in m3dfel["source"]
     assert published.for_config(sweep.load_config_file(DEMO + ":loss=ce")) is None
@@ -211,6 +211,16 @@ def test_published_row_for_a_recipe_and_not_for_the_demo():
     rows = list(csv.DictReader(io.StringIO(comparison.to_csv(tables))))
     pub = [r for r in rows if r["variant"] == "published"]
     assert [float(r["mean"]) for r in pub] == [56.10, 69.25, 56.10, 69.25]
+    # A sweep without a grid gets the row in its results.md too; the demo does not.
+    for spec, expect in ((M3DFEL, True), (DEMO + ":loss=au", False)):
+        work = tmp_path / os.path.basename(spec.split(":")[0])
+        sweep.run_sweep(lambda fold, spec=spec: sweep.load_config_file(
+                sweep.with_fold(spec, fold)), [1, 2], str(work),
+                runner=_grid_runner([]), log=lambda m: None)
+        md = (work / "results.md").read_text()
+        assert ("| last | *published: M3DFEL on DFEW (original paper, CE)* [1] |  | "
+                "56.10 | 69.25 |" in md) == expect
+        assert ("published" in md) == expect
     # MAE-DFER on DFEW carries the README's per-fold figures.
     mae = published.lookup("mae_dfer", "dfew")
     assert np.mean([v[0] for v in mae["folds"].values()]) == pytest.approx(mae["uar"], abs=0.01)
