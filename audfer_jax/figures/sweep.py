@@ -2,11 +2,10 @@
 
 One panel per table of `comparison.build_tables` (UAR and WAR, last and best
 epoch: a 2 x 2 grid, rows = epoch choice, columns = metric). In each panel a
-variant is a bar at its mean with the sample std (ddof = 1) as an error bar
-and its per-fold values as points (folds side by side, so that a fold's points
-line up across variants); the baseline's bar is hatched and its tick label
-says "(baseline)"; a paper's published figure, where there is one, is a
-dashed horizontal line.
+variant is a wide mark at its mean with the sample std (ddof = 1) as an error
+bar and its per-fold values as points (folds side by side in fold order); the
+baseline sits on a shaded band and its tick label says "(baseline)"; a
+paper's published figure, where there is one, is a dashed horizontal line.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from matplotlib import figure as mpl_figure
 
 from audfer_jax import figures  # noqa: F401  (sets the Agg backend)
 
-_BAR = "#9ecae1"
 _BASE = "#fdae6b"
 _POINT = "#08306b"
 
@@ -32,10 +30,11 @@ def results_figure(tables: Sequence[dict], *, title: str = "") -> mpl_figure.Fig
         title: the figure's suptitle.
 
     Returns:
-        The figure: axes in table order; in each, `ax.patches[:n]` are the n
-        variants' bars (height = mean), a `PathCollection` the fold points, a
-        `LineCollection` the error bars (mean -+ std), and a dashed line (label
-        "published") the published figure.
+        The figure: axes in table order; in each, the line labelled
+        "mean +- std" holds the n variants' means (y data), a `PathCollection`
+        the fold points, a `LineCollection` the error bars (mean -+ std), a
+        patch labelled "baseline" the baseline's band, and a dashed line
+        (label "published") the published figure.
     """
     n_var = len(tables[0]["rows"]) if tables else 0
     ncols = 2
@@ -48,13 +47,16 @@ def results_figure(tables: Sequence[dict], *, title: str = "") -> mpl_figure.Fig
         x = np.arange(len(rows), dtype=np.float64)
         means = np.array([r["mean"] for r in rows])
         stds = np.array([0.0 if math.isnan(r["std"]) else r["std"] for r in rows])
-        colors = [_BASE if r["baseline"] else _BAR for r in rows]
-        bars = ax.bar(x, means, width=0.6, color=colors, edgecolor="black", linewidth=0.6,
-                      zorder=1)
-        for bar, r in zip(bars, rows):
+        # Means as marks, not bars: the axis does not start at 0, and bars on a
+        # cut axis exaggerate differences.
+        for xi, r in zip(x, rows):
             if r["baseline"]:
-                bar.set_hatch("//")
-        ax.errorbar(x, means, yerr=stds, fmt="none", ecolor="black", capsize=4, zorder=2)
+                ax.axvspan(xi - 0.4, xi + 0.4, color=_BASE, alpha=0.35, zorder=0,
+                           label="baseline")
+        ax.errorbar(x, means, yerr=stds, fmt="none", ecolor="black", elinewidth=1.2,
+                    capsize=5, zorder=2)
+        ax.plot(x, means, linestyle="none", marker="_", markersize=28, markeredgewidth=2.5,
+                color="black", zorder=2, label="mean +- std")
         k = len(t["folds"])
         offsets = (np.arange(k) - (k - 1) / 2) * (0.4 / max(k, 1))
         px = np.concatenate([xi + offsets for xi in x]) if k else np.zeros(0)
@@ -76,10 +78,10 @@ def results_figure(tables: Sequence[dict], *, title: str = "") -> mpl_figure.Fig
         pad = max(2.0, 0.15 * (hi - lo))
         ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best", framealpha=0.6)
     for ax in axes[len(tables):]:
         ax.set_visible(False)
     if title:
-        fig.suptitle(f"{title}\nbars: mean over folds; error bars: sample std (ddof=1); "
+        fig.suptitle(f"{title}\nwide marks: mean over folds; error bars: sample std (ddof=1); "
                      "points: folds", fontsize=9)
     return fig
