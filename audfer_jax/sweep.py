@@ -503,8 +503,11 @@ def run_sweep(make_config: Callable[[int], Any], folds: Sequence[int], workdir: 
             early); the sweep stops there, the finished folds stay on disk.
     """
     if runner is None:
-        from audfer_jax import train
-        runner = train.train_and_evaluate
+        def runner(config, directory):
+            # Imported on the first fold to train: reading back a finished sweep
+            # (or grid) does not pay for JAX and TensorFlow.
+            from audfer_jax import train  # pylint: disable=g-import-not-at-top
+            return train.train_and_evaluate(config, directory)
     workdir = paths.resolve(workdir)
     if _is_main_process():
         paths.makedirs(workdir)

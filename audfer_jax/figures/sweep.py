@@ -11,6 +11,7 @@ paper's published figure, where there is one, is a dashed horizontal line.
 from __future__ import annotations
 
 import math
+import textwrap
 from typing import Sequence
 
 import numpy as np
@@ -39,7 +40,7 @@ def results_figure(tables: Sequence[dict], *, title: str = "") -> mpl_figure.Fig
     n_var = len(tables[0]["rows"]) if tables else 0
     ncols = 2
     nrows = max(1, math.ceil(len(tables) / ncols))
-    width = max(6.0, 1.1 * n_var * ncols + 2.0)
+    width = max(8.0, 1.1 * n_var * ncols + 2.0)
     fig = mpl_figure.Figure(figsize=(width, 3.4 * nrows + 0.6), layout="constrained")
     axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
     for ax, t in zip(axes, tables):
@@ -82,6 +83,8 @@ def results_figure(tables: Sequence[dict], *, title: str = "") -> mpl_figure.Fig
     for ax in axes[len(tables):]:
         ax.set_visible(False)
     if title:
+        # Wrapped to the figure width (about 11 characters per inch at 9 pt).
+        title = "\n".join(textwrap.wrap(title, int(11 * width)))
         fig.suptitle(f"{title}\nwide marks: mean over folds; error bars: sample std (ddof=1); "
                      "points: folds", fontsize=9)
     return fig
