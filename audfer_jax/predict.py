@@ -2,14 +2,16 @@
 
     audfer-jax predict --checkpoint runs/x VIDEO_OR_FRAME_DIR [--top_k 3]
         [--json out.json] [--detect_face | --no_detect_face] [--which best|last]
+        [--plot out.png] [--timeline out.csv] [--window_seconds 2]
+        [--stride_seconds 0.5] [--window_batch 8] [--fps 30]
 
 Steps, each mirroring the evaluation input pipeline (`data/pipeline.py`) of
 the run that made the checkpoint:
 
-1. Read every frame: a video with PyAV (any container/codec FFmpeg decodes),
-   or an image folder (`.jpg/.jpeg/.png`) ordered by the trailing integer of
-   each file stem, like the dataset readers (`1.jpg, 2.jpg, ..., 10.jpg`, not
-   lexicographic; datasets.md section 0).
+1. Read every frame, once (`video.py`): a video with PyAV (any container/codec
+   FFmpeg decodes), or an image folder (`.jpg/.jpeg/.png`) ordered by the
+   trailing integer of each file stem, like the dataset readers (`1.jpg,
+   2.jpg, ..., 10.jpg`, not lexicographic; datasets.md section 0).
 2. Find the face (on by default for a video file, off for a frame folder,
    which is usually a face crop already; `--detect_face/--no_detect_face`):
    the largest frontal face in each frame the model will see, by dlib's HOG +
@@ -29,6 +31,12 @@ the run that made the checkpoint:
 4. Apply the model in eval mode; class probabilities are the mean over views
    of the softmax (as the trainer's eval step and MAE-DFER's multi-view test),
    AU probabilities the sigmoid of the view-averaged AU logits.
+
+With a timeline (`predict_timeline`), steps 2-4 run again on every window
+of W seconds every S seconds (`video.window_bounds`), windows batched into
+one compiled shape; the face detector's result for a frame is reused by every
+window that samples it. `--plot` draws the clip's prediction
+(`figures/predict.py`).
 
 The AU head is an auxiliary training head of AU-DFER (au_dfer_method.md
 section 1); its probabilities are shown for inspection only.
