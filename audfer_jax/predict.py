@@ -32,7 +32,7 @@ the run that made the checkpoint:
    of the softmax (as the trainer's eval step and MAE-DFER's multi-view test),
    AU probabilities the sigmoid of the view-averaged AU logits.
 
-With a timeline (`predict_timeline`), steps 2-4 run again on every window
+With a timeline (`timeline.predict_timeline`), steps 2-4 run again on every window
 of W seconds every S seconds (`video.window_bounds`), windows batched into
 one compiled shape; the face detector's result for a frame is reused by every
 window that samples it. `--plot` draws the clip's prediction
@@ -592,7 +592,8 @@ def prepare_indices(frames: np.ndarray, idx: np.ndarray, predictor: Predictor,
     return np.ascontiguousarray(clip)
 
 
-def _check_frames(frames) -> np.ndarray:
+def check_frames(frames) -> np.ndarray:
+    """`frames` as `[N, H, W, 3] uint8`, N >= 1; PredictError naming the shape or dtype."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise PredictError(f"frames must be [N, H, W, 3] with N >= 1, got shape {frames.shape}")
@@ -601,7 +602,7 @@ def _check_frames(frames) -> np.ndarray:
     return frames
 
 
-def _probabilities(out, views: int) -> tuple[np.ndarray, np.ndarray]:
+def view_mean_probabilities(out, views: int) -> tuple[np.ndarray, np.ndarray]:
     """Model output over `[B * views]` clips -> `(probs [B, C], au_probs [B, A])` float64.
 
     Class probabilities: mean over a clip's views of the softmax (as the
@@ -663,7 +664,7 @@ def predict_clip(frames_uint8: np.ndarray, predictor: Predictor | str, *,
             expression is computed for a clip without a face).
     """
     from audfer_jax import au  # pylint: disable=g-import-not-at-top
-    frames = _check_frames(frames_uint8)
+    frames = check_frames(frames_uint8)
     if isinstance(predictor, (str, os.PathLike)):
         predictor = load_predictor(os.fspath(predictor))
     face_found = detection = None
@@ -672,7 +673,7 @@ def predict_clip(frames_uint8: np.ndarray, predictor: Predictor | str, *,
         detection = _clip_face(frames, idx, face_margin, face_cache)
         face_box, face_found = detection.box, True
     clips, idx = prepare_clip(frames, predictor, face_box)
-    probs, au_probs = _probabilities(predictor.apply(predictor.variables, clips),
+    probs, au_probs = view_mean_probabilities(predictor.apply(predictor.variables, clips),
                                      clips.shape[0])
     probs, au_probs = probs[0], au_probs[0]
     names = list(predictor.class_names)
@@ -696,147 +697,6 @@ def predict_clip(frames_uint8: np.ndarray, predictor: Predictor | str, *,
         "face_detection": None if detection is None else detection.summary(),
     }
     return (result, clips) if return_clips else result
-
-
-# Windows per model call of a timeline: every call has this one shape, so the
-# model compiles once whatever the video's length.
-DEFAULT_WINDOW_BATCH = 8
-
-
-def predict_timeline(frames_uint8: np.ndarray, predictor: Predictor, fps: float, *,
-                     window_seconds: float = video.DEFAULT_WINDOW_SECONDS,
-                     stride_seconds: float = video.DEFAULT_STRIDE_SECONDS,
-                     batch_size: int = DEFAULT_WINDOW_BATCH, detect_face: bool = False,
-                     face_margin: float = 0.15, face_cache: Optional[dict] = None) -> dict:
-    """Class probabilities of every window of a video (`video.window_bounds`).
-
-    Each window is sampled, cropped and resized exactly as one clip
-    (`predict_clip`): its own eval indices over its frames and, with
-    `detect_face`, its own face box from the detections on those frames. A
-    window without a face gets no probabilities. Windows go through the model
-    `batch_size` at a time, the last batch padded with blank clips whose
-    outputs are dropped, so every call has one shape.
-
-    Args:
-        frames_uint8: `[N, H, W, 3] uint8`, the whole video, decoded once.
-        predictor: a `Predictor`.
-        fps: frames per second of `frames_uint8`.
-        window_seconds, stride_seconds: W and S, seconds > 0.
-        batch_size: windows per model call (>= 1).
-        detect_face: crop each window's face (detector once per frame).
-        face_margin: see `combine_face_boxes`.
-        face_cache: per-frame detections to reuse and fill (shared with
-            `predict_clip` on the same frames).
-
-    Returns:
-        `{"window_seconds", "stride_seconds", "fps", "num_windows": K,
-        "batch_size", "class_names": [C], "windows": [K x {"start_s", "end_s",
-        "start_frame", "end_frame" (exclusive), "face_found": bool, or None
-        without detection, "probabilities": {name: p} or None, "top_class",
-        "top_prob"}], "frames_checked": frames the detector ran on,
-        "seconds": {"faces", "model" (all calls), "first_call" (its
-        compilation included), "total"}, "windows_per_second"}` (all
-        windows over the total, face detection and the compilation included).
-
-    Raises:
-        PredictError: bad frames, W, S, fps or batch size.
-    """
-    import time  # pylint: disable=g-import-not-at-top
-    t0 = time.perf_counter()
-    frames = _check_frames(frames_uint8)
-    if int(batch_size) < 1:
-        raise PredictError(f"--window_batch {batch_size}: expected at least 1 window per call")
-    batch_size = int(batch_size)
-    windows = video.window_bounds(frames.shape[0], fps, window_seconds, stride_seconds)
-    idx = video.window_indices(windows, predictor.spec, predictor.temporal_views)  # [K,Vt,T]
-    k_all = len(windows)
-    boxes, found = [None] * k_all, [None] * k_all
-    cache = {} if face_cache is None else face_cache
-    if detect_face:
-        for k in range(k_all):
-            boxes[k] = detect_faces(frames, np.unique(idx[k]), face_margin, cache).box
-            found[k] = boxes[k] is not None
-    t_faces = time.perf_counter() - t0
-    todo = [k for k in range(k_all) if found[k] is not False]
-    num_classes = len(predictor.class_names)
-    probs = np.full((k_all, num_classes), np.nan)
-    views = predictor.temporal_views * predictor.spatial_views
-    t_model = t_first = 0.0
-    for b0 in range(0, len(todo), batch_size):
-        chunk = todo[b0:b0 + batch_size]
-        batch = [prepare_indices(frames, idx[k], predictor, boxes[k]) for k in chunk]
-        clips = np.zeros((batch_size * views,) + batch[0].shape[1:], np.uint8)
-        clips[:len(chunk) * views] = np.concatenate(batch)
-        t1 = time.perf_counter()
-        p, _ = _probabilities(predictor.apply(predictor.variables, clips), views)
-        t_model += time.perf_counter() - t1
-        t_first = t_first or t_model
-        probs[chunk] = p[:len(chunk)]          # the padded clips' outputs are dropped
-    names = list(predictor.class_names)
-    rows = []
-    for k in range(k_all):
-        row = {"start_s": float(windows.start_s[k]), "end_s": float(windows.end_s[k]),
-               "start_frame": int(windows.start_frame[k]),
-               "end_frame": int(windows.end_frame[k]), "face_found": found[k],
-               "probabilities": None, "top_class": None, "top_prob": None}
-        if not np.isnan(probs[k, 0]):
-            top = int(np.argmax(probs[k]))
-            row.update(probabilities={n: float(p) for n, p in zip(names, probs[k])},
-                       top_class=names[top], top_prob=float(probs[k, top]))
-        rows.append(row)
-    total = time.perf_counter() - t0
-    return {"window_seconds": float(window_seconds), "stride_seconds": float(stride_seconds),
-            "fps": float(fps), "num_windows": k_all, "batch_size": batch_size,
-            "class_names": names, "windows": rows,
-            "frames_checked": len(cache) if detect_face else 0,
-            "seconds": {"faces": t_faces, "model": t_model, "first_call": t_first,
-                        "total": total},
-            "windows_per_second": k_all / total if total > 0 else float("inf")}
-
-
-def timeline_csv(timeline: Mapping[str, Any]) -> str:
-    """CSV text of a `predict_timeline` result: one row per window.
-
-    Columns: `start_s, end_s, start_frame, end_frame` (exclusive), one
-    `p_<class>` per class, `top_class`, `top_prob`, `face_found` (`true`,
-    `false`, or empty when detection was off). A window without a face has
-    empty probabilities and top class.
-    """
-    import csv  # pylint: disable=g-import-not-at-top
-    import io  # pylint: disable=g-import-not-at-top
-    names = list(timeline["class_names"])
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["start_s", "end_s", "start_frame", "end_frame"]
-                    + [f"p_{n}" for n in names] + ["top_class", "top_prob", "face_found"])
-    for row in timeline["windows"]:
-        probs = row["probabilities"]
-        face = row["face_found"]
-        writer.writerow(
-                [f"{row['start_s']:.3f}", f"{row['end_s']:.3f}", row["start_frame"],
-                 row["end_frame"]]
-                + ([f"{probs[n]:.6f}" for n in names] if probs else [""] * len(names))
-                + [row["top_class"] or "",
-                   "" if row["top_prob"] is None else f"{row['top_prob']:.6f}",
-                   "" if face is None else str(bool(face)).lower()])
-    return buf.getvalue()
-
-
-def format_timeline(timeline: Mapping[str, Any], rows: bool = True) -> str:
-    """Human-readable summary (and optionally the rows) of a `predict_timeline` result."""
-    sec = timeline["seconds"]
-    lines = [f"timeline: {timeline['num_windows']} window(s) of {timeline['window_seconds']:g} s "
-             f"every {timeline['stride_seconds']:g} s at {timeline['fps']:g} fps, "
-             f"{timeline['batch_size']} per model call; {timeline['windows_per_second']:.1f} "
-             f"windows/s ({sec['total']:.2f} s: face detection {sec['faces']:.2f} s, "
-             f"model {sec['model']:.2f} s of which {sec['first_call']:.2f} s for the first "
-             "call, compilation included)"]
-    if rows:
-        for row in timeline["windows"]:
-            what = (f"{row['top_class']} ({row['top_prob']:.4f})" if row["top_class"]
-                    else "no face")
-            lines.append(f"  {row['start_s']:7.2f} - {row['end_s']:7.2f} s  {what}")
-    return "\n".join(lines)
 
 
 def no_face_result(detections: FaceDetections, num_frames: int) -> dict:
@@ -890,7 +750,19 @@ def _seconds_flag(value: str) -> float:
                 f"expected a number of seconds > 0, got {value!r}") from None
 
 
+def _fps_flag(value: str) -> float:
+    """argparse type of `--fps`: a finite number > 0."""
+    try:
+        fps = float(value)
+    except ValueError:
+        fps = float("nan")
+    if not (np.isfinite(fps) and fps > 0):
+        raise argparse.ArgumentTypeError(f"expected frames per second > 0, got {value!r}")
+    return fps
+
+
 def _count_flag(value: str) -> int:
+    """argparse type of `--window_batch`: an integer >= 1."""
     try:
         n = int(value)
     except ValueError:
@@ -928,6 +800,7 @@ def main(argv: list[str]) -> int:
         `no_face_result` and the status is 0.
     """
     import time  # pylint: disable=g-import-not-at-top
+    from audfer_jax import timeline as timeline_lib  # pylint: disable=g-import-not-at-top
     parser = cli_errors.ArgumentParser(
             prog="audfer-jax predict",
             description="Expression class probabilities (and the AU head's per-AU "
@@ -961,9 +834,10 @@ def main(argv: list[str]) -> int:
                         help=f"timeline stride S in seconds (default "
                              f"{video.DEFAULT_STRIDE_SECONDS:g}); giving it turns the "
                              "timeline on")
-    parser.add_argument("--window_batch", type=_count_flag, default=DEFAULT_WINDOW_BATCH,
+    parser.add_argument("--window_batch", type=_count_flag,
+                        default=timeline_lib.DEFAULT_WINDOW_BATCH,
                         help="timeline windows per model call (one compiled shape)")
-    parser.add_argument("--fps", type=_seconds_flag, default=None,
+    parser.add_argument("--fps", type=_fps_flag, default=None,
                         help="frame rate of the input (default: the video's; "
                              f"{video.FOLDER_FPS:g} for a frame folder)")
     args = parser.parse_args(argv)
@@ -984,7 +858,7 @@ def main(argv: list[str]) -> int:
             no_face = e
             result = no_face_result(e.detections, clip.num_frames)
         if want_timeline:
-            timeline = predict_timeline(
+            timeline = timeline_lib.predict_timeline(
                     clip.frames, predictor, clip.fps,
                     window_seconds=args.window_seconds or video.DEFAULT_WINDOW_SECONDS,
                     stride_seconds=args.stride_seconds or video.DEFAULT_STRIDE_SECONDS,
@@ -1006,11 +880,11 @@ def main(argv: list[str]) -> int:
     try:
         if timeline is not None:
             result["timeline"] = timeline
-            print(format_timeline(timeline, rows=not (args.timeline or args.json)))
+            print(timeline_lib.format_timeline(timeline, rows=not (args.timeline or args.json)))
             print(f"decoded {clip.num_frames} frames ({clip.duration:.1f} s) once in "
                   f"{t_read:.2f} s")
             if args.timeline:
-                paths.write_text(args.timeline, timeline_csv(timeline))
+                paths.write_text(args.timeline, timeline_lib.timeline_csv(timeline))
                 print(f"wrote {args.timeline}")
         if args.plot:
             if no_face is not None:

@@ -11,6 +11,7 @@ import predict_fixtures as pf
 from audfer_jax import au
 from audfer_jax import models
 from audfer_jax import predict
+from audfer_jax import timeline
 from audfer_jax import video
 from audfer_jax.figures import predict as predict_figure
 
@@ -36,15 +37,15 @@ def predictor(var_ckpt):
 def drawn(predictor):
     frames = np.stack([pf.frame(k) for k in range(30)])
     result, clips = predict.predict_clip(frames, predictor, return_clips=True)
-    timeline = predict.predict_timeline(frames, predictor, FPS, window_seconds=1,
-                                        stride_seconds=0.5, batch_size=1)
+    tl = timeline.predict_timeline(frames, predictor, FPS, window_seconds=1,
+                                   stride_seconds=0.5, batch_size=1)
     # Mark one window as faceless, as a detection run would, to see it shaded.
-    timeline["windows"][1].update(face_found=False, probabilities=None, top_class=None,
+    tl["windows"][1].update(face_found=False, probabilities=None, top_class=None,
                                   top_prob=None)
     fig = predict_figure.prediction_figure(
             result, clips, fps=FPS, source="clip.mp4", checkpoint=predictor.source,
-            prior=predictor.prior, prior_label=predictor.prior_label, timeline=timeline)
-    return fig, result, clips, timeline
+            prior=predictor.prior, prior_label=predictor.prior_label, timeline=tl)
+    return fig, result, clips, tl
 
 
 def test_run_prior(tmp_path, variables):
@@ -74,7 +75,7 @@ def test_facs_labels():
 
 
 def test_panels_hold_the_prediction(drawn, predictor):
-    fig, result, clips, timeline = drawn
+    fig, result, clips, tl = drawn
     # Frames: the model's input (view 0), titled with frame index and time.
     idx = result["frame_indices"][0]
     for k in range(pf.T):
@@ -110,7 +111,7 @@ def test_panels_hold_the_prediction(drawn, predictor):
         x, y = series[name]
         np.testing.assert_allclose(x, [0.5 * k + 0.5 for k in range(5)])
         want = [w["probabilities"][name] if w["probabilities"] else np.nan
-                for w in timeline["windows"]]
+                for w in tl["windows"]]
         np.testing.assert_allclose(y, want, atol=1e-12)
         assert np.isnan(y[1])
     # Title: input, checkpoint, face-detection summary (off here).

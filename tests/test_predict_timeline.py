@@ -16,6 +16,7 @@ import pytest
 import predict_fixtures as pf
 from audfer_jax import models
 from audfer_jax import predict
+from audfer_jax import timeline
 from audfer_jax import video
 
 
@@ -96,7 +97,7 @@ def test_timeline_matches_clips_and_compiles_once(counting, predictor):
     (the last padded) compile once for a 4 s and a 10 s video."""
     counted, traces = counting
     frames = np.stack([pf.frame(k) for k in range(40)])           # 4 s at 10 fps
-    tl = predict.predict_timeline(frames, counted, 10, window_seconds=1,
+    tl = timeline.predict_timeline(frames, counted, 10, window_seconds=1,
                                   stride_seconds=0.5, batch_size=3)
     assert tl["num_windows"] == 7 == len(tl["windows"])          # floor(3 / 0.5) + 1
     for k, row in enumerate(tl["windows"]):
@@ -108,12 +109,12 @@ def test_timeline_matches_clips_and_compiles_once(counting, predictor):
         assert sum(got) == pytest.approx(1.0, abs=1e-6)
         assert row["top_class"] == want["top_class"] and row["face_found"] is None
     longer = np.stack([pf.frame(k) for k in range(100)])          # 10 s: 19 windows
-    tl = predict.predict_timeline(longer, counted, 10, window_seconds=1,
+    tl = timeline.predict_timeline(longer, counted, 10, window_seconds=1,
                                   stride_seconds=0.5, batch_size=3)
     assert tl["num_windows"] == 19
     assert traces == [(3, pf.T, pf.S, pf.S, 3)]                  # one shape, one trace
     # A video shorter than W: one window over the whole video.
-    tl = predict.predict_timeline(frames[:12], counted, 30, batch_size=3)
+    tl = timeline.predict_timeline(frames[:12], counted, 30, batch_size=3)
     (row,) = tl["windows"]
     assert (row["start_s"], row["end_s"], row["end_frame"]) == (0, pytest.approx(0.4), 12)
     np.testing.assert_allclose([row["probabilities"][n] for n in pf.NAMES],
