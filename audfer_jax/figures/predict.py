@@ -164,6 +164,7 @@ def _timeline_panel(ax, timeline):
     if any(r["face_found"] is False for r in rows):
         ax.plot([], [], color="0.85", linewidth=6, label="no face")
     ax.set_ylim(0, 1)
+    ax.set_xlim(0, max(r["end_s"] for r in rows))       # the whole video, even for one window
     ax.set_xlabel(f"time (s), window centre; windows of {timeline['window_seconds']:g} s "
                   f"every {timeline['stride_seconds']:g} s", fontsize=8)
     ax.set_ylabel("class probability", fontsize=8)
