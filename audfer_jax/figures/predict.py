@@ -113,9 +113,11 @@ def _class_panel(ax, result):
     ax.set_xlim(0, 1)
     ax.set_xlabel("class probability", fontsize=8)
     ax.tick_params(axis="x", labelsize=7)
+    inside = probs[top] > 0.7          # a long bar: its label inside, in white
     ax.annotate(f"top: {result['top_class']} {probs[top]:.2f}", (probs[top], y[top]),
-                xytext=(3, 0), textcoords="offset points", va="center", fontsize=8,
-                color=TOP_COLOUR, gid="top_class")
+                xytext=(-3 if inside else 3, 0), textcoords="offset points", va="center",
+                ha="right" if inside else "left", fontsize=8,
+                color="white" if inside else TOP_COLOUR, gid="top_class")
     ax.set_title("expression", fontsize=9)
     ax.set_gid("classes")
 
@@ -143,8 +145,8 @@ def _au_panel(ax, result, prior, prior_label):
                   fontsize=6.5, rotation=90)
     ax.tick_params(axis="y", labelsize=7)
     ax.set_title("AU head (auxiliary training head; not used for the expression)",
-                 fontsize=9, pad=22)
-    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.06), ncol=2, frameon=False,
+                 fontsize=9, pad=26)
+    ax.legend(fontsize=7, loc="lower left", bbox_to_anchor=(0, 1.01), ncol=2, frameon=False,
               borderaxespad=0)
     ax.set_gid("aus")
 
