@@ -41,6 +41,24 @@ AU_NAMES = ("AU01", "AU02", "AU04", "AU05", "AU06", "AU07", "AU09", "AU10",
             "AU28", "AU45")
 NUM_AUS = len(AU_NAMES)
 
+# FACS names of the AUs above. Source: P. Ekman, W. V. Friesen & J. C. Hager,
+# Facial Action Coding System: the Manual (2002; first edition Ekman &
+# Friesen 1978), table of single action units.
+FACS_NAMES = {
+        "AU01": "inner brow raiser", "AU02": "outer brow raiser", "AU04": "brow lowerer",
+        "AU05": "upper lid raiser", "AU06": "cheek raiser", "AU07": "lid tightener",
+        "AU09": "nose wrinkler", "AU10": "upper lip raiser", "AU12": "lip corner puller",
+        "AU14": "dimpler", "AU15": "lip corner depressor", "AU17": "chin raiser",
+        "AU20": "lip stretcher", "AU23": "lip tightener", "AU25": "lips part",
+        "AU26": "jaw drop", "AU28": "lip suck", "AU45": "blink"}
+
+
+def au_label(name: str) -> str:
+    """`"AU01"` -> `"AU1 inner brow raiser"` (FACS number and name, `FACS_NAMES`)."""
+    number = f"AU{int(name[2:])}" if name[:2] == "AU" and name[2:].isdigit() else name
+    facs = FACS_NAMES.get(name)
+    return f"{number} {facs}" if facs else number
+
 # Row order of every matrix: DFEW's official labels 1..7 minus 1.
 CLASS_ORDER = ("happy", "sad", "neutral", "angry", "surprise", "disgust", "fear")
 

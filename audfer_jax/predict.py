@@ -2,14 +2,16 @@
 
     audfer-jax predict --checkpoint runs/x VIDEO_OR_FRAME_DIR [--top_k 3]
         [--json out.json] [--detect_face | --no_detect_face] [--which best|last]
+        [--plot out.png] [--timeline out.csv] [--window_seconds 2]
+        [--stride_seconds 0.5] [--window_batch 8] [--fps 30]
 
 Steps, each mirroring the evaluation input pipeline (`data/pipeline.py`) of
 the run that made the checkpoint:
 
-1. Read every frame: a video with PyAV (any container/codec FFmpeg decodes),
-   or an image folder (`.jpg/.jpeg/.png`) ordered by the trailing integer of
-   each file stem, like the dataset readers (`1.jpg, 2.jpg, ..., 10.jpg`, not
-   lexicographic; datasets.md section 0).
+1. Read every frame, once (`video.py`): a video with PyAV (any container/codec
+   FFmpeg decodes), or an image folder (`.jpg/.jpeg/.png`) ordered by the
+   trailing integer of each file stem, like the dataset readers (`1.jpg,
+   2.jpg, ..., 10.jpg`, not lexicographic; datasets.md section 0).
 2. Find the face (on by default for a video file, off for a frame folder,
    which is usually a face crop already; `--detect_face/--no_detect_face`):
    the largest frontal face in each frame the model will see, by dlib's HOG +
@@ -29,6 +31,12 @@ the run that made the checkpoint:
 4. Apply the model in eval mode; class probabilities are the mean over views
    of the softmax (as the trainer's eval step and MAE-DFER's multi-view test),
    AU probabilities the sigmoid of the view-averaged AU logits.
+
+With a timeline (`timeline.predict_timeline`), steps 2-4 run again on every window
+of W seconds every S seconds (`video.window_bounds`), windows batched into
+one compiled shape; the face detector's result for a frame is reused by every
+window that samples it. `--plot` draws the clip's prediction
+(`figures/predict.py`).
 
 The AU head is an auxiliary training head of AU-DFER (au_dfer_method.md
 section 1); its probabilities are shown for inspection only.
@@ -57,101 +65,11 @@ import numpy as np
 
 from audfer_jax import cli_errors
 from audfer_jax import paths
+from audfer_jax import video
 from audfer_jax.data import sampling
-
-VIDEO_HINT = "a video file PyAV can decode (.mp4, .avi, ...) or a folder of .jpg/.png frames"
-
-
-class PredictError(ValueError):
-    """Unusable input for `predict` (unreadable video, empty folder, bad checkpoint)."""
-
-
-# ---------------------------------------------------------------------------
-# Reading frames.
-# ---------------------------------------------------------------------------
-
-def read_video(path: str) -> np.ndarray:
-    """Decodes every frame of a video with PyAV.
-
-    Args:
-        path: video file.
-
-    Returns:
-        `[N, H, W, 3] uint8` RGB frames, N >= 1.
-
-    Raises:
-        PredictError: missing file, not a decodable video, no video stream, or
-            no frame decoded (names the file and the decoder's message).
-    """
-    import av  # pylint: disable=g-import-not-at-top
-    if not os.path.isfile(path):
-        raise PredictError(f"{path}: no such file (expected {VIDEO_HINT})")
-    frames = []
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                raise PredictError(f"{path}: no video stream in this file")
-            stream = container.streams.video[0]
-            for frame in container.decode(stream):
-                frames.append(frame.to_ndarray(format="rgb24"))
-    except PredictError:
-        raise
-    except (av.error.FFmpegError, UnicodeDecodeError, OSError, ValueError) as e:
-        raise PredictError(f"{path}: cannot read as a video ({e}); expected {VIDEO_HINT}"
-                           ) from None
-    if not frames:
-        raise PredictError(f"{path}: the video has no decodable frame")
-    shapes = {f.shape for f in frames}
-    if len(shapes) > 1:
-        raise PredictError(f"{path}: frame size changes within the video {sorted(shapes)}")
-    return np.stack(frames)
-
-
-def read_frame_folder(folder: str) -> tuple[np.ndarray, list[str]]:
-    """Reads an image folder in temporal order (trailing integer of each stem).
-
-    Args:
-        folder: directory of `.jpg/.jpeg/.png` frames (other files ignored).
-
-    Returns:
-        `([N, H, W, 3] uint8 RGB frames, [N] paths)`.
-
-    Raises:
-        PredictError: no images, a name without trailing integer, a repeated
-            number, an undecodable image, or frames of different sizes (each
-            names the folder or frame).
-    """
-    from PIL import Image  # pylint: disable=g-import-not-at-top
-    from audfer_jax.data.readers import common  # pylint: disable=g-import-not-at-top
-    try:
-        paths = common.list_frames(folder)
-    except common.FrameFolderError as e:
-        raise PredictError(f"{e}; or give a video file PyAV can decode (.mp4, .avi, ...)"
-                           ) from None
-    frames = []
-    for p in paths:
-        try:
-            with Image.open(p) as im:
-                frames.append(np.asarray(im.convert("RGB"), np.uint8))
-        except OSError as e:
-            raise PredictError(f"{p}: cannot decode image ({e})") from None
-    shapes = {f.shape for f in frames}
-    if len(shapes) > 1:
-        raise PredictError(f"{folder}: frames have different sizes {sorted(shapes)}")
-    return np.stack(frames), paths
-
-
-def read_clip(path: str) -> np.ndarray:
-    """`[N, H, W, 3] uint8` frames of a video file or a frame folder.
-
-    Raises:
-        PredictError: see `read_video` and `read_frame_folder`.
-    """
-    if os.path.isdir(path):
-        return read_frame_folder(path)[0]
-    if not os.path.exists(path):
-        raise PredictError(f"{path}: no such file or folder (expected {VIDEO_HINT})")
-    return read_video(path)
+# Reading and windowing live in `video.py`; these names stay importable here.
+from audfer_jax.video import (PredictError, VIDEO_HINT, read_clip,  # noqa: F401
+                              read_frame_folder, read_video)
 
 
 # ---------------------------------------------------------------------------
@@ -283,7 +201,7 @@ def largest_face(frame: np.ndarray, detector=None) -> Optional[tuple[int, int, i
 
 
 def detect_faces(frames: np.ndarray, frame_indices: Optional[Sequence[int]] = None,
-                 margin: float = 0.15) -> FaceDetections:
+                 margin: float = 0.15, cache: Optional[dict] = None) -> FaceDetections:
     """Runs the face detector on some frames of a clip and makes the clip's crop.
 
     Policy: one square crop for the whole clip (`combine_face_boxes`: median
@@ -296,6 +214,8 @@ def detect_faces(frames: np.ndarray, frame_indices: Optional[Sequence[int]] = No
         frame_indices: frames to run the detector on (default: up to 16
             evenly spaced ones); `predict_clip` passes the frames the model sees.
         margin: see `combine_face_boxes`.
+        cache: optional `{frame index: box or None}`, read and filled, so that
+            the detector runs once per frame however many windows share it.
 
     Returns:
         `FaceDetections`; its `box` is None when no checked frame has a face.
@@ -305,7 +225,11 @@ def detect_faces(frames: np.ndarray, frame_indices: Optional[Sequence[int]] = No
         frame_indices = np.unique(np.linspace(0, n - 1, min(n, 16)).round().astype(int))
     detector = _detector()
     indices = tuple(int(i) for i in frame_indices)
-    boxes = tuple(largest_face(frames[i], detector) for i in indices)
+    cache = {} if cache is None else cache
+    for i in indices:
+        if i not in cache:
+            cache[i] = largest_face(frames[i], detector)
+    boxes = tuple(cache[i] for i in indices)
     return FaceDetections(indices, boxes, combine_face_boxes(boxes, h, w, margin))
 
 
@@ -335,6 +259,10 @@ class Predictor:
         image_size: S, the model's input side in pixels.
         source: what was loaded (path and step).
         apply: jitted `(variables, clips [V, T, S, S, 3] uint8) -> ModelOutput`.
+        prior: the run's AU-expression prior `[C, 18] float32` (the matrix W
+            its AU loss weighs with, before the x5 scale; `run_prior`), or
+            None when the checkpoint does not determine it.
+        prior_label: what `prior` is, or why there is none.
     """
     model: Any
     variables: Any
@@ -345,6 +273,8 @@ class Predictor:
     image_size: int
     source: str
     apply: Callable = None
+    prior: Optional[np.ndarray] = None
+    prior_label: str = ""
 
     def __post_init__(self):
         if self.apply is None:
@@ -385,6 +315,44 @@ def _class_names(meta: Mapping, config) -> list:
     by_count = {len(classes.DFEW_CLASSES): classes.DFEW_CLASSES,
                 len(classes.MAFW_CLASSES): classes.MAFW_CLASSES}
     return list(by_count.get(n, [f"class_{k}" for k in range(n)]))
+
+
+def run_prior(config, num_classes: int) -> tuple[Optional[np.ndarray], str]:
+    """The AU-expression prior a run trained with, as `experiment.resolve_loss` picks it.
+
+    `config.au.prior` names a matrix of `au.PRIOR_NAMES`, or `dataset` (the
+    dataset's own; DFEW's for the demo set), or `from_data` (estimated from
+    the training AU labels; not stored in a checkpoint).
+
+    Args:
+        config: the run's config (may be empty for a variables checkpoint).
+        num_classes: C, the model's classes.
+
+    Returns:
+        `(W [C, 18] float32 or None, label)`: the label names the matrix, or
+        says why there is none.
+    """
+    from audfer_jax import au  # pylint: disable=g-import-not-at-top
+    au_cfg = config.get("au") or {}
+    if not au_cfg:
+        return None, "no AU prior: the checkpoint holds no run config"
+    if config.get("loss") == "ce":
+        return None, "no AU prior: the run trained with cross-entropy only (loss=ce)"
+    dc = config.get("data", {}) or {}
+    dataset = dc.get("dataset", dc.get("name"))
+    name = au_cfg.get("prior", "dataset")
+    if name == "dataset":
+        name = {"demo": "dfew"}.get(dataset, dataset)
+    if name == "from_data":
+        return None, ("no AU prior shown: the run estimated it from its training AU "
+                      "labels (au.prior=from_data), which the checkpoint does not store")
+    try:
+        w = au.prior(name)
+    except ValueError:
+        return None, f"no AU prior: the run's prior {name!r} is not a published matrix"
+    if w.shape[0] != num_classes:
+        return None, f"no AU prior: {name!r} has {w.shape[0]} rows for {num_classes} classes"
+    return w, f"AU-expression prior '{name}' (au_prior.json; the run's au.prior)"
 
 
 def _build_model(config, num_classes: int, where: str):
@@ -546,10 +514,12 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
     dc = _data_config(config)
     input_shape = train.model_input_shape(model, config.model, dc)
     spec = _fit_spec(sampling.spec_from_config(dc), input_shape[0])
+    prior, prior_label = run_prior(config, len(class_names))
     return Predictor(model=model, variables=variables, class_names=list(class_names),
                      spec=spec, temporal_views=dc.eval_temporal_views,
                      spatial_views=dc.eval_spatial_views,
-                     image_size=int(input_shape[1]), source=source)
+                     image_size=int(input_shape[1]), source=source,
+                     prior=prior, prior_label=prior_label)
 
 
 # ---------------------------------------------------------------------------
@@ -601,6 +571,16 @@ def prepare_clip(frames: np.ndarray, predictor: Predictor,
     """
     n = frames.shape[0]
     idx = sampling.eval_indices(n, predictor.spec, predictor.temporal_views)   # [Vt, T]
+    return prepare_indices(frames, idx, predictor, face_box), idx
+
+
+def prepare_indices(frames: np.ndarray, idx: np.ndarray, predictor: Predictor,
+                    face_box: Optional[Sequence[int]] = None) -> np.ndarray:
+    """Crops and resizes the frames `idx [Vt, T]` of `frames` into model input.
+
+    Returns:
+        `[Vt * Vs, T, S, S, 3] uint8`, temporal view major (see `prepare_clip`).
+    """
     uniq, pos = np.unique(idx.reshape(-1), return_inverse=True)
     picked = frames[uniq]
     if face_box is not None:
@@ -609,10 +589,11 @@ def prepare_clip(frames: np.ndarray, predictor: Predictor,
     views = spatial_views(picked, predictor.image_size, predictor.spatial_views)  # [Vs,U,..]
     clip = views[:, pos.reshape(idx.shape)]               # [Vs, Vt, T, S, S, 3]
     clip = np.swapaxes(clip, 0, 1).reshape((-1,) + clip.shape[2:])
-    return np.ascontiguousarray(clip), idx
+    return np.ascontiguousarray(clip)
 
 
-def _check_frames(frames) -> np.ndarray:
+def check_frames(frames) -> np.ndarray:
+    """`frames` as `[N, H, W, 3] uint8`, N >= 1; PredictError naming the shape or dtype."""
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.shape[0] < 1:
         raise PredictError(f"frames must be [N, H, W, 3] with N >= 1, got shape {frames.shape}")
@@ -621,9 +602,38 @@ def _check_frames(frames) -> np.ndarray:
     return frames
 
 
+def view_mean_probabilities(out, views: int) -> tuple[np.ndarray, np.ndarray]:
+    """Model output over `[B * views]` clips -> `(probs [B, C], au_probs [B, A])` float64.
+
+    Class probabilities: mean over a clip's views of the softmax (as the
+    trainer's eval step); AU probabilities: sigmoid of the view-mean AU logits.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    logits = np.asarray(jax.device_get(out.logits), np.float64)
+    au_logits = np.asarray(jax.device_get(out.au_logits), np.float64)
+    logits = logits.reshape(-1, views, logits.shape[-1])
+    au_logits = au_logits.reshape(-1, views, au_logits.shape[-1])
+    z = logits - logits.max(-1, keepdims=True)
+    probs = (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).mean(1)
+    au_probs = 1.0 / (1.0 + np.exp(-au_logits.mean(1)))
+    return probs, au_probs
+
+
+def _clip_face(frames, idx, margin, cache) -> FaceDetections:
+    """`detect_faces` on the frames `idx` the model sees; NoFaceError when none has a face."""
+    detection = detect_faces(frames, np.unique(idx), margin, cache)
+    if detection.box is None:
+        raise NoFaceError(
+                f"no face in any of the {detection.num_checked} frames checked "
+                f"({FACE_DETECTOR}); no expression predicted. For input that is "
+                "already a face crop, pass --no_detect_face", detection)
+    return detection
+
+
 def predict_clip(frames_uint8: np.ndarray, predictor: Predictor | str, *,
                  detect_face: bool = False, face_box: Optional[Sequence[int]] = None,
-                 face_margin: float = 0.15, top_k: int = 3) -> dict:
+                 face_margin: float = 0.15, top_k: int = 3,
+                 face_cache: Optional[dict] = None, return_clips: bool = False):
     """Class and AU probabilities of one clip.
 
     Args:
@@ -635,6 +645,8 @@ def predict_clip(frames_uint8: np.ndarray, predictor: Predictor | str, *,
         face_box: an explicit `(x0, y0, x1, y1)` crop instead.
         face_margin: margin of the detected box, fraction of the face side.
         top_k: how many classes `top_k` lists.
+        face_cache: per-frame detections to reuse and fill (`detect_faces`).
+        return_clips: also return the model's input.
 
     Returns:
         `{"class_names": [C], "probs": [C] floats summing to 1 (mean over views
@@ -643,41 +655,31 @@ def predict_clip(frames_uint8: np.ndarray, predictor: Predictor | str, *,
         the view-mean AU logits, "au_probabilities": {AU: p}, "frame_indices":
         [Vt, T], "num_frames": N, "views": Vt * Vs, "face_box": box or None,
         "face_found": True with detection, else None, "face_detection":
-        `FaceDetections.summary()` with detection, else None}`.
+        `FaceDetections.summary()` with detection, else None}`; with
+        `return_clips`, `(that dict, clips [Vt * Vs, T, S, S, 3] uint8)`.
 
     Raises:
         PredictError: bad frames (shape, dtype).
         NoFaceError: `detect_face` and no checked frame has a face (no
             expression is computed for a clip without a face).
     """
-    import jax  # pylint: disable=g-import-not-at-top
     from audfer_jax import au  # pylint: disable=g-import-not-at-top
-    frames = _check_frames(frames_uint8)
+    frames = check_frames(frames_uint8)
     if isinstance(predictor, (str, os.PathLike)):
         predictor = load_predictor(os.fspath(predictor))
     face_found = detection = None
     if face_box is None and detect_face:
-        idx = np.unique(sampling.eval_indices(frames.shape[0], predictor.spec,
-                                              predictor.temporal_views))
-        detection = detect_faces(frames, idx, face_margin)
-        if detection.box is None:
-            raise NoFaceError(
-                    f"no face in any of the {detection.num_checked} frames checked "
-                    f"({FACE_DETECTOR}); no expression predicted. For input that is "
-                    "already a face crop, pass --no_detect_face", detection)
+        idx = sampling.eval_indices(frames.shape[0], predictor.spec, predictor.temporal_views)
+        detection = _clip_face(frames, idx, face_margin, face_cache)
         face_box, face_found = detection.box, True
     clips, idx = prepare_clip(frames, predictor, face_box)
-    out = predictor.apply(predictor.variables, clips)
-    logits = np.asarray(jax.device_get(out.logits), np.float64)
-    au_logits = np.asarray(jax.device_get(out.au_logits), np.float64)
-    z = logits - logits.max(-1, keepdims=True)
-    probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)
-    probs = probs.mean(0)
-    au_probs = 1.0 / (1.0 + np.exp(-au_logits.mean(0)))
+    probs, au_probs = view_mean_probabilities(predictor.apply(predictor.variables, clips),
+                                     clips.shape[0])
+    probs, au_probs = probs[0], au_probs[0]
     names = list(predictor.class_names)
     order = np.argsort(-probs, kind="stable")
     au_names = list(au.AU_NAMES)[:au_probs.shape[0]]
-    return {
+    result = {
         "class_names": names,
         "probs": probs.tolist(),
         "probabilities": {n: float(p) for n, p in zip(names, probs)},
@@ -694,6 +696,7 @@ def predict_clip(frames_uint8: np.ndarray, predictor: Predictor | str, *,
         "face_found": face_found,
         "face_detection": None if detection is None else detection.summary(),
     }
+    return (result, clips) if return_clips else result
 
 
 def no_face_result(detections: FaceDetections, num_frames: int) -> dict:
@@ -738,6 +741,55 @@ def format_prediction(result: Mapping[str, Any], source: str = "") -> str:
 NO_FACE_STATUS = 3
 
 
+def _seconds_flag(value: str) -> float:
+    """argparse type of `--window_seconds`/`--stride_seconds`: a number > 0."""
+    try:
+        return video.check_seconds("", value)
+    except PredictError:
+        raise argparse.ArgumentTypeError(
+                f"expected a number of seconds > 0, got {value!r}") from None
+
+
+def _fps_flag(value: str) -> float:
+    """argparse type of `--fps`: a finite number > 0."""
+    try:
+        fps = float(value)
+    except ValueError:
+        fps = float("nan")
+    if not (np.isfinite(fps) and fps > 0):
+        raise argparse.ArgumentTypeError(f"expected frames per second > 0, got {value!r}")
+    return fps
+
+
+def _count_flag(value: str) -> int:
+    """argparse type of `--window_batch`: an integer >= 1."""
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value!r}")
+    return n
+
+
+def write_plot(path: str, result: Mapping[str, Any], clips: np.ndarray, clip: video.Clip,
+               predictor: Predictor, source: str,
+               timeline: Optional[Mapping[str, Any]] = None) -> str:
+    """Draws `figures.predict.prediction_figure` for a prediction and saves it as PNG.
+
+    Raises:
+        OSError: the path cannot be written.
+    """
+    from audfer_jax import figures  # pylint: disable=g-import-not-at-top
+    from audfer_jax.figures import predict as predict_figure  # pylint: disable=g-import-not-at-top
+    fig = predict_figure.prediction_figure(
+            result, clips, fps=clip.fps, source=f"{source} ({clip.num_frames} frames, "
+            f"{clip.duration:.2f} s at {clip.fps:g} fps, {clip.fps_source})",
+            checkpoint=predictor.source, prior=predictor.prior,
+            prior_label=predictor.prior_label, timeline=timeline)
+    return figures.save(fig, path)
+
+
 def main(argv: list[str]) -> int:
     """`audfer-jax predict --checkpoint DIR VIDEO_OR_FRAME_DIR [...]`.
 
@@ -747,10 +799,13 @@ def main(argv: list[str]) -> int:
         face, unless `--json` is given: then the JSON file holds the explicit
         `no_face_result` and the status is 0.
     """
+    import time  # pylint: disable=g-import-not-at-top
+    from audfer_jax import timeline as timeline_lib  # pylint: disable=g-import-not-at-top
     parser = cli_errors.ArgumentParser(
             prog="audfer-jax predict",
             description="Expression class probabilities (and the AU head's per-AU "
-                        "probabilities) for one video or frame folder.")
+                        "probabilities) for one video or frame folder; optionally a "
+                        "picture of the prediction and a timeline over windows.")
     parser.add_argument("--checkpoint", required=True,
                         help="training run directory, step directory or variables checkpoint "
                              "(local or gs://...)")
@@ -765,26 +820,83 @@ def main(argv: list[str]) -> int:
                         help="margin around the detected face, fraction of its side")
     parser.add_argument("--which", default="best", choices=("best", "last"),
                         help="checkpoint of a run directory (default best)")
+    parser.add_argument("--plot", default=None, metavar="FILE.png",
+                        help="write a picture: the frames the model saw, class and AU "
+                             "bars with the run's AU prior, and the timeline if any")
+    parser.add_argument("--timeline", default=None, metavar="FILE.csv",
+                        help="classify every window of the video (see --window_seconds) "
+                             "and write one CSV row per window")
+    parser.add_argument("--window_seconds", type=_seconds_flag, default=None,
+                        help=f"timeline window length W in seconds (default "
+                             f"{video.DEFAULT_WINDOW_SECONDS:g}); giving it turns the "
+                             "timeline on")
+    parser.add_argument("--stride_seconds", type=_seconds_flag, default=None,
+                        help=f"timeline stride S in seconds (default "
+                             f"{video.DEFAULT_STRIDE_SECONDS:g}); giving it turns the "
+                             "timeline on")
+    parser.add_argument("--window_batch", type=_count_flag,
+                        default=timeline_lib.DEFAULT_WINDOW_BATCH,
+                        help="timeline windows per model call (one compiled shape)")
+    parser.add_argument("--fps", type=_fps_flag, default=None,
+                        help="frame rate of the input (default: the video's; "
+                             f"{video.FOLDER_FPS:g} for a frame folder)")
     args = parser.parse_args(argv)
     detect = (not os.path.isdir(args.input)) if args.detect_face is None else args.detect_face
+    want_timeline = bool(args.timeline or args.window_seconds or args.stride_seconds)
+    no_face = timeline = clips = None
+    cache: dict = {}
     try:
-        frames = read_clip(args.input)
+        t0 = time.perf_counter()
+        clip = video.read_input(args.input, args.fps)
+        t_read = time.perf_counter() - t0
         predictor = load_predictor(args.checkpoint, args.which)
-        result = predict_clip(frames, predictor, detect_face=detect,
-                              face_margin=args.face_margin, top_k=args.top_k)
-    except NoFaceError as e:
-        if not args.json:
-            return cli_errors.report("audfer-jax predict", e, status=NO_FACE_STATUS)
-        result = no_face_result(e.detections, frames.shape[0])
-        print(f"{args.input}: {cli_errors.one_line(e)}")
+        try:
+            result, clips = predict_clip(clip.frames, predictor, detect_face=detect,
+                                         face_margin=args.face_margin, top_k=args.top_k,
+                                         face_cache=cache, return_clips=True)
+        except NoFaceError as e:
+            no_face = e
+            result = no_face_result(e.detections, clip.num_frames)
+        if want_timeline:
+            timeline = timeline_lib.predict_timeline(
+                    clip.frames, predictor, clip.fps,
+                    window_seconds=args.window_seconds or video.DEFAULT_WINDOW_SECONDS,
+                    stride_seconds=args.stride_seconds or video.DEFAULT_STRIDE_SECONDS,
+                    batch_size=args.window_batch, detect_face=detect,
+                    face_margin=args.face_margin, face_cache=cache)
+            timeline["seconds"]["decode"] = t_read
     except (PredictError, OSError) as e:
         return cli_errors.report("audfer-jax predict", e)
     result["input"] = paths.resolve(args.input)
     result["checkpoint"] = predictor.source
-    if result["face_found"] is not False:
+    result["fps"] = clip.fps
+    result["fps_source"] = clip.fps_source
+    if no_face is not None:
+        if args.json:   # else the error line below says it
+            print(f"{args.input}: {cli_errors.one_line(no_face)}")
+    else:
         print(f"checkpoint: {predictor.source}")
         print(format_prediction(result, args.input))
-    if args.json:
-        paths.write_text(args.json, json.dumps(result, indent=2))
-        print(f"wrote {args.json}")
+    try:
+        if timeline is not None:
+            result["timeline"] = timeline
+            print(timeline_lib.format_timeline(timeline, rows=not (args.timeline or args.json)))
+            print(f"decoded {clip.num_frames} frames ({clip.duration:.1f} s) once in "
+                  f"{t_read:.2f} s")
+            if args.timeline:
+                paths.write_text(args.timeline, timeline_lib.timeline_csv(timeline))
+                print(f"wrote {args.timeline}")
+        if args.plot:
+            if no_face is not None:
+                print(f"no figure written to {args.plot}: no face, no prediction to draw")
+            else:
+                write_plot(args.plot, result, clips, clip, predictor, args.input, timeline)
+                print(f"wrote {args.plot}")
+        if args.json:
+            paths.write_text(args.json, json.dumps(result, indent=2))
+            print(f"wrote {args.json}")
+    except OSError as e:
+        return cli_errors.report("audfer-jax predict", e)
+    if no_face is not None and not args.json:
+        return cli_errors.report("audfer-jax predict", no_face, status=NO_FACE_STATUS)
     return 0
