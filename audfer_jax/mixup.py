@@ -33,22 +33,42 @@ def smooth_one_hot(labels: Array, num_classes: int, smoothing: float) -> Array:
     """`[B] int` -> `[B, C] float32`, timm's `one_hot(..., on, off)` smoothing."""
     off = smoothing / num_classes
     on = 1.0 - smoothing + off
-    return jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) * (on - off) + off
+    # Select rather than scale-and-shift: the entries are then exactly the
+    # float32 values of `on` and `off`, as timm's `torch.full(...).scatter_`.
+    hot = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32) > 0
+    return jnp.where(hot, jnp.float32(on), jnp.float32(off))
 
 
 def cutmix_box_mask(rng: Array, height: int, width: int, lam: Array) -> tuple[Array, Array]:
     """The CutMix box as a `[H, W] bool` mask (True inside), and the corrected lam.
 
-    timm `rand_bbox`: cut_h = int(H sqrt(1 - lam)), centre cy ~ U{0..H-1},
-    rows `clip(cy - cut_h // 2, 0, H) .. clip(cy + cut_h // 2, 0, H)`, likewise
-    columns; corrected lam = 1 - box area / (H W).
+    The centre is uniform over the pixels (timm `rand_bbox` with no margin:
+    cy ~ U{0..H-1}, cx ~ U{0..W-1}); see `box_from_centre` for the box.
     """
     ky, kx = jax.random.split(rng)
-    ratio = jnp.sqrt(1.0 - lam)
-    cut_h = jnp.floor(height * ratio).astype(jnp.int32)
-    cut_w = jnp.floor(width * ratio).astype(jnp.int32)
     cy = jax.random.randint(ky, (), 0, height)
     cx = jax.random.randint(kx, (), 0, width)
+    return box_from_centre(height, width, lam, cy, cx)
+
+
+def box_from_centre(height: int, width: int, lam, cy, cx) -> tuple[Array, Array]:
+    """timm 0.4.12 `rand_bbox` / `cutmix_bbox_and_lam` for a given centre.
+
+    cut_h = int(H sqrt(1 - lam)), rows `clip(cy - cut_h // 2, 0, H) ..
+    clip(cy + cut_h // 2, 0, H)` (end excluded), likewise columns; the
+    corrected lam (timm `correct_lam=True`) is 1 - box area / (H W).
+
+    Args:
+        height, width: H, W of the frames.
+        lam: `[]` float, the drawn lam.
+        cy, cx: `[]` int, the box centre.
+
+    Returns:
+        `(box [H, W] bool, lam [] float32)`.
+    """
+    ratio = jnp.sqrt(1.0 - jnp.asarray(lam, jnp.float32))
+    cut_h = jnp.floor(height * ratio).astype(jnp.int32)
+    cut_w = jnp.floor(width * ratio).astype(jnp.int32)
     y0, y1 = jnp.clip(cy - cut_h // 2, 0, height), jnp.clip(cy + cut_h // 2, 0, height)
     x0, x1 = jnp.clip(cx - cut_w // 2, 0, width), jnp.clip(cx + cut_w // 2, 0, width)
     rows = jnp.arange(height)[:, None]
@@ -56,6 +76,49 @@ def cutmix_box_mask(rng: Array, height: int, width: int, lam: Array) -> tuple[Ar
     box = (rows >= y0) & (rows < y1) & (cols >= x0) & (cols < x1)
     area = (y1 - y0) * (x1 - x0)
     return box, 1.0 - area.astype(jnp.float32) / (height * width)
+
+
+def mix_with(batch: dict, num_classes: int, lam, box: Array | None = None, *,
+             label_smoothing: float = 0.1) -> dict:
+    """Mixes one batch with a given lam (and CutMix box): timm `Mixup._mix_batch`
+    and `mixup_target` for fixed draws.
+
+    Each clip i is mixed with clip B-1-i: inside `box` (`[H, W] bool`, the
+    same in every frame) the pixels of the partner replace its own; without a
+    box, `lam x + (1 - lam) x_rev`. Targets: `lam y + (1 - lam) y_rev` with
+    smoothed one-hot y. For CutMix pass the corrected lam (`box_from_centre`).
+
+    Args:
+        batch: as `mixup_cutmix`.
+        num_classes: C.
+        lam: `[]` float mixing weight of the clip's own content.
+        box: `[H, W] bool` CutMix box, or None for Mixup.
+        label_smoothing: of the one-hot targets (MAE-DFER 0.1).
+
+    Returns:
+        As `mixup_cutmix` (without `mix_lam`).
+    """
+    clips = batch["clips"]
+    if clips.dtype == jnp.uint8:
+        clips = clips.astype(jnp.float32) / 255.0
+    clips = clips.astype(jnp.float32)
+    lam = jnp.asarray(lam, jnp.float32)
+    rev = clips[::-1]
+    if box is None:
+        mixed = lam * clips + (1.0 - lam) * rev
+    else:
+        mixed = jnp.where(box[:, :, None], rev, clips)
+    y = smooth_one_hot(batch["labels"], num_classes, label_smoothing)
+    out = dict(batch)
+    out["clips"] = mixed
+    out["label_probs"] = y * lam + y[::-1] * (1.0 - lam)
+    a = batch["au_targets"].astype(jnp.float32)
+    out["au_targets"] = lam * a + (1.0 - lam) * a[::-1]
+    for key in ("au_mask", "mask"):
+        if key in batch:
+            m = batch[key].astype(jnp.float32)
+            out[key] = jnp.where(lam < 1.0, m * m[::-1], m)
+    return out
 
 
 def mixup_cutmix(rng: Array, batch: dict, num_classes: int, *, mixup_alpha: float = 0.8,
@@ -87,13 +150,7 @@ def mixup_cutmix(rng: Array, batch: dict, num_classes: int, *, mixup_alpha: floa
     if mixup_alpha <= 0 and cutmix_alpha <= 0:
         raise ValueError("mixup_cutmix needs mixup_alpha > 0 or cutmix_alpha > 0")
     k_apply, k_switch, k_mix, k_cut, k_box = jax.random.split(rng, 5)
-    clips = batch["clips"]
-    if clips.dtype == jnp.uint8:
-        clips = clips.astype(jnp.float32) / 255.0
-    clips = clips.astype(jnp.float32)
-    height, width = clips.shape[-3], clips.shape[-2]
-    rev = clips[::-1]
-
+    height, width = batch["clips"].shape[-3], batch["clips"].shape[-2]
     if mixup_alpha > 0 and cutmix_alpha > 0:
         use_cutmix = jax.random.uniform(k_switch) < switch_prob
     else:
@@ -105,20 +162,11 @@ def mixup_cutmix(rng: Array, batch: dict, num_classes: int, *, mixup_alpha: floa
     box, lam_cut = cutmix_box_mask(k_box, height, width, lam_cut)
     apply = jax.random.uniform(k_apply) < prob
     lam = jnp.where(apply, jnp.where(use_cutmix, lam_cut, lam_mix), 1.0).astype(jnp.float32)
-
-    mixed_blend = lam * clips + (1.0 - lam) * rev
-    mixed_cut = jnp.where(box[:, :, None], rev, clips)
-    out_clips = jnp.where(apply, jnp.where(use_cutmix, mixed_cut, mixed_blend), clips)
-
-    y = smooth_one_hot(batch["labels"], num_classes, label_smoothing)
-    out = dict(batch)
-    out["clips"] = out_clips
-    out["label_probs"] = lam * y + (1.0 - lam) * y[::-1]
-    a = batch["au_targets"].astype(jnp.float32)
-    out["au_targets"] = lam * a + (1.0 - lam) * a[::-1]
-    for key in ("au_mask", "mask"):
-        if key in batch:
-            m = batch[key].astype(jnp.float32)
-            out[key] = jnp.where(apply & (lam < 1.0), m * m[::-1], m)
+    # Both forms, then a select: the choice is a traced value under jit.
+    # (An unmixed batch keeps lam 1: clips, targets and masks come out unchanged.)
+    blend = mix_with(batch, num_classes, lam, None, label_smoothing=label_smoothing)
+    cut = mix_with(batch, num_classes, lam, box & apply, label_smoothing=label_smoothing)
+    out = dict(blend)
+    out["clips"] = jnp.where(use_cutmix, cut["clips"], blend["clips"])
     out["mix_lam"] = lam
     return out

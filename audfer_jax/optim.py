@@ -20,8 +20,12 @@ Recipes (backbones.md, "Recipe" paragraphs of sections 1-3):
   layer-wise lr decay 0.75: scale `0.75 ** (L + 1 - id)` with id 0 =
   `patch_embed`, `blocks_k` = k + 1, the rest L + 1. PyTorch's AdamW multiplies
   the decoupled decay by the group lr, so the layer scale multiplies both the
-  Adam step and the decay here too. Parameters that never get a gradient
-  (`mae_dfer.frozen_by_design`) get neither decay nor update.
+  Adam step and the decay here too. The last block's propagation step
+  (`mae_dfer.frozen_by_design`) gets an exactly zero gradient, so a zero Adam
+  step, but torch's AdamW still decays its 2-D weights: PyTorch hands it a
+  zero `.grad`, not None (checked on the original model; the training-parity
+  test, issue 21, compares this), so the decay applies here too. The output
+  does not depend on those weights either way.
 
 All schedules are functions of the optimiser step count (the number of updates
 already applied), as optax calls them. `make_optimizer` builds any of them from
@@ -35,6 +39,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 Schedule = Callable[[Any], Any]
@@ -69,26 +74,27 @@ def timm_cosine_schedule(base_lr: float, steps_per_epoch: int, num_epochs: int,
     iterations, timm's lr at iteration t is
     `warmup_lr_init + t * (base_lr - warmup_lr_init) / W` for t < W, else
     `lr_min + (base_lr - lr_min) / 2 * (1 + cos(pi * t / T))` (the cosine counts
-    from t = 0 because `warmup_prefix` is False). M3DFEL calls
-    `step_update(t)` after optimiser step t, and the scheduler starts the
-    optimiser at `warmup_lr_init`, so optimiser step k uses
-    `lr(max(k - step_delay, 0))` with `step_delay = 1`.
+    from t = 0 because `warmup_prefix` is False), and `lr_min` from t = T on
+    (`cycle_limit=1`). M3DFEL calls `step_update(t)` after optimiser step t,
+    and the scheduler starts the optimiser at `warmup_lr_init`, so optimiser
+    step k uses `lr(max(k - step_delay, 0))` with `step_delay = 1`.
+
+    The values are computed in float64 on the host, as timm does in Python
+    floats, and looked up by step (`_tabulated`): computed in float32 inside
+    the step, `cos` near the end of the run is off by up to 2e-6 relative.
 
     M3DFEL: base 5e-4, 300 epochs, 20 warmup epochs, lr_min 5e-6, init 0.
     """
     _check_positive(steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
     total = num_epochs * steps_per_epoch
     warmup = int(round(warmup_epochs * steps_per_epoch))
-
-    def schedule(count):
-        t = jnp.maximum(jnp.asarray(count, jnp.float32) - step_delay, 0.0)
-        cosine = lr_min + 0.5 * (base_lr - lr_min) * (1.0 + jnp.cos(math.pi * t / total))
-        if warmup <= 0:
-            return cosine
-        warm = warmup_lr_init + t * (base_lr - warmup_lr_init) / warmup
-        return jnp.where(t < warmup, warm, cosine)
-
-    return schedule
+    t = np.maximum(np.arange(total + step_delay + 1, dtype=np.float64) - step_delay, 0.0)
+    values = lr_min + 0.5 * (base_lr - lr_min) * (1.0 + np.cos(math.pi * t / total))
+    values = np.where(t >= total, lr_min, values)
+    if warmup > 0:
+        values = np.where(t < warmup,
+                          warmup_lr_init + t * ((base_lr - warmup_lr_init) / warmup), values)
+    return _tabulated(values)
 
 
 def warmup_cosine_schedule(base_lr: float, steps_per_epoch: int, num_epochs: int,
@@ -100,7 +106,8 @@ def warmup_cosine_schedule(base_lr: float, steps_per_epoch: int, num_epochs: int
     `linspace(warmup_start, base_lr, W)` (both ends included), then, over the
     N = num_epochs * steps_per_epoch - W remaining iterations,
     `min_lr + (base_lr - min_lr) / 2 * (1 + cos(pi * i / N))`, i = 0..N-1.
-    Steps past the end keep the last value.
+    Steps past the end keep the last value. Computed in float64 on the host,
+    as the original's NumPy array, and looked up by step (`_tabulated`).
     """
     _check_positive(steps_per_epoch=steps_per_epoch, num_epochs=num_epochs)
     total = num_epochs * steps_per_epoch
@@ -109,18 +116,24 @@ def warmup_cosine_schedule(base_lr: float, steps_per_epoch: int, num_epochs: int
     if n <= 0:
         raise ValueError(f"warmup ({warmup} iterations) must be shorter than the run "
                          f"({total} iterations)")
+    i = np.arange(n, dtype=np.float64)
+    cosine = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + np.cos(math.pi * i / n))
+    warm = np.linspace(warmup_start, base_lr, warmup) if warmup > 0 else np.zeros((0,))
+    return _tabulated(np.concatenate([warm, cosine]))
+
+
+def _tabulated(values: np.ndarray) -> Schedule:
+    """A schedule that reads `values[count]` (the last value past the end).
+
+    The table is a float32 constant of the traced program (4 bytes per
+    iteration of the run), so each step's lr is the float64 value correctly
+    rounded to float32, whatever the step count.
+    """
+    table = np.asarray(values, np.float32)
+    last = table.shape[0] - 1
 
     def schedule(count):
-        k = jnp.asarray(count, jnp.float32)
-        i = jnp.clip(k - warmup, 0.0, n - 1)
-        cosine = min_lr + 0.5 * (base_lr - min_lr) * (1.0 + jnp.cos(math.pi * i / n))
-        if warmup <= 0:
-            return cosine
-        if warmup == 1:
-            warm = jnp.asarray(warmup_start, jnp.float32)
-        else:
-            warm = warmup_start + k * (base_lr - warmup_start) / (warmup - 1)
-        return jnp.where(k < warmup, warm, cosine)
+        return jnp.asarray(table)[jnp.clip(jnp.asarray(count, jnp.int32), 0, last)]
 
     return schedule
 
@@ -158,8 +171,8 @@ def decay_mask(params, rule: str, num_layers: int | None = None):
     Args:
         params: parameter pytree (arrays or `ShapeDtypeStruct`s).
         rule: 'all' (Former-DFER, M3DFEL: every parameter) or 'mae_dfer'
-            (no decay for 1-D leaves, biases, `lg_region_tokens` and the
-            `frozen_by_design` leaves; MAE-DFER `optim_factory.py`).
+            (no decay for 1-D leaves, biases and `lg_region_tokens`;
+            MAE-DFER `optim_factory.py`).
         num_layers: model depth, needed by 'mae_dfer'.
 
     Raises:
@@ -172,18 +185,17 @@ def decay_mask(params, rule: str, num_layers: int | None = None):
             raise ValueError("decay rule 'mae_dfer' needs num_layers (model depth)")
         from audfer_jax.models import mae_dfer
         return jax.tree_util.tree_map_with_path(
-                lambda path, x: not (mae_dfer.no_weight_decay(_path_keys(path), x.shape)
-                                     or mae_dfer.frozen_by_design(_path_keys(path), num_layers)),
-                params)
+                lambda path, x: not mae_dfer.no_weight_decay(_path_keys(path), x.shape), params)
     raise ValueError(f"unknown weight-decay rule {rule!r}; expected 'all' or 'mae_dfer'")
 
 
-def layer_scales(params, layer_decay: float, num_layers: int, frozen: bool = True):
+def layer_scales(params, layer_decay: float, num_layers: int, frozen: bool = False):
     """Pytree of float lr multipliers for MAE-DFER's layer-wise lr decay.
 
     scale = layer_decay ** (num_layers + 1 - id) with
-    `audfer_jax.models.mae_dfer.lr_layer_id`; 0 for `frozen_by_design` leaves
-    when `frozen` (they never get a gradient in the original).
+    `audfer_jax.models.mae_dfer.lr_layer_id`. With `frozen`, 0 for the
+    `frozen_by_design` leaves (no update and no decay at all); the recipe
+    leaves it off, as the original decays them (module docstring).
     """
     from audfer_jax.models import mae_dfer
 

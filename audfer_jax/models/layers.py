@@ -7,8 +7,9 @@ that converted weights give the same numbers (spec: backbones.md section 4):
 
 * Convolutions pad symmetrically, `padding=((p, p), ...)` per spatial axis, as
   PyTorch does (`'SAME'` pads asymmetrically for strided convolutions).
-* BatchNorm: PyTorch momentum 0.1 is Flax `momentum=0.9`, eps 1e-5, and
-  `use_fast_variance=False` (PyTorch subtracts the mean before squaring).
+* BatchNorm: PyTorch momentum 0.1 is Flax `momentum=0.9`, eps 1e-5, two-pass
+  variance (PyTorch subtracts the mean before squaring), and the running
+  variance updated with the unbiased batch variance (`batch_norm.py`).
 * LayerNorm eps 1e-5 (PyTorch default; the Flax default is 1e-6).
 * Packed attention projection `to_qkv`: one bias-free Dense with kernel
   `[D, 3*h*d]`. Output columns `[0:hd]` are q, `[hd:2hd]` k, `[2hd:3hd]` v, each
@@ -27,6 +28,8 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 from flax import linen as nn
+
+from audfer_jax.models import batch_norm as batch_norm_lib
 
 from audfer_jax.models import conv as conv_lib
 
@@ -93,20 +96,20 @@ def torch_dense(features: int,
                     name=name)
 
 
-def batch_norm(train: bool, dtype: Dtype, name: str) -> nn.BatchNorm:
+def batch_norm(train: bool, dtype: Dtype, name: str) -> nn.Module:
     """PyTorch-equivalent BatchNorm over the last (channel) axis.
 
     Momentum 0.1 in PyTorch's convention (Flax 0.9), eps 1e-5, affine, running
-    statistics in the `batch_stats` collection; scale 1, bias 0 at init (the
-    PyTorch default and torchvision's explicit init).
+    statistics in the `batch_stats` collection, the running variance updated
+    with the unbiased batch variance as PyTorch does (`batch_norm.TorchBatchNorm`);
+    scale 1, bias 0 at init (the PyTorch default and torchvision's explicit init).
     """
-    return nn.BatchNorm(use_running_average=not train,
-                        momentum=0.9,
-                        epsilon=1e-5,
-                        use_fast_variance=False,
-                        dtype=dtype,
-                        param_dtype=jnp.float32,
-                        name=name)
+    return batch_norm_lib.TorchBatchNorm(use_running_average=not train,
+                                         momentum=0.9,
+                                         epsilon=1e-5,
+                                         dtype=dtype,
+                                         param_dtype=jnp.float32,
+                                         name=name)
 
 
 def layer_norm(dtype: Dtype, name: str, epsilon: float = 1e-5) -> nn.LayerNorm:

@@ -58,10 +58,11 @@ The sinusoid `pos_embed` is in no checkpoint and is recomputed, never loaded.
 Quirk (backbones.md section 3): with region-token pooling, step 3 of the last
 block cannot reach the output, so `blocks_{depth-1}/third_attn`,
 `third_attn_norm0` and `third_attn_norm1` (1,052,160 parameters at full size)
-get exactly zero gradient. torch's AdamW skips them (no `.grad`); an optax
-weight decay would shrink them, so mask them out of weight decay with
-`frozen_by_design` (or use `weight_decay_mask`). The output is the same either
-way.
+get exactly zero gradient. In PyTorch that gradient is a zero tensor, not
+None, so the original's AdamW still decays their 2-D weights, and so does the
+recipe in `audfer_jax.optim` (issue 21's training-parity test checks it);
+`frozen_by_design` and `weight_decay_mask` select them for anyone who wants
+them untouched instead. The output is the same either way.
 """
 
 from __future__ import annotations

@@ -1,0 +1,495 @@
+"""Training parity with the original PyTorch recipes (issue 21).
+
+The fixtures in tests/fixtures/recipe_parity/ were written by
+tools/recipe_reference/generate.py, which ran K optimiser steps of each
+original training loop (Former-DFER `main_DFEW.py`, M3DFEL `solver.py`,
+MAE-DFER `run_class_finetuning.py` + `engine_for_finetuning.py`) with its own
+optimiser, scheduler and loss, on weights and batches made by the seeded NumPy
+recipes below (repeated here, so no weight or clip is stored and PyTorch is not
+needed). This test runs our trainer's own pieces on the same numbers: the
+recipe's config file (`configs/*.py`), `optim.make_optimizer`,
+`steps.make_train_step`, the converter's key mapping (`convert_state_dict`),
+and the step counter set to the same schedule point, and compares:
+
+* per step: the loss and its CE and AU parts (1e-4 relative), the global
+  gradient norm (1e-3 relative), and the learning rate and weight decay every
+  parameter leaf gets (1e-6 relative; read off our optax chain by probing it,
+  compared leaf by leaf with the original's parameter group of the PyTorch
+  tensors the leaf was converted from);
+* after step K: every parameter tensor's L2 norm and the BatchNorm running
+  statistics (1e-4 relative);
+* the whole per-iteration schedule of each recipe (DFEW fold 1) against the
+  original scheduler's values (1e-7 relative);
+* MAE-DFER's Mixup/CutMix (a copy of timm 0.4.12's) against ours, given the
+  same lambda and box.
+
+What differs from the originals on purpose is listed in the fixture README.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import math
+import pathlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from audfer_jax import experiment
+from audfer_jax import optim
+from audfer_jax import steps
+from audfer_jax.models import convert
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures" / "recipe_parity"
+DFEW_FOLD1_TRAIN = 9356   # DFEW set 1 training clips; the recipes drop the last batch.
+
+# Tolerances of issue 21.
+LOSS_RTOL = 1e-4
+LR_RTOL = 1e-6
+GRAD_NORM_RTOL = 1e-3
+STATE_RTOL = 1e-4
+SCHEDULE_RTOL = 1e-7
+
+# The default run (`make test`) keeps one case per recipe that passes and is
+# cheapest to compile; the others are slow (each compiles a full train step,
+# a minute or more on 2 cores). Default: M3DFEL's first steps (the two lr-0
+# steps, BatchNorm statistics, CE with label smoothing) and MAE-DFER at the
+# warmup -> cosine boundary (AU loss, all 8 layer-decay/no-decay group kinds,
+# the zero-gradient last-block weights).
+DEFAULT_CASES = ("m3dfel_ce_start", "mae_dfer_au_warmup")
+SLOW_CASES = ("former_dfer_ce_start", "former_dfer_au_steplr40", "m3dfel_au_warmup_end",
+              "m3dfel_au_cosine_mid", "mae_dfer_ce_start", "mae_dfer_au_cosine_mid",
+              "m3dfel_au_full", "mae_dfer_au_full")
+
+
+# ---------------------------------------------------------------------------
+# The generator's seeded NumPy recipes (tools/recipe_reference/generate.py).
+# ---------------------------------------------------------------------------
+
+def recipe_array(rng: np.random.Generator, key: str, shape) -> np.ndarray:
+    """One state_dict entry, drawn in state_dict key order (fan-in scaled)."""
+    name = key.rsplit(".", 1)[-1]
+    shape = tuple(int(s) for s in shape)
+    if name == "num_batches_tracked":
+        return np.zeros(shape, np.int64)
+    z = rng.standard_normal(shape)
+    if name == "running_mean":
+        v = 0.1 * z
+    elif name == "running_var":
+        v = 1.0 + 0.25 * np.tanh(z)
+    elif len(shape) <= 1:
+        v = 1.0 + 0.1 * z if name.endswith("weight") else 0.05 * z
+    else:
+        v = z / math.sqrt(int(np.prod(shape[1:])))
+    return v.astype(np.float32)
+
+
+def recipe_batches(seed: int, num_steps: int, batch: int, frames: int, size: int):
+    """`num_steps` batches in our layout: clips `[B, T, S, S, 3] uint8`, labels, AU targets."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(num_steps):
+        clips = rng.integers(0, 256, (batch, frames, size, size, 3), dtype=np.uint8)
+        labels = rng.integers(0, 7, (batch,)).astype(np.int32)
+        au = (rng.random((batch, 18)) < 0.3).astype(np.float32)
+        out.append({"clips": clips, "labels": labels, "au_targets": au,
+                    "au_mask": np.ones((batch,), np.float32),
+                    "mask": np.ones((batch,), np.float32)})
+    return out
+
+
+def recipe_state_dict(case: dict, fill=None) -> dict[str, np.ndarray]:
+    """The case's initial PyTorch state_dict; `fill(i, key, shape)` replaces the values."""
+    rng = np.random.default_rng(case["weight_seed"])
+    out = {}
+    for i, (key, shape, _) in enumerate(case["state_dict"]):
+        value = recipe_array(rng, key, shape)
+        out[key] = value if fill is None else fill(i, key, value)
+    return out
+
+
+# ---------------------------------------------------------------------------
+# Our side.
+# ---------------------------------------------------------------------------
+
+def load_case(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def recipe_config(recipe: str, loss: str, case: dict | None = None):
+    """The recipe's own config file, with the generator's determinism settings."""
+    spec = importlib.util.spec_from_file_location(f"_cfg_{recipe}",
+                                                  ROOT / "configs" / f"{recipe}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    c = module.get_config(f"dataset=dfew,fold=1,loss={loss}")
+    if case is None:
+        return c
+    if recipe == "m3dfel":
+        c.model_overrides.image_size = int(case["image_size"])
+    if recipe == "mae_dfer":
+        c.model_overrides.depth = int(case["depth"])
+        c.model_overrides.drop_path_rate = 0.0
+        # Mixup off (its draws are tested on their own below); without it the
+        # original's criterion is LabelSmoothingCrossEntropy(--smoothing 0.1),
+        # the smoothing our config puts into the mixed targets.
+        c.mixup.enabled = False
+        c.label_smoothing = float(c.mixup.label_smoothing)
+    return c
+
+
+def at_count(opt_state, count: int):
+    """`opt_state` with every schedule counter at `count` (the schedule point);
+    the optimiser's moments and Adam's own step count stay fresh, as in the
+    original, whose optimiser is new at t0."""
+    is_sched = lambda s: isinstance(s, optax.ScaleByScheduleState)  # noqa: E731
+    return jax.tree.map(
+            lambda s: s._replace(count=jnp.asarray(count, s.count.dtype)) if is_sched(s) else s,
+            opt_state, is_leaf=is_sched)
+
+
+def flat(tree, prefix=()):
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            yield from flat(v, prefix + (k,))
+        else:
+            yield prefix + (k,), v
+
+
+class Run:
+    """Our trainer on one case: built once per test session (see `run_case`)."""
+
+    def __init__(self, name: str):
+        case = self.case = load_case(name)
+        recipe = case["recipe"]
+        config = self.config = recipe_config(recipe, case["objective"], case)
+        model = self.model = experiment.build_model(config, 7)
+        frames, size = 16, int(case["image_size"])
+        template = jax.eval_shape(
+                lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
+                                   jnp.zeros((1, frames, size, size, 3), jnp.uint8),
+                                   train=False))
+        variables, _ = convert.convert_state_dict(recipe, recipe_state_dict(case), template)
+        # Which PyTorch keys each Flax leaf was converted from: convert a state_dict
+        # whose key i holds the constant i + 1 (every conversion moves values only).
+        tags, _ = convert.convert_state_dict(
+                recipe, recipe_state_dict(case, lambda i, k, v: np.full(v.shape, i + 1,
+                                                                        np.float32)), template)
+        keys = [k for k, _, _ in case["state_dict"]]
+        self.sources = {path: sorted({keys[int(t) - 1] for t in np.unique(np.asarray(leaf))
+                                      if t > 0})
+                        for path, leaf in flat(tags)}
+        params = jax.tree.map(jnp.asarray, variables["params"])
+        batch_stats = jax.tree.map(jnp.asarray, variables.get("batch_stats", {}))
+        spe = DFEW_FOLD1_TRAIN // int(config.batch_size)
+        self.tx, self.schedule = optim.make_optimizer(
+                config.optim, params, steps_per_epoch=spe, num_epochs=int(config.num_epochs),
+                global_batch_size=int(config.batch_size),
+                num_layers=experiment.model_depth(model))
+        lam, prior, pos_weight = experiment.resolve_loss(config, "dfew", 7)
+        step = jax.jit(steps.make_train_step(model, config, tx=self.tx, schedule=self.schedule,
+                                             prior=prior, pos_weight=pos_weight, lam=lam,
+                                             num_classes=7))
+        t0 = int(case["t0"])
+        state = steps.TrainState(step=jnp.asarray(t0, jnp.int32), params=params,
+                                 batch_stats=batch_stats,
+                                 opt_state=at_count(self.tx.init(params), t0),
+                                 rng=jax.random.PRNGKey(0))
+        self.metrics = []
+        for batch in recipe_batches(case["batch_seed"], case["steps"], case["batch"], frames,
+                                    size):
+            state, m = step(state, batch)
+            self.metrics.append(jax.device_get(m))
+        self.state = jax.device_get(state)
+        self.params0 = params
+
+    def probe(self, count: int):
+        """Per-leaf (lr, lr * weight decay) of our optax chain at schedule point `count`.
+
+        With fresh moments, a gradient of 1 on a zero parameter moves it by
+        -lr (SGD's first momentum step is the gradient; Adam's bias-corrected
+        first step is g / (|g| + eps) = 1 / (1 + 1e-8), 1 in float32), and a zero
+        gradient on a parameter of 1 moves it by -lr * wd (the decay alone).
+        Layer scales, decay masks and frozen leaves all show in these numbers.
+        Adam's first step is not exactly 1 in optax, whose bias corrections are
+        float32 (`1 - 0.999 ** 1` is 1.3e-5 off, so the step is 1 - 6.4e-6;
+        PyTorch forms them in float64): the lr is the update divided by optax's
+        own first Adam step of a gradient of 1.
+        """
+        tx = self.tx
+        opt = self.config.optim
+        if opt.optimizer == "adamw":
+            adam = optax.scale_by_adam(b1=float(opt.b1), b2=float(opt.b2), eps=float(opt.eps))
+            one = jnp.ones((1,), jnp.float32)
+            first_step = float(adam.update(one, adam.init(one))[0][0])
+        else:
+            first_step = 1.0     # SGD's first momentum step is the gradient
+
+        @jax.jit
+        def run(count):
+            zeros = jax.tree.map(jnp.zeros_like, self.params0)
+            ones = jax.tree.map(jnp.ones_like, self.params0)
+            state = at_count(tx.init(self.params0), 0)
+            state = at_count(state, count)
+            lr, _ = tx.update(ones, state, zeros)
+            decay, _ = tx.update(zeros, state, ones)
+            # One value per leaf (its first element), and whether the leaf is
+            # uniform: a mean would add float32 summation error.
+            first = lambda u: -u.reshape(-1)[0]  # noqa: E731
+            first_lr = lambda u: -u.reshape(-1)[0] / first_step  # noqa: E731
+            spread = lambda u: jnp.max(u) - jnp.min(u)  # noqa: E731
+            return (jax.tree.map(first_lr, lr), jax.tree.map(first, decay),
+                    jax.tree.map(spread, lr), jax.tree.map(spread, decay))
+
+        lr, decay, lr_spread, decay_spread = jax.device_get(run(count))
+        for tree in (lr_spread, decay_spread):
+            for path, s in flat({"params": tree}):
+                assert s == 0.0, f"{'/'.join(path)}: lr or decay not uniform over the leaf"
+        return dict(flat({"params": lr})), dict(flat({"params": decay}))
+
+
+@functools.lru_cache(maxsize=None)
+def run_case(name: str) -> Run:
+    return Run(name)
+
+
+def rel(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+# Discrepancies this test found that are not resolved yet: (case, check) ->
+# reason. Strict xfail: the check still runs, and passes the suite only while
+# it fails (a fix must remove the entry).
+_FORMER = ("Former-DFER: step-0 loss matches (1.5e-6) but the step-0 gradient norm is "
+           "1.3% off; s_former/bn1 gradients 80-160% off, conv1 51%, the rest ~0.5% "
+           "(issue 21 report; not located yet: conv, max-pool and BatchNorm gradients "
+           "each match PyTorch in isolation)")
+_M3DFEL_AU = ("M3DFEL at lr 5e-4: steps 0-1 match (loss 2.5e-6, gradient norm 7e-6), "
+              "from step 2 the loss is 6e-4 and the gradient norm 1% off (issue 21 report; "
+              "not located yet)")
+KNOWN_DISCREPANCIES: dict[tuple[str, str], str] = {
+        **{(c, k): _FORMER for c in ("former_dfer_ce_start", "former_dfer_au_steplr40")
+           for k in ("loss", "grad_norm")},
+        **{(c, k): _M3DFEL_AU for c in ("m3dfel_au_warmup_end", "m3dfel_au_cosine_mid")
+           for k in ("loss", "grad_norm")},
+}
+
+
+def cases(names, check: str):
+    out = []
+    for n in names:
+        marks = [pytest.mark.slow] if n in SLOW_CASES else []
+        if not (FIXTURES / f"{n}.json").exists():
+            marks.append(pytest.mark.skip(reason=f"fixture {n}.json not generated"))
+        if (n, check) in KNOWN_DISCREPANCIES:
+            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_DISCREPANCIES[(n, check)]))
+        out.append(pytest.param(n, marks=marks, id=n))
+    return out
+
+
+ALL_CASES = DEFAULT_CASES + SLOW_CASES
+
+
+# ---------------------------------------------------------------------------
+# Per-step trajectory.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", cases(ALL_CASES, "loss"))
+def test_loss_per_step(name):
+    run = run_case(name)
+    # In `ce` cases the AU term is only logged, ours without the pos_weight
+    # that the `ce` config does not resolve: not compared.
+    keys = ("loss", "ce") if run.case["objective"] == "ce" else ("loss", "ce", "au_bce")
+    for k, m in enumerate(run.metrics):
+        for ours, theirs in zip(keys, keys):
+            ref = run.case[theirs][k]
+            assert abs(float(m[ours]) - ref) <= LOSS_RTOL * abs(ref), (
+                    f"{name} step {k} (iteration {run.case['t0'] + k}): {ours} "
+                    f"{float(m[ours])!r} vs original {ref!r}")
+
+
+@pytest.mark.parametrize("name", cases(ALL_CASES, "grad_norm"))
+def test_grad_norm_per_step(name):
+    run = run_case(name)
+    for k, m in enumerate(run.metrics):
+        ref = run.case["grad_norm"][k]
+        assert abs(float(m["grad_norm"]) - ref) <= GRAD_NORM_RTOL * ref, (
+                f"{name} step {k}: gradient norm {float(m['grad_norm'])!r} vs original {ref!r}")
+
+
+@pytest.mark.parametrize("name", cases(ALL_CASES, "lr"))
+def test_learning_rate_and_decay_per_leaf(name):
+    """Every leaf's lr and lr x weight decay at every step, against the
+    original's parameter group of the tensors the leaf comes from."""
+    run = run_case(name)
+    case = run.case
+    group_of = {p: g for g, grp in enumerate(case["groups"]) for p in grp["params"]}
+    wd = [grp["weight_decay"] for grp in case["groups"]]
+    no_grad = set(case["no_grad"])
+    checked = 0
+    for k in range(case["steps"]):
+        lr, decay = run.probe(case["t0"] + k)
+        for path, ours in lr.items():
+            src = run.sources[path]
+            groups = {group_of[s] for s in src}
+            assert len(groups) == 1, f"{path} comes from tensors of several groups: {src}"
+            g = groups.pop()
+            if set(src) <= no_grad:
+                if case["objective"] == "ce" and path[1] in ("AU_fc", "fc_au", "au_head"):
+                    # The CE-only original has no AU head; ours keeps one that
+                    # the CE loss does not train (see the fixture README).
+                    continue
+                # The original's AdamW/SGD skips a tensor without a gradient
+                # (MAE-DFER's last-block propagation step): ours must not move it.
+                assert ours == 0.0 and decay[path] == 0.0, (
+                        f"{name} {'/'.join(path)} never gets a gradient in the original "
+                        f"but ours moves it (lr {ours}, decay {decay[path]})")
+                continue
+            ref_lr = case["lr"][k][g]
+            assert abs(ours - ref_lr) <= LR_RTOL * abs(ref_lr), (
+                    f"{name} step {k} (iteration {case['t0'] + k}) {'/'.join(path)}: lr "
+                    f"{ours!r} vs original group {g} lr {ref_lr!r}")
+            ref_decay = ref_lr * wd[g]
+            assert abs(decay[path] - ref_decay) <= LR_RTOL * abs(ref_decay) + 1e-30, (
+                    f"{name} step {k} {'/'.join(path)}: lr x weight decay {decay[path]!r} vs "
+                    f"original group {g}: {ref_lr!r} x {wd[g]!r}")
+            checked += 1
+    assert checked >= case["steps"] * 10
+
+
+# ---------------------------------------------------------------------------
+# State after step K.
+# ---------------------------------------------------------------------------
+
+def _components(run: Run, collection: str):
+    """Groups of our leaves and of PyTorch keys that map onto each other, so
+    that L2 norms compare (a split tensor's squared norm is its parts' sum)."""
+    comps: list[tuple[set, set]] = []
+    for path, src in run.sources.items():
+        if path[0] != collection or not src:
+            continue
+        hit = [c for c in comps if c[1] & set(src)]
+        merged = ({path}, set(src))
+        for c in hit:
+            comps.remove(c)
+            merged = (merged[0] | c[0], merged[1] | c[1])
+        comps.append(merged)
+    return comps
+
+
+@pytest.mark.parametrize("name", cases(ALL_CASES, "param_norm"))
+def test_parameter_norms_after_k_steps(name):
+    run = run_case(name)
+    ours = dict(flat({"params": run.state.params}))
+    ref = run.case["param_norm"]
+    worst = (0.0, None)
+    comps = _components(run, "params")
+    assert sum(len(k) for _, k in comps) == len(ref)
+    for paths, keys in comps:
+        if run.case["objective"] == "ce" and any(k.split(".")[0] in ("AU_fc", "fc_au")
+                                            for k in keys):
+            continue    # the AU head: not part of the CE-only original (README)
+        a = math.sqrt(sum(float(np.sum(np.square(np.asarray(ours[p], np.float64))))
+                          for p in paths))
+        b = math.sqrt(sum(ref[k] ** 2 for k in keys))
+        worst = max(worst, (abs(a - b) / b, sorted(keys)[0]))
+        assert abs(a - b) <= STATE_RTOL * b, (
+                f"{name}: after step {run.case['steps']}, norm of {sorted(keys)} is {a!r}, "
+                f"original {b!r}")
+
+
+@pytest.mark.parametrize("name", cases([n for n in ALL_CASES if not n.startswith("mae_dfer")],
+                                       "batch_stats"))
+def test_batchnorm_statistics_after_k_steps(name):
+    run = run_case(name)
+    ref = np.load(FIXTURES / f"{name}_bn.npz")
+    ours = dict(flat({"batch_stats": run.state.batch_stats}))
+    seen = set()
+    for path, leaf in ours.items():
+        (key,) = run.sources[path]
+        seen.add(key)
+        assert rel(leaf, ref[key]) <= STATE_RTOL, (
+                f"{name}: after step {run.case['steps']}, {'/'.join(path)} ({key}) differs "
+                f"from the original by {rel(leaf, ref[key]):.3g} (relative L2)")
+    assert seen == set(ref.files)
+
+
+# ---------------------------------------------------------------------------
+# Whole schedules (item 3).
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("recipe", ["former_dfer", "m3dfel", "mae_dfer"])
+def test_whole_schedule(recipe):
+    """Our lr at every iteration of the recipe's full DFEW fold 1 run."""
+    ref = np.load(FIXTURES / "schedules.npz")
+    config = recipe_config(recipe, "au")
+    spe = DFEW_FOLD1_TRAIN // int(config.batch_size)
+    total = spe * int(config.num_epochs)
+    if recipe == "former_dfer":
+        expected = np.repeat(ref["former_dfer_per_epoch"], spe)
+    else:
+        expected = ref[recipe]
+    assert expected.shape == (total,)
+    _, schedule = optim.make_optimizer(
+            config.optim, {"w": jnp.zeros((1,))}, steps_per_epoch=spe,
+            num_epochs=int(config.num_epochs), global_batch_size=int(config.batch_size),
+            num_layers=16)
+    ours = np.asarray(jax.jit(jax.vmap(schedule))(jnp.arange(total)), np.float64)
+    err = np.abs(ours - expected)
+    bad = np.nonzero(err > SCHEDULE_RTOL * np.abs(expected))[0]
+    assert bad.size == 0, (
+            f"{recipe}: {bad.size} of {total} iterations off by more than {SCHEDULE_RTOL} "
+            f"relative; first {bad[0]}: ours {ours[bad[0]]!r}, original {expected[bad[0]]!r}; "
+            f"worst relative {np.max(err / np.maximum(np.abs(expected), 1e-30)):.3g}")
+
+
+# ---------------------------------------------------------------------------
+# Mixup / CutMix (item 4).
+# ---------------------------------------------------------------------------
+
+def _mixup_cases():
+    path = FIXTURES / "mixup.json"
+    if not path.exists():
+        return [pytest.param(None, marks=pytest.mark.skip(reason="mixup.json not generated"))]
+    return [pytest.param(c, id=f"seed{c['seed']}-{'cutmix' if c['use_cutmix'] else 'mixup'}")
+            for c in json.loads(path.read_text())["cases"]]
+
+
+@pytest.mark.parametrize("case", _mixup_cases())
+def test_mixup_cutmix_matches_original(case):
+    """Same lam, box centre and partner (the reversed batch): our mixed clips
+    and soft targets equal MAE-DFER's Mixup (timm 0.4.12's, 'batch' mode,
+    smoothing 0.1)."""
+    from audfer_jax import mixup  # pylint: disable=import-outside-toplevel
+    arrays = np.load(FIXTURES / "mixup.npz")
+    tag = f"case{case['seed']}"
+    # The generator's seeded clips [B, C, T, H, W] in [0, 1] -> ours [B, T, H, W, C].
+    clips = np.random.default_rng(100 + case["seed"]).random((4, 3, 2, 10, 10))
+    clips = np.transpose(clips.astype(np.float32), (0, 2, 3, 4, 1))
+    expected = np.transpose(arrays[f"{tag}_mixed"], (0, 2, 3, 4, 1))
+    batch = {"clips": jnp.asarray(clips), "labels": jnp.asarray(case["labels"], jnp.int32),
+             "au_targets": jnp.zeros((len(case["labels"]), 18), jnp.float32)}
+    height, width = clips.shape[2:4]
+    if case["use_cutmix"]:
+        cy, cx = case["centre"]
+        box, lam = mixup.box_from_centre(height, width, case["lam_drawn"], cy, cx)
+        # timm's corrected lam is a float64 of the same area fraction.
+        assert float(lam) == pytest.approx(case["lam"], rel=1e-7)
+        out = mixup.mix_with(batch, 7, lam, box, label_smoothing=0.1)
+        # Pasted pixels: exactly the original's.
+        np.testing.assert_array_equal(np.asarray(out["clips"]), expected)
+    else:
+        assert case["lam"] == case["lam_drawn"]
+        out = mixup.mix_with(batch, 7, case["lam"], None, label_smoothing=0.1)
+        # The original forms 1 - lam in float64 before the float32 product;
+        # ours in float32: at most one float32 rounding apart.
+        np.testing.assert_allclose(np.asarray(out["clips"]), expected, rtol=2.5e-7, atol=1.2e-7)
+    np.testing.assert_allclose(np.asarray(out["label_probs"]), arrays[f"{tag}_targets"],
+                               rtol=2.5e-7, atol=1e-8)
