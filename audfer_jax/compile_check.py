@@ -340,18 +340,53 @@ class Compiled:
     outputs: int
     aliased: int
     code: int
+    out_of_memory: str = ""
+    required: int = 0
 
     @property
     def total(self) -> int:
-        """Peak HBM of the program: arguments + temporaries + outputs - aliased + code."""
+        """Peak HBM of the program: arguments + temporaries + outputs - aliased + code.
+
+        For a program XLA refused (`out_of_memory`), the bytes its message
+        says were required (0 when it names none).
+        """
+        if self.out_of_memory:
+            return self.required
         return self.arguments + self.temporaries + self.outputs - self.aliased + self.code
 
 
+_SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT])i?B?\b")
+
+
+def _required_bytes(message: str) -> int:
+    """The first size in XLA's out-of-memory message, e.g. `(24.80G)`, in bytes."""
+    m = _SIZE_RE.search(message)
+    if not m:
+        return 0
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2)))
+
+
 def compile_program(jitted: Callable, *args) -> Compiled:
-    """Lowers and compiles `jitted(*args)` (abstract arguments); its figures."""
+    """Lowers and compiles `jitted(*args)` (abstract arguments); its figures.
+
+    XLA:TPU refuses a program that does not fit the chip's HBM
+    (`RESOURCE_EXHAUSTED: Ran out of memory on HBM, the total memory required
+    ... (24.80G) exceeds available HBM (15.75G)`): that comes back as a
+    `Compiled` with `out_of_memory` set, not as an error.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
     from audfer_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
     t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
+    try:
+        compiled = jitted.lower(*args).compile()
+    except jax.errors.JaxRuntimeError as e:
+        text = " ".join(str(e).split())
+        if "RESOURCE_EXHAUSTED" not in text:
+            raise
+        return Compiled(seconds=time.perf_counter() - t0, flops=None, arguments=0,
+                        temporaries=0, outputs=0, aliased=0, code=0,
+                        out_of_memory=text[:300], required=_required_bytes(
+                                text.split("RESOURCE_EXHAUSTED", 1)[1]))
     seconds = time.perf_counter() - t0
     mem = compiled.memory_analysis()
     return Compiled(seconds=seconds, flops=flops_lib.step_flops(compiled),
@@ -381,13 +416,15 @@ class Search:
 
 
 def search_max_batch(measure: Callable[[int], float], limit: float, hint: int = 8,
-                     max_compiles: int = 10) -> Search:
+                     max_compiles: int = 12) -> Search:
     """The largest per-chip batch n with `measure(n) <= limit`, in few compiles.
 
     Memory grows about linearly in the batch (activations), so `measure` at
     per-chip 1 and `hint` gives a line; the size it predicts and the one
     after it are compiled; each new pair of points nearest the limit gives
-    the next line, until a size that fits sits next to one that does not.
+    the next line; once a size fails, one more line inside the bracket, then
+    bisection (memory may grow in steps), until a size that fits sits next
+    to one that does not.
     Assumes `measure` does not decrease with n.
 
     Args:
@@ -411,6 +448,7 @@ def search_max_batch(measure: Callable[[int], float], limit: float, hint: int = 
         return Search(0, pts, None)
     m(max(2, int(hint)))
     predicted = None
+    lines_in_bracket = 0
     while len(pts) < max_compiles:
         fit = [n for n in pts if pts[n] <= limit]
         lo = max(fit)
@@ -418,9 +456,15 @@ def search_max_batch(measure: Callable[[int], float], limit: float, hint: int = 
         hi = min(over) if over else None
         if hi == lo + 1:
             break
-        # The line through the measured sizes nearest the edge: the largest
-        # that fits and the smallest that does not (else the two largest).
-        n1, n2 = (lo, hi) if hi is not None else sorted(fit)[-2:]
+        if hi is not None and lines_in_bracket >= 1:
+            # Memory may grow in steps (tiled layouts): once the line has
+            # had its try inside the bracket, bisect it.
+            m((lo + hi) // 2)
+            continue
+        # The line through the largest size that fits and the smallest that
+        # does not; before one fails, through 1 and the largest that fits
+        # (the widest base).
+        n1, n2 = (lo, hi) if hi is not None else (min(fit), lo)
         slope = (pts[n2] - pts[n1]) / (n2 - n1)
         guess = (n1 + int(math.floor((limit - pts[n1]) / slope)) if slope > 0 else 2 * lo)
         if predicted is None:
@@ -428,8 +472,7 @@ def search_max_batch(measure: Callable[[int], float], limit: float, hint: int = 
         cand = max(lo + 1, guess)
         if hi is not None:
             cand = min(cand, hi - 1)
-        if cand in pts:           # the line points at a size already known
-            cand = lo + 1 if pts[cand] <= limit else cand - 1
+            lines_in_bracket += 1
         if m(cand) <= limit and len(pts) < max_compiles and (hi is None or cand + 1 < hi):
             m(cand + 1)           # confirm the edge
     largest = max(n for n in pts if pts[n] <= limit)
@@ -441,10 +484,21 @@ def search_max_batch(measure: Callable[[int], float], limit: float, hint: int = 
 # ---------------------------------------------------------------------------
 
 def _gib(b: float) -> str:
+    if b < 0.1 * GIB:
+        return f"{b / (1 << 20):.2f} MiB"
     return f"{b / GIB:.2f} GiB"
 
 
+def _batch_bytes_per_chip(batch: dict, chips: int) -> int:
+    """Bytes of one chip's share of a batch of `ShapeDtypeStruct`s."""
+    return sum(math.prod(x.shape) * x.dtype.itemsize for x in batch.values()) // chips
+
+
 def _memory_line(name: str, c: Compiled, hbm: float) -> str:
+    if c.out_of_memory:
+        need = f"needs {_gib(c.required)}" if c.required else "needs more"
+        return (f"{name} HBM per chip: {need} of {hbm / GIB:g} GiB; XLA:TPU refused to "
+                f"compile it ({c.out_of_memory})")
     return (f"{name} HBM per chip: arguments {_gib(c.arguments)}, temporaries "
             f"{_gib(c.temporaries)}, outputs {_gib(c.outputs)}, aliased {_gib(c.aliased)}, "
             f"code {_gib(c.code)} -> total {_gib(c.total)} of {hbm / GIB:g} GiB "
@@ -496,21 +550,31 @@ def run(config, *, topology: str, batch: int | None = None, max_batch: bool = Fa
     def programs_for(global_batch):
         return build_programs(config, sl.devices, global_batch)
 
+    prefetched = int(config.get("prefetch_to_device", 0) or 0)
+
     def train_memory(per_chip):
+        """The train step's figures and the prefetched batches' bytes per chip."""
         p = programs_for(per_chip * sl.chips)
         with quiet_stderr(quiet):
             c = compile_program(p.train_step, p.state, p.train_batch)
-        log(f"  per-chip batch {per_chip}: train step {_gib(c.total)} per chip "
-            f"({100 * c.total / hbm:.1f} % of HBM; compiled in {c.seconds:.1f} s)")
-        return c
+        if c.out_of_memory:
+            log(f"  per-chip batch {per_chip}: train step does not fit, "
+                f"{_memory_line('', c, hbm).split(': ', 1)[1]}")
+            return c, 0
+        log(f"  per-chip batch {per_chip}: train step {_gib(c.total)} per chip, "
+            f"{100 * c.total / hbm:.1f} % of HBM before prefetched batches (compiled in "
+            f"{c.seconds:.1f} s)")
+        return c, prefetched * _batch_bytes_per_chip(p.train_batch, sl.chips)
 
     search = None
     if max_batch:
         cache: dict[int, Compiled] = {}
 
         def measure(n):
-            cache[n] = train_memory(n)
-            return cache[n].total
+            cache[n], extra = train_memory(n)
+            if cache[n].out_of_memory and not cache[n].required:
+                return math.inf
+            return cache[n].total + extra
         hint = recipe // sl.chips if recipe % sl.chips == 0 and recipe >= 2 * sl.chips else 8
         log(f"searching the largest per-chip batch (linear fit from per-chip 1 and {hint}):")
         search = search_max_batch(measure, hbm, hint=hint)
@@ -551,13 +615,23 @@ def run(config, *, topology: str, batch: int | None = None, max_batch: bool = Fa
     if note:
         out["flops_note"] = note
         log(f"train step FLOPs: {note}")
+    elif train_c.out_of_memory:
+        log("train step FLOPs: n/a (not compiled: out of HBM)")
     elif train_c.flops:
         per_clip = train_c.flops * sl.chips / global_batch
         out["flops_per_clip"] = per_clip
         log(f"train step: {per_clip:.3g} FLOPs per clip (XLA cost analysis of the compiled "
             f"program; forward, backward and update)")
     log(_memory_line("train step", train_c, hbm))
-    fits = train_c.total <= hbm
+    # `train` puts the next `prefetch_to_device` batches on the devices while
+    # a step runs: HBM beside the step's own arguments.
+    prefetch = prefetched * _batch_bytes_per_chip(p.train_batch, sl.chips)
+    out["prefetch_bytes"] = prefetch
+    if prefetch:
+        log(f"  + {prefetched} batches prefetched to the devices "
+            f"(config.prefetch_to_device): {_gib(prefetch)} -> {_gib(train_c.total + prefetch)}"
+            f" ({100 * (train_c.total + prefetch) / hbm:.1f} %)")
+    fits = train_c.total + prefetch <= hbm and not train_c.out_of_memory
     if eval_step:
         with quiet_stderr(quiet):
             eval_c = compile_program(p.eval_step, p.state, p.eval_batch)
@@ -565,12 +639,12 @@ def run(config, *, topology: str, batch: int | None = None, max_batch: bool = Fa
                    eval_total_bytes=eval_c.total)
         log(f"eval step: compiled in {eval_c.seconds:.1f} s")
         log(_memory_line("eval step", eval_c, hbm))
-        fits = fits and eval_c.total <= hbm
+        fits = fits and eval_c.total <= hbm and not eval_c.out_of_memory
     if search is not None:
         after = search.measured.get(search.largest + 1)
         edge = (f"; per-chip {search.largest + 1}: {_gib(after)} does not" if after else "")
-        log(f"largest per-chip batch that fits: {search.largest} (train step "
-            f"{_gib(search.measured[search.largest])} of {hbm / GIB:g} GiB{edge}; first "
+        log(f"largest per-chip batch that fits: {search.largest} (train step and prefetched "
+            f"batches {_gib(search.measured[search.largest])} of {hbm / GIB:g} GiB{edge}; first "
             f"linear fit predicted {search.predicted}; {len(search.measured)} compiles)")
     out["fits"] = bool(fits)
     log(f"fits: {'yes' if fits else 'no'}")

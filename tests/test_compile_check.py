@@ -5,10 +5,10 @@ it compiles for TPU slices that libtpu describes without hardware. XLA:TPU
 compiles of the real backbones take tens of CPU seconds even at the tiny
 sizes (measured: tiny Former-DFER train step 36 s, eval step 9 s of CPU on
 this 2-core machine), so the default run compiles one tiny backbone for a
-multi-host slice, and uses a convolution-free import-path backbone
+multi-host slice (train and eval steps), and uses a convolution-free import-path backbone
 (`tests/plugin_backbone.py:make_dense_backbone`, about a second per compile)
 where many compiles are needed; the three tiny backbones on v5e:2x2 are a
-slow test. The platform test only traces and lowers (no XLA compile).
+slow test. The platform test only traces the steps (no XLA compile).
 """
 
 from __future__ import annotations
@@ -102,6 +102,12 @@ def test_search_memory_with_a_jump_and_curvature():
     assert s.predicted != s.largest                  # the line alone was off
 
 
+def test_search_memory_growing_in_steps():
+    # Tiled layouts: memory rises every 16 clips (per-clip cost 24 KB).
+    s, calls = _check_search(lambda n: 2e6 + 24e3 * 16 * math.ceil(n / 16), 21.5e6)
+    assert len(calls) <= 12
+
+
 def test_search_when_one_clip_does_not_fit():
     s, calls = _check_search(lambda n: 20.0 * GIB * n, 16 * GIB)
     assert s.largest == 0 and calls == [1]
@@ -162,11 +168,12 @@ def test_tpu_programs_trace_no_cpu_form(name, v5e_2x2):
     assert config.model == name
     forms = {}
     for target, devices in (("tpu", v5e_2x2.devices), ("cpu", jax.devices("cpu"))):
-        batch = 4 * len(devices)
-        p = compile_check.build_programs(config, devices, batch)
+        p = compile_check.build_programs(config, devices, 4 * len(devices))
+        # The forms are chosen while the step is traced (`jit(...).trace`,
+        # what `lower` and `compile` start with); the train step's backward
+        # pass holds every form there is.
         with platform.record_forms() as record:
-            p.train_step.lower(p.state, p.train_batch)
-            p.eval_step.lower(p.state, p.eval_batch)
+            p.train_step.trace(p.state, p.train_batch)
         assert {pl for _, pl in record} == {target}
         forms[target] = {f for f, _ in record}
     # TPU: lax's convolutions and pooling, jax.nn.dot_product_attention only.
@@ -236,14 +243,20 @@ def _param_count(name: str) -> int:
 @needs_libtpu
 def test_batch_far_beyond_hbm_does_not_fit(tmp_path):
     out = tmp_path / "r.json"
-    # 4096 clips per chip of 8x32x32x3: their float32 copies alone are 1.5 GiB
-    # per chip; declare 1 GiB of HBM.
-    proc = _run(*DENSE, "--topology", "v5e:2x2", "--batch", 4 * 4096, "--hbm-gib", 1,
-                "--no-eval", "--json", out)
-    assert proc.returncode == 1, proc.stderr
+    # 2**20 clips of 8x32x32x3 uint8 per chip: 24 GiB of clips alone against
+    # the v5e's 16 GiB.
+    per_chip = 1 << 20
+    proc = _run(*DENSE, "--topology", "v5e:2x2", "--batch", 4 * per_chip, "--no-eval",
+                "--json", out)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
     assert proc.stdout.splitlines()[-1] == "fits: no"
     r = json.loads(out.read_text())
-    assert r["train_total_bytes"] > GIB >= 4096 * 8 * 32 * 32 * 3 * 4 // 2
+    assert r["per_chip_batch"] == per_chip and r["hbm_gib"] == 16.0
+    # XLA:TPU refuses to compile a program beyond the chip's HBM; the bytes
+    # it says the program needs are at least the chip's clips.
+    assert "RESOURCE_EXHAUSTED" in r["train"]["out_of_memory"]
+    assert r["train_total_bytes"] >= per_chip * 8 * 32 * 32 * 3 > 16 * GIB
+    assert "XLA:TPU refused to compile it" in proc.stdout
     assert r["fits"] is False
 
 
@@ -259,7 +272,10 @@ def test_max_batch_reports_an_edge(tmp_path):
     limit = 0.02 * GIB
     assert n >= 2 and measured[n] <= limit < measured[n + 1]
     assert f"largest per-chip batch that fits: {n} " in proc.stdout
-    assert r["per_chip_batch"] == n and r["train_total_bytes"] == measured[n]
+    # Measured: the train step and the batches `train` prefetches to the chips.
+    assert r["per_chip_batch"] == n
+    assert r["train_total_bytes"] + r["prefetch_bytes"] == measured[n]
+    assert r["prefetch_bytes"] == 2 * n * (8 * 32 * 32 * 3 + 4 + 18 * 4 + 4 + 4)
     assert proc.stdout.splitlines()[-1] == "fits: yes"
 
 
