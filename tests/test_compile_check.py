@@ -46,7 +46,7 @@ def _env(**extra) -> dict:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     env.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     env.update(extra)
-    return env
+    return {k: v for k, v in env.items() if v is not None}    # None: unset
 
 
 def _command(*args) -> list[str]:
@@ -292,7 +292,8 @@ def test_error_lines(tmp_path):
                          "--platform gpu: only tpu can be compiled for"),
             "pmap": (_start(*TINY_MAE, "--topology", "v5e:2x2", "--config.strategy=pmap"),
                      "config.strategy='pmap': compile supports the default jit strategy"),
-            "libtpu": (_start(*TINY_MAE, "--topology", "v5e:2x2",
+            # (importing libtpu sets TPU_LIBRARY_PATH, which subprocesses inherit)
+            "libtpu": (_start(*TINY_MAE, "--topology", "v5e:2x2", TPU_LIBRARY_PATH=None,
                               PYTHONPATH=os.pathsep.join([str(fake.parent), str(REPO)])),
                        "needs libtpu, which is not installed: pip install 'audfer_jax[tpu]'"),
     }
