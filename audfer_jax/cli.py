@@ -30,6 +30,8 @@ SUBCOMMANDS = {
                                 "PyTorch checkpoint -> Orbax checkpoint of Flax variables"),
         "sweep": ("audfer_jax.sweep", "run folds and tabulate UAR/WAR mean and std"),
         "bench": ("audfer_jax.bench", "benchmarks: input, model, train"),
+        "compile": ("audfer_jax.compile_check",
+                    "compile the train step for a TPU slice here; FLOPs, HBM, fits"),
 }
 
 

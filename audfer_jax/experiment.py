@@ -267,10 +267,7 @@ class Experiment:
                 config, self.dataset, self.num_classes, data, self.data_config)
         self.state = steps_lib.create_train_state(self.model, self.tx, self.input_shape,
                                                   int(config.seed), self.mesh)
-        self.eval_step = jax.jit(steps_lib.make_eval_step(self.model, self.num_classes),
-                                 in_shardings=(parallel.replicated(self.mesh),
-                                               parallel.batch_sharded(self.mesh)),
-                                 out_shardings=parallel.replicated(self.mesh))
+        self.eval_step = steps_lib.jit_eval_step(self.model, self.num_classes, self.mesh)
 
     def evaluate(self, state) -> dict:
         """Evaluates `state` on the test split; returns `metrics.summarize` + loss."""

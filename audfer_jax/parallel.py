@@ -31,6 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
+from audfer_jax.models import platform
+
 DATA_AXIS = "data"
 STRATEGIES = ("jit", "pmap")
 
@@ -97,11 +99,15 @@ def jit_step(step_fn: Callable, mesh: jax.sharding.Mesh, state_sharding: PyTree 
     """The jit strategy: `(state, global_batch) -> (state, metrics)`.
 
     The state (argument 0) is donated: its buffers are reused for the new
-    state, so the caller must not touch the old one afterwards. The state stays
+    state, so the caller must not touch the old one afterwards. The model's
+    layers choose their forms for the platform of `mesh`'s devices
+    (`models.platform`). The state stays
     replicated (or in `state_sharding`), metrics come back replicated.
     """
     state_sharding = replicated(mesh) if state_sharding is None else state_sharding
-    return jax.jit(functools.partial(step_fn, axis_name=None),
+    # Traced for the mesh's platform: the model's layer forms follow the
+    # devices compiled for, not the default backend (models/platform.py).
+    return jax.jit(platform.traced_for(functools.partial(step_fn, axis_name=None), mesh),
                    in_shardings=(state_sharding, batch_sharded(mesh)),
                    out_shardings=(state_sharding, replicated(mesh)),
                    donate_argnums=(0,))
@@ -114,8 +120,9 @@ def pmap_step(step_fn: Callable) -> Callable:
     `to_pmap_state`, `to_pmap_batch`); `step_fn` is called with
     `axis_name='data'` and must do its own collectives.
     """
-    return jax.pmap(functools.partial(step_fn, axis_name=DATA_AXIS), axis_name=DATA_AXIS,
-                    donate_argnums=(0,))
+    return jax.pmap(platform.traced_for(functools.partial(step_fn, axis_name=DATA_AXIS),
+                                        jax.local_devices()),
+                    axis_name=DATA_AXIS, donate_argnums=(0,))
 
 
 def to_pmap_state(state: PyTree, devices=None) -> PyTree:

@@ -26,6 +26,7 @@ from audfer_jax import metrics as metrics_lib
 from audfer_jax import mixup as mixup_lib
 from audfer_jax import parallel
 from audfer_jax import rng as rng_lib
+from audfer_jax.models import platform
 
 PyTree = Any
 
@@ -59,6 +60,26 @@ def create_train_state(model, tx: optax.GradientTransformation, input_shape, see
         seed: run seed; the init key and the state's base key derive from it.
         mesh: the data mesh.
     """
+    init, init_rng = _state_init(model, tx, input_shape, seed, mesh)
+    return jax.jit(init, out_shardings=parallel.replicated(mesh))(init_rng)
+
+
+def abstract_train_state(model, tx: optax.GradientTransformation, input_shape, seed: int,
+                         mesh: jax.sharding.Mesh) -> TrainState:
+    """The `TrainState` of `create_train_state` as `ShapeDtypeStruct`s, nothing computed.
+
+    Each leaf carries the replicated sharding over `mesh`, so the tree can be
+    passed to `jit(...).lower` for devices this process cannot reach
+    (`audfer-jax compile`: a TPU topology from a CPU host).
+    """
+    init, init_rng = _state_init(model, tx, input_shape, seed, mesh)
+    sharding = parallel.replicated(mesh)
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding),
+                        jax.eval_shape(init, init_rng))
+
+
+def _state_init(model, tx, input_shape, seed: int, mesh):
+    """`(init(rng) -> TrainState, rng)`, traced for the platform of `mesh`."""
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
     dummy = jnp.zeros((1, *input_shape, 3), jnp.uint8)
 
@@ -71,7 +92,7 @@ def create_train_state(model, tx: optax.GradientTransformation, input_shape, see
                           batch_stats=variables.get("batch_stats", {}),
                           opt_state=tx.init(params), rng=state_rng)
 
-    return jax.jit(init, out_shardings=parallel.replicated(mesh))(init_rng)
+    return platform.traced_for(init, mesh), init_rng
 
 
 def abstract_params(model, input_shape):
@@ -235,3 +256,10 @@ def make_eval_step(model, num_classes: int, *, prior=None, pos_weight=None,
 
     return eval_step
 
+
+def jit_eval_step(model, num_classes: int, mesh: jax.sharding.Mesh) -> Callable:
+    """`make_eval_step` jitted as training evaluates: state replicated, batch
+    sharded over `mesh`, sums replicated; traced for the mesh's platform."""
+    return jax.jit(platform.traced_for(make_eval_step(model, num_classes), mesh),
+                   in_shardings=(parallel.replicated(mesh), parallel.batch_sharded(mesh)),
+                   out_shardings=parallel.replicated(mesh))

@@ -17,6 +17,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+# With libtpu installed (the `test` extra, for `audfer-jax compile`), JAX would
+# try to start a TPU backend in every test process: about 0.5 s, an error line
+# about TPU_WORKER_HOSTNAMES, and libtpu's host-wide lock file taken. The tests
+# run on the CPU; subprocesses inherit this.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
 
 def multidevice_env(num_devices: int = 8) -> dict[str, str]:
     """Environment for a subprocess with `num_devices` fake CPU devices."""

@@ -22,3 +22,20 @@ class Tiny3DCNN(nn.Module):
 
 def make_backbone(width: int = 8):
     return Tiny3DCNN(width=width)
+
+
+class DenseBackbone(nn.Module):
+    """Clips -> per-channel means and a Dense layer: no convolution, so an
+    XLA:TPU compile of its train step takes about a second (tests of
+    `audfer-jax compile` that need many compiles)."""
+    width: int = 16
+
+    @nn.compact
+    def __call__(self, clips, train: bool = False):
+        x = jnp.concatenate([jnp.mean(clips, axis=(2, 3)), jnp.max(clips, axis=(2, 3))], -1)
+        x = nn.relu(nn.Dense(self.width)(x))                # [B, T, width]
+        return jnp.mean(x, axis=1)
+
+
+def make_dense_backbone(width: int = 16):
+    return DenseBackbone(width=width)

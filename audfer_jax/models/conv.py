@@ -26,6 +26,11 @@ convolutions with the sub-kernels `w[r::s]`. Differentiating that form needs
 only stride-1 convolutions (fast Eigen/oneDNN kernels) plus reshapes, and
 does the same number of multiply-adds as the original gradient. The result is
 mathematically equal; only the floating-point summation order differs.
+
+Every form here is for XLA:CPU only: a program compiled for GPU or TPU devices
+(`platform.is_cpu()` false while it is traced) gets lax's own convolutions and
+`lax.reduce_window` max pooling with their usual gradients, which those
+compilers are tuned for. Each choice is recorded (`platform.note`).
 """
 
 from __future__ import annotations
@@ -38,6 +43,8 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 from jax import lax
+
+from audfer_jax.models import platform
 
 Array = jax.Array
 
@@ -212,7 +219,7 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
     """
     nd = lhs.ndim - 2
     strides = tuple(int(s) for s in window_strides)
-    plain = 1 < math.prod(strides) and _plain_channels_last(
+    plain = 1 < math.prod(strides) and platform.is_cpu() and _plain_channels_last(
             lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, feature_group_count,
             batch_group_count, preferred_element_type)
     if plain and math.prod(strides) > MAX_PHASES:
@@ -220,12 +227,15 @@ def conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[int], 
         pads = _pads(padding, lhs.shape[1:-1], rhs.shape[:nd], strides)
         plain = tuple(rhs.shape[:nd]) == strides and all(tuple(p) == (0, 0) for p in pads)
     if not plain:
+        platform.note("lax_conv")
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         batch_group_count, precision, preferred_element_type)
     pads = tuple(_pads(padding, lhs.shape[1:-1], rhs.shape[:nd], strides))
     if tuple(rhs.shape[:nd]) == strides and all(p == (0, 0) for p in pads):
+        platform.note("patchify_backward")
         return _patch_conv(lhs, rhs, strides, precision)
+    platform.note("polyphase_backward")
     return _strided_conv(lhs, rhs, strides, pads, precision)
 
 
@@ -302,21 +312,24 @@ def cpu_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence[in
     """`lax.conv_general_dilated` with the batch-chunked backward pass on XLA:CPU.
 
     A drop-in for `flax.linen.Conv(conv_general_dilated=...)`, used by
-    Former-DFER's 2-D convolutions. On the CPU backend a channels-last,
+    Former-DFER's 2-D convolutions. In a program traced for CPU devices
+    (`platform.is_cpu()`) a channels-last,
     undilated, ungrouped 2-D convolution goes through `batch_chunked_conv`
     (same forward values; gradients equal up to summation order); anything
     else, and everything on GPU and TPU, is `lax.conv_general_dilated`.
     """
     nd = lhs.ndim - 2
-    if not (nd == 2 and jax.default_backend() == "cpu"
+    if not (nd == 2 and platform.is_cpu()
             and _plain_channels_last(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers,
                                      feature_group_count, batch_group_count,
                                      preferred_element_type)):
+        platform.note("lax_conv")
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                         rhs_dilation, dimension_numbers, feature_group_count,
                                         batch_group_count, precision, preferred_element_type)
     strides = tuple(int(v) for v in window_strides)
     pads = tuple(_pads(padding, lhs.shape[1:-1], rhs.shape[:nd], strides))
+    platform.note("batch_chunked_conv")
     return batch_chunked_conv(lhs, rhs, strides, pads, precision)
 
 
@@ -391,7 +404,8 @@ def frames_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence
 
     A drop-in for `lax.conv_general_dilated` (pass it to
     `flax.linen.Conv(conv_general_dilated=...)`), used by M3DFEL's R3D-18.
-    On the CPU backend, a channels-last, undilated, ungrouped 3-D convolution
+    In a program traced for CPU devices (`platform.is_cpu()`), a
+    channels-last, undilated, ungrouped 3-D convolution
     with more than one temporal tap goes through `frames_conv` (values equal
     up to float32 summation order, about 1e-7 relative) when its temporal
     stride is 1 or when some taps read only padding; the measured cases
@@ -404,7 +418,7 @@ def frames_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence
     args = (lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dimension_numbers,
             feature_group_count, batch_group_count, precision, preferred_element_type)
     strides = tuple(int(s) for s in window_strides)
-    frame_form = (lhs.ndim == 5 and rhs.shape[0] > 1 and jax.default_backend() == "cpu"
+    frame_form = (lhs.ndim == 5 and rhs.shape[0] > 1 and platform.is_cpu()
                   and _plain_channels_last(lhs, rhs, lhs_dilation, rhs_dilation,
                                            dimension_numbers, feature_group_count,
                                            batch_group_count, preferred_element_type))
@@ -414,6 +428,7 @@ def frames_conv_general_dilated(lhs: Array, rhs: Array, window_strides: Sequence
         frame_form = strides[0] == 1 or len(live) < rhs.shape[0]
     if not frame_form:
         return conv_general_dilated(*args)
+    platform.note("frames_conv")
     return frames_conv(lhs, rhs, pads, strides, precision)
 
 
@@ -476,7 +491,8 @@ def max_pool(x: Array, window: Sequence[int], strides: Sequence[int],
     (padding with -inf). The gradient goes, per output, to the first input of
     its window (row-major order) that equals the maximum, as in XLA's own
     `select_and_scatter` gradient, which XLA:CPU runs about 6x slower than the
-    forward pass (docs/performance.md).
+    forward pass (docs/performance.md). A program traced for GPU or TPU
+    devices gets `lax.reduce_window` and its own gradient instead.
 
     Args:
         x: `[N, *spatial, C]` float.
@@ -486,5 +502,14 @@ def max_pool(x: Array, window: Sequence[int], strides: Sequence[int],
     Returns:
         `[N, *out_spatial, C]`.
     """
-    return _max_pool(x, tuple(int(v) for v in window), tuple(int(v) for v in strides),
-                     tuple((int(lo), int(hi)) for lo, hi in padding))
+    window = tuple(int(v) for v in window)
+    strides = tuple(int(v) for v in strides)
+    padding = tuple((int(lo), int(hi)) for lo, hi in padding)
+    if not platform.is_cpu():
+        # GPU/TPU: lax's pooling and its select_and_scatter gradient.
+        platform.note("lax_max_pool")
+        # A Python -inf init: lax then recognises the max monoid (differentiable).
+        return lax.reduce_window(x, -jnp.inf, lax.max, (1,) + window + (1,),
+                                 (1,) + strides + (1,), ((0, 0),) + padding + ((0, 0),))
+    platform.note("slices_max_pool_backward")
+    return _max_pool(x, window, strides, padding)

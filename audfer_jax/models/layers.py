@@ -32,6 +32,7 @@ from flax import linen as nn
 from audfer_jax.models import batch_norm as batch_norm_lib
 
 from audfer_jax.models import conv as conv_lib
+from audfer_jax.models import platform
 
 Array = jax.Array
 Dtype = Any
@@ -237,13 +238,14 @@ def dot_product_attention(q: Array, k: Array, v: Array, scale: float,
       15-100 % faster on XLA:CPU than the fused form's (docs/performance.md);
     * "cpu": the fused form's forward values with the einsum form's gradient
       (XLA:CPU runs the fused forward faster, the einsum backward faster).
-    `None` picks "cpu" on CPU and "fused" elsewhere.
+    `None` picks "cpu" in a program traced for CPU devices and "fused" for
+    GPU and TPU devices (`platform.is_cpu()`).
 
     Args:
         q: `[..., N, h, d]`.
         k, v: `[..., M, h, d]`, the same leading axes as q.
         scale: logit scale (`d ** -0.5` in all three backbones).
-        implementation: "fused", "einsum", "cpu" or None (by backend).
+        implementation: "fused", "einsum", "cpu" or None (by target platform).
 
     Returns:
         `[..., N, h, d]` in v's dtype.
@@ -252,7 +254,9 @@ def dot_product_attention(q: Array, k: Array, v: Array, scale: float,
         ValueError: unknown implementation.
     """
     if implementation is None:
-        implementation = "cpu" if jax.default_backend() == "cpu" else "fused"
+        implementation = "cpu" if platform.is_cpu() else "fused"
+    if implementation in ("einsum", "fused", "cpu"):
+        platform.note(f"{implementation}_attention")
     if implementation == "einsum":
         return _einsum_attention(q, k, v, scale)
     if implementation == "fused":

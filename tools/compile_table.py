@@ -1,0 +1,124 @@
+"""The pod-readiness table of docs/performance.md: `audfer-jax compile` per cell.
+
+    python tools/compile_table.py --out docs/compile_table [--only mae_dfer] [--render]
+
+For each backbone (recipe config, DFEW fold 1, AU loss), dtype, remat setting
+and TPU generation (a 4-chip slice: v5e:2x2, v5p:2x2x1, v6e:2x2), runs
+
+    audfer-jax compile --config configs/<backbone>.py:dataset=dfew,fold=1 \\
+        --topology <slice> --max-batch --no-eval --config.dtype=D --config.remat=R \\
+        --json <out>/<cell>.json
+
+(the search compiles per-chip batch 1 and the recipe's per-chip batch first,
+so the HBM at the recipe's batch is one of its compiles), one cell at a time,
+skipping cells whose JSON exists, in the order MAE-DFER (all cells), then
+bfloat16 of Former-DFER and M3DFEL, then their float32 cells. `--render`
+prints the Markdown table of the cells done so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+RECIPES = {"mae_dfer": 96, "former_dfer": 32, "m3dfel": 256}
+NAMES = {"mae_dfer": "MAE-DFER", "former_dfer": "Former-DFER", "m3dfel": "M3DFEL"}
+SLICES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
+# Slice sizes in chips offered per generation, smallest first (4 .. 256).
+SIZES = (4, 8, 16, 32, 64, 128, 256)
+
+
+def cells():
+    order = []
+    for dtype in ("bfloat16", "float32"):
+        for remat in (False, True):
+            for gen in SLICES:
+                order.append(("mae_dfer", dtype, remat, gen))
+    for dtype in ("bfloat16", "float32"):
+        for model in ("former_dfer", "m3dfel"):
+            for remat in (False, True):
+                for gen in SLICES:
+                    order.append((model, dtype, remat, gen))
+    return order
+
+
+def cell_name(model, dtype, remat, gen):
+    return f"{model}_{dtype}_remat{int(remat)}_{gen}"
+
+
+def run_cell(out_dir, model, dtype, remat, gen):
+    path = os.path.join(out_dir, cell_name(model, dtype, remat, gen) + ".json")
+    if os.path.exists(path):
+        return
+    cmd = [sys.executable, "-m", "audfer_jax.cli", "compile",
+           "--config", f"configs/{model}.py:dataset=dfew,fold=1", "--topology", SLICES[gen],
+           "--max-batch", "--no-eval", f"--config.dtype={dtype}", f"--config.remat={remat}",
+           "--json", path + ".tmp"]
+    t0 = time.time()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = os.path.join(out_dir, cell_name(model, dtype, remat, gen) + ".log")
+    with open(log, "w", encoding="utf-8") as f:
+        f.write(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
+    if os.path.exists(path + ".tmp"):
+        os.replace(path + ".tmp", path)
+    print(f"{cell_name(model, dtype, remat, gen)}: exit {proc.returncode} in "
+          f"{time.time() - t0:.0f} s", flush=True)
+
+
+def smallest_slice(recipe, per_chip_max):
+    for chips in SIZES:
+        if recipe % chips == 0 and recipe // chips <= per_chip_max:
+            return chips
+    return None
+
+
+def render(out_dir):
+    rows = ["| backbone | dtype | remat | chip | HBM/chip at recipe batch (per-chip) | "
+            "largest per-chip batch (predicted by first fit) | compile s (one step) | "
+            "GFLOPs/clip | recipe batch fits from |",
+            "|---|---|---|---|---|---|---|---|---|"]
+    for model, dtype, remat, gen in cells():
+        path = os.path.join(out_dir, cell_name(model, dtype, remat, gen) + ".json")
+        if not os.path.exists(path):
+            continue
+        r = json.load(open(path, encoding="utf-8"))
+        recipe = RECIPES[model]
+        hint = r.get("hint_per_chip")
+        at_recipe = (f"{r['hint_total_bytes'] / 2**30:.2f} GiB ({hint})"
+                     if hint and hint * r["chips"] == recipe else "n/a")
+        n = r["max_batch_per_chip"]
+        chips = smallest_slice(recipe, n)
+        flops = r.get("flops_per_clip")
+        rows.append(
+                f"| {NAMES[model]} | {dtype} | {'on' if remat else 'off'} | {gen} "
+                f"({r['hbm_gib']:g} GiB) | {at_recipe} | {n} ({r.get('max_batch_predicted')}) "
+                f"| {r['train_compile_s']:.0f} | "
+                f"{'n/a' if flops is None else f'{flops / 1e9:.0f}'} | "
+                f"{'none up to 256 chips' if chips is None else f'{chips} chips'} "
+                f"(batch {recipe}) |")
+    return "\n".join(rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", default="docs/compile_table")
+    parser.add_argument("--only", default="", help="one backbone")
+    parser.add_argument("--render", action="store_true")
+    args = parser.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    if args.render:
+        print(render(args.out))
+        return
+    for cell in cells():
+        if args.only and cell[0] != args.only:
+            continue
+        run_cell(args.out, *cell)
+    print(render(args.out))
+
+
+if __name__ == "__main__":
+    main()
