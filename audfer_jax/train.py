@@ -500,8 +500,9 @@ def _check(run: _Run, pending) -> dict:
         what = (f"the train state became non-finite at {where}: the update diverged with a "
                 f"finite loss {loss:.4g} (not the data)")
     else:
-        what = (f"non-finite loss {loss} at {where} from a finite state: the batch or the "
-                f"forward pass; clip indices (`index`) of that batch: {idx}")
+        what = (f"non-finite loss {loss} at {where} from a finite state: the forward pass "
+                f"overflowed on that batch (too high a learning rate, or bad clips: clip "
+                f"indices (`index`) of that batch: {idx})")
     run.ckpt.wait_until_finished()
     last = run.ckpt.latest_step()
     if last is None:
