@@ -1,0 +1,159 @@
+"""Two `jax.distributed` processes on 127.0.0.1, as a pod runs (issue 19).
+
+Step-interval checkpoints next to the epoch-end best checkpoint, a SIGTERM to
+one process only, and the exact resume. The micro model on in-memory data
+(`multidevice/pod_run.py`): the code under test is the trainer's checkpoint
+and stop logic, which a real backbone would only make slower to compile.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "multidevice" / "pod_run.py"
+STEPS = 6           # 24 clips / batch 8 = 3 steps x 2 epochs
+
+
+def _env(devices: int) -> dict:
+    sys.path.insert(0, str(HERE))
+    from conftest import multidevice_env  # pylint: disable=import-outside-toplevel
+    return multidevice_env(devices)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(process_id: int, port: int, workdir: Path, delay: float) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(process_id), str(port),
+                             str(workdir), str(delay)],
+                            env=_env(2 if process_id < 0 else 1), cwd=HERE.parent,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait(procs, timeout=600):
+    """`[(returncode, stdout, stderr)]`; kills every process on a timeout."""
+    out = []
+    try:
+        for p in procs:
+            stdout, stderr = p.communicate(timeout=timeout)
+            out.append((p.returncode, stdout, stderr))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return out
+
+
+def _pair(workdir: Path, delay: float = 0.0, extra=()):
+    """Starts both processes (and `extra` single processes) on a fresh port.
+
+    The port is picked free just before the start; if the coordinator could
+    not bind it after all (another program took it in between), try again.
+    """
+    for _ in range(3):
+        port = _free_port()
+        procs = [_start(i, port, workdir, delay) for i in range(2)]
+        procs += [_start(-1, 0, w, 0.0) for w in extra]
+        extra = ()
+        done = _wait(procs)
+        if not any("address already in use" in e.lower() for _, _, e in done[:2]):
+            return done
+    return done
+
+
+def _result(done) -> dict:
+    rc, stdout, stderr = done
+    assert rc == 0, f"exit {rc}\n{stdout[-2000:]}\n{stderr[-4000:]}"
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def _steps(directory: Path) -> list[int]:
+    return sorted(int(p) for p in os.listdir(directory) if p.isdigit())
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    """The uninterrupted two-process run and its one-process, two-device reference."""
+    root = tmp_path_factory.mktemp("pod")
+    done = _pair(root / "pair", extra=[root / "single"])
+    return root, [_result(d) for d in done[:2]], _result(done[2])
+
+
+def test_step_checkpoints_cross_an_epoch_end_with_a_best_save(two_process_run):
+    root, (a, b), single = two_process_run
+    assert {a["process"], b["process"]} == {0, 1} and a["devices"] == single["devices"] == 2
+    # Step 3 (epoch 1's end) saved both a best and a latest checkpoint, and
+    # steps 2, 4 (interval) and 6 (the end) the latest: no barrier collided.
+    assert _steps(root / "pair" / "checkpoints") == [2, 3, 4, 6]
+    assert _steps(root / "single" / "checkpoints") == [2, 3, 4, 6]
+    assert (root / "pair" / "best").is_dir() and _steps(root / "pair" / "best")
+    # One global batch of 8 over 2 devices either way: the same computation,
+    # with the cross-device sums done by gloo instead of in one process.
+    for r in (a, b):
+        assert r["steps"] == single["steps"] == STEPS
+        for which in ("last", "best"):
+            assert r[which]["confusion_matrix"] == single[which]["confusion_matrix"]
+            assert r[which]["epoch"] == single[which]["epoch"]
+            assert r[which]["loss"] == pytest.approx(single[which]["loss"], rel=1e-4)
+        assert r["history"] == single["history"]
+    assert np.sum(a["last"]["confusion_matrix"]) == 10       # every test clip once
+
+
+def _logged_steps(workdir: Path) -> int:
+    path = workdir / "metrics.jsonl"
+    if not path.exists():
+        return 0
+    return sum('"train/loss"' in line for line in path.read_text().splitlines())
+
+
+def test_sigterm_to_one_process_stops_both_alike_and_resumes_exactly(two_process_run,
+                                                                     tmp_path):
+    _, (reference, _), _ = two_process_run
+    workdir = tmp_path / "run"
+    port = _free_port()
+    procs = [_start(i, port, workdir, 0.5) for i in range(2)]
+    deadline = time.time() + 480
+    while (_logged_steps(workdir) < 1 and time.time() < deadline
+           and all(p.poll() is None for p in procs)):
+        time.sleep(0.1)
+    assert all(p.poll() is None for p in procs), _wait(procs)
+    procs[1].send_signal(signal.SIGTERM)           # process 1 only
+    done = _wait(procs)
+    codes = [rc for rc, _, _ in done]
+    assert codes == [143, 143], done
+    stops = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in done]
+    step = stops[0]["preempted_at_step"]
+    assert stops[1]["preempted_at_step"] == step and 1 <= step < STEPS
+    assert stops[0]["checkpoint_step"] == stops[1]["checkpoint_step"] == step
+    assert step in _steps(workdir / "checkpoints")
+    assert not [p for p in os.listdir(workdir / "checkpoints") if "tmp" in p]
+    # One line, from process 0, naming the signal, its process, the step and
+    # the checkpoint.
+    line = [x for x in done[0][1].splitlines() if x.startswith("stopped by")]
+    assert line == [f"stopped by SIGTERM (received by process 1) at step {step} (epoch "
+                    f"{step // 3 + 1}, batch {step % 3 + 1} next); checkpoint of step {step} "
+                    f"in {workdir / 'checkpoints' / str(step)}. Resume with the same command "
+                    "(same --config and --workdir)."], done[0][1][-2000:]
+    assert not [x for x in done[1][1].splitlines() if x.startswith("stopped by")]
+
+    resumed = [_result(d) for d in _pair(workdir)]
+    for r in resumed:
+        assert r["steps"] == STEPS
+        for which in ("last", "best"):
+            for key in ("epoch", "confusion_matrix", "loss", "uar", "war"):
+                assert r[which][key] == reference[which][key], (which, key)
+        assert r["history"] == reference["history"]
