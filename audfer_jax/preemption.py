@@ -235,7 +235,8 @@ def _say(line: str) -> None:
 
 def _main_thread_location() -> str:
     """' (main thread in file:line function)' of the innermost Python frame."""
-    frame = sys._current_frames().get(threading.main_thread().ident)  # pylint: disable=protected-access
+    frames = sys._current_frames()  # pylint: disable=protected-access
+    frame = frames.get(threading.main_thread().ident)
     if frame is None:
         return ""
     code = frame.f_code

@@ -237,9 +237,10 @@ def _start(config, workdir: str, data, model, guard: preemption.PreemptionGuard)
     guard.phase = "the restore of the newest checkpoint"
     state, meta, start_step = _restore_or_init(config, workdir, exp, ckpt, console)
 
-    step_fn = _with_finite_flag(make_train_step(exp.model, config, tx=exp.tx, schedule=exp.schedule,
-                              prior=exp.prior, pos_weight=exp.pos_weight, lam=exp.lam,
-                              num_classes=exp.num_classes, augment=exp.device_augment))
+    step_fn = _with_finite_flag(make_train_step(
+            exp.model, config, tx=exp.tx, schedule=exp.schedule, prior=exp.prior,
+            pos_weight=exp.pos_weight, lam=exp.lam, num_classes=exp.num_classes,
+            augment=exp.device_augment))
     strategy = str(config.strategy)
     if strategy == "jit":
         train_step = parallel.jit_step(step_fn, exp.mesh)
@@ -573,10 +574,10 @@ def _finish(run: _Run) -> dict:
     """The result dict (also `metrics.json`); closes the checkpointer and writers."""
     exp, meta = run.exp, run.meta
     if run.preempted and run.step < exp.total_steps:
+        saved = run.ckpt.latest_step()
         run.ckpt.close()
         run.writer.close()
         spe = exp.steps_per_epoch
-        saved = run.ckpt.latest_step()
         where = paths.join(run.workdir, "checkpoints", str(saved))
         what = (f"checkpoint of step {saved} in {where}" if saved == run.step else
                 f"no checkpoint of this step; newest: {where}" if saved is not None else

@@ -14,7 +14,9 @@ to send a signal).
 Process 1 reaches every Orbax write-complete barrier 1.5 s late, as a host
 with slower storage does (`slow_write_barriers`): the best and latest saves of
 one step then wait at their barriers at the same time on process 0, which is
-the race that made them collide when both used the same barrier name. Prints the result as JSON on its last line and exits with
+the race that made them collide when both used the same barrier name.
+
+Prints the result as JSON on its last line and exits with
 `audfer-jax train`'s status (128 + the agreed signal when stopped).
 """
 
