@@ -37,11 +37,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(process_id: int, port: int, workdir: Path, delay: float) -> subprocess.Popen:
+def _start(process_id: int, port: int, workdir: Path, delay: float,
+           stdout=subprocess.PIPE) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(SCRIPT), str(process_id), str(port),
                              str(workdir), str(delay)],
                             env=_env(2 if process_id < 0 else 1), cwd=HERE.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=stdout, stderr=subprocess.PIPE, text=True)
 
 
 def _wait(procs, timeout=600):
@@ -113,26 +114,24 @@ def test_step_checkpoints_cross_an_epoch_end_with_a_best_save(two_process_run):
     assert np.sum(a["last"]["confusion_matrix"]) == 10       # every test clip once
 
 
-def _logged_steps(workdir: Path) -> int:
-    path = workdir / "metrics.jsonl"
-    if not path.exists():
-        return 0
-    return sum('"train/loss"' in line for line in path.read_text().splitlines())
-
-
 def test_sigterm_to_one_process_stops_both_alike_and_resumes_exactly(two_process_run,
                                                                      tmp_path):
     _, (reference, _), _ = two_process_run
     workdir = tmp_path / "run"
     port = _free_port()
-    procs = [_start(i, port, workdir, 0.5) for i in range(2)]
+    # Process 0's console goes to a file, read while it runs: the signal goes
+    # out once step 1 is done (metrics.jsonl is only flushed at the end).
+    console = tmp_path / "console0.txt"
+    with open(console, "w", encoding="utf-8") as out0:
+        procs = [_start(0, port, workdir, 0.5, stdout=out0), _start(1, port, workdir, 0.5)]
     deadline = time.time() + 480
-    while (_logged_steps(workdir) < 1 and time.time() < deadline
+    while ("step 1/6" not in console.read_text(encoding="utf-8") and time.time() < deadline
            and all(p.poll() is None for p in procs)):
         time.sleep(0.1)
     assert all(p.poll() is None for p in procs), _wait(procs)
     procs[1].send_signal(signal.SIGTERM)           # process 1 only
     done = _wait(procs)
+    done[0] = (done[0][0], console.read_text(encoding="utf-8"), done[0][2])
     codes = [rc for rc, _, _ in done]
     assert codes == [143, 143], done
     stops = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in done]

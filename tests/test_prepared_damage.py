@@ -59,7 +59,6 @@ def _copy(prepared, tmp_path):
     config = pipeline.default_data_config()
     config.data_dir = str(tmp_path / "data")
     config.image_size = SIZE
-    config.num_frames = 8
     config.shuffle_buffer = 4
     return config, str(tmp_path / "data" / os.path.relpath(version, data_dir))
 
@@ -134,7 +133,7 @@ def test_flipped_bytes_name_the_shard_and_offset_and_keep_the_checkpoints(prepar
     cfg = fakes.micro_config(**{"num_epochs": 1, "checkpoint_every_steps": 1,
                                 "keep_checkpoints": 5, "eval_batch_size": 8})
     cfg.data = config
-    model = fakes.MicroModel(num_classes=7, image_size=SIZE)
+    model = fakes.MicroModel(num_classes=7, num_frames=16, image_size=SIZE)
     workdir = tmp_path / "run"
     first = train.train_and_evaluate(cfg, str(workdir), model=model)
     assert first["steps"] == 2                       # 16 clips / batch 8
