@@ -1,7 +1,8 @@
 """Two `jax.distributed` processes on 127.0.0.1, as a pod runs (issue 19).
 
-Step-interval checkpoints next to the epoch-end best checkpoint, a SIGTERM to
-one process only, and the exact resume. The micro model on in-memory data
+A SIGTERM to one process only, then the resumed run, whose step-interval
+checkpoints cross an epoch end next to the epoch-end best checkpoint, against
+one process with two devices. The micro model on in-memory data
 (`multidevice/pod_run.py`): the code under test is the trainer's checkpoint
 and stop logic, which a real backbone would only make slower to compile.
 """
@@ -87,59 +88,44 @@ def _steps(directory: Path) -> list[int]:
 
 
 @pytest.fixture(scope="module")
-def two_process_run(tmp_path_factory):
-    """The uninterrupted two-process run and its one-process, two-device reference."""
+def preempted_and_resumed(tmp_path_factory):
+    """Two processes stopped by a SIGTERM to process 1 only, then resumed.
+
+    Next to them, the reference: one process on two devices, uninterrupted.
+    Returns `(workdir, stopped [(status, stdout, stderr)] x 2, resumed results
+    x 2, reference result)`.
+    """
     root = tmp_path_factory.mktemp("pod")
-    done = _pair(root / "pair", extra=[root / "single"])
-    return root, [_result(d) for d in done[:2]], _result(done[2])
-
-
-def test_step_checkpoints_cross_an_epoch_end_with_a_best_save(two_process_run):
-    root, (a, b), single = two_process_run
-    assert {a["process"], b["process"]} == {0, 1} and a["devices"] == single["devices"] == 2
-    # Step 3 (epoch 1's end) saved both a best and a latest checkpoint, and
-    # steps 2, 4 (interval) and 6 (the end) the latest: no barrier collided.
-    assert _steps(root / "pair" / "checkpoints") == [2, 3, 4, 6]
-    assert _steps(root / "single" / "checkpoints") == [2, 3, 4, 6]
-    assert (root / "pair" / "best").is_dir() and _steps(root / "pair" / "best")
-    # One global batch of 8 over 2 devices either way: the same computation,
-    # with the cross-device sums done by gloo instead of in one process.
-    for r in (a, b):
-        assert r["steps"] == single["steps"] == STEPS
-        for which in ("last", "best"):
-            assert r[which]["confusion_matrix"] == single[which]["confusion_matrix"]
-            assert r[which]["epoch"] == single[which]["epoch"]
-            assert r[which]["loss"] == pytest.approx(single[which]["loss"], rel=1e-4)
-        assert r["history"] == single["history"]
-    assert np.sum(a["last"]["confusion_matrix"]) == 10       # every test clip once
-
-
-def test_sigterm_to_one_process_stops_both_alike_and_resumes_exactly(two_process_run,
-                                                                     tmp_path):
-    _, (reference, _), _ = two_process_run
-    workdir = tmp_path / "run"
+    workdir = root / "pair"
     port = _free_port()
     # Process 0's console goes to a file, read while it runs: the signal goes
     # out once step 1 is done (metrics.jsonl is only flushed at the end).
-    console = tmp_path / "console0.txt"
+    console = root / "console0.txt"
     with open(console, "w", encoding="utf-8") as out0:
-        procs = [_start(0, port, workdir, 0.5, stdout=out0), _start(1, port, workdir, 0.5)]
+        procs = [_start(0, port, workdir, 0.5, stdout=out0), _start(1, port, workdir, 0.5),
+                 _start(-1, 0, root / "single", 0.0)]
     deadline = time.time() + 480
     while ("step 1/6" not in console.read_text(encoding="utf-8") and time.time() < deadline
-           and all(p.poll() is None for p in procs)):
+           and all(p.poll() is None for p in procs[:2])):
         time.sleep(0.1)
-    assert all(p.poll() is None for p in procs), _wait(procs)
+    assert all(p.poll() is None for p in procs[:2]), _wait(procs)
     procs[1].send_signal(signal.SIGTERM)           # process 1 only
-    done = _wait(procs)
-    done[0] = (done[0][0], console.read_text(encoding="utf-8"), done[0][2])
+    stopped = _wait(procs)
+    reference = _result(stopped.pop())
+    stopped[0] = (stopped[0][0], console.read_text(encoding="utf-8"), stopped[0][2])
+    resumed = [_result(d) for d in _pair(workdir)] if [s[0] for s in stopped] == [143, 143] \
+        else None
+    return workdir, stopped, resumed, reference
+
+
+def test_sigterm_to_one_process_stops_both_alike(preempted_and_resumed):
+    workdir, done, _, _ = preempted_and_resumed
     codes = [rc for rc, _, _ in done]
     assert codes == [143, 143], done
     stops = [json.loads(out.strip().splitlines()[-1]) for _, out, _ in done]
     step = stops[0]["preempted_at_step"]
     assert stops[1]["preempted_at_step"] == step and 1 <= step < STEPS
     assert stops[0]["checkpoint_step"] == stops[1]["checkpoint_step"] == step
-    assert step in _steps(workdir / "checkpoints")
-    assert not [p for p in os.listdir(workdir / "checkpoints") if "tmp" in p]
     # One line, from process 0, naming the signal, its process, the step and
     # the checkpoint.
     line = [x for x in done[0][1].splitlines() if x.startswith("stopped by")]
@@ -149,10 +135,29 @@ def test_sigterm_to_one_process_stops_both_alike_and_resumes_exactly(two_process
                     "(same --config and --workdir)."], done[0][1][-2000:]
     assert not [x for x in done[1][1].splitlines() if x.startswith("stopped by")]
 
-    resumed = [_result(d) for d in _pair(workdir)]
-    for r in resumed:
-        assert r["steps"] == STEPS
+
+def test_resumed_run_crosses_an_epoch_end_with_step_and_best_checkpoints(
+        preempted_and_resumed):
+    workdir, done, resumed, single = preempted_and_resumed
+    assert resumed is not None, done
+    step = json.loads(done[0][1].strip().splitlines()[-1])["preempted_at_step"]
+    # Step 3 (epoch 1's end) saved both a best and a latest checkpoint, and
+    # steps 2, 4 (interval) and 6 (the end) the latest: no barrier collided.
+    assert _steps(workdir / "checkpoints") == sorted({step, 2, 3, 4, 6})
+    assert not [p for p in os.listdir(workdir / "checkpoints") if "tmp" in p]
+    assert _steps(workdir / "best")
+    a, b = resumed
+    assert {a["process"], b["process"]} == {0, 1} and a["devices"] == single["devices"] == 2
+    # One global batch of 8 over 2 devices either way: the same computation
+    # (the cross-device sums done by gloo instead of in one process), and the
+    # resumed run sees exactly the batches and random draws of an
+    # uninterrupted one (train.py).
+    for r in (a, b):
+        assert r["steps"] == single["steps"] == STEPS
         for which in ("last", "best"):
-            for key in ("epoch", "confusion_matrix", "loss", "uar", "war"):
-                assert r[which][key] == reference[which][key], (which, key)
-        assert r["history"] == reference["history"]
+            for key in ("epoch", "confusion_matrix", "uar", "war"):
+                assert r[which][key] == single[which][key], (which, key)
+            assert r[which]["loss"] == pytest.approx(single[which]["loss"], rel=1e-4)
+        assert r["history"] == single["history"]
+    assert a["last"] == b["last"]
+    assert np.sum(a["last"]["confusion_matrix"]) == 10       # every test clip once
