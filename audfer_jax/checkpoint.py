@@ -19,6 +19,21 @@ shardings, so a checkpoint written on 8 devices restores onto 1 (and back)
 Saves are asynchronous; call `wait_until_finished()` before reading a
 checkpoint back or exiting.
 
+Several checkpointers of one multi-process job save at the same time (the
+epoch-end best and latest checkpoints of one step, both asynchronous). Orbax
+names its cross-process barriers after the step directory
+(`async_write_complete.<step>`), so two managers saving step 10 would wait at
+the same barrier name and collide ("Barrier ... is already ongoing", then a
+timeout). Every manager and checkpointer here therefore has its own
+`MultiprocessingOptions.barrier_sync_key_prefix` (`_BARRIER_PREFIXES`): the
+saves stay asynchronous and overlap, which ordering them (waiting for one
+before starting the other) would have given up at every epoch end.
+
+No checkpoint holds a non-finite state: `TrainCheckpointer` runs one jitted
+all-finite reduction over the state (`all_finite`) before every save and raises
+`NonFiniteStateError` instead of saving, so retention (`LatestN`) never drops
+the newest finite checkpoint in favour of a diverged one.
+
 Directories may be local or cloud storage URLs (`gs://bkt/run`, see
 `audfer_jax.paths`): Orbax writes arrays through tensorstore and metadata
 through `etils.epath`. Multi-host: every process must construct the same
@@ -33,6 +48,7 @@ import os
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
@@ -45,6 +61,75 @@ _VARIABLES = "variables"
 _METADATA = "metadata"
 _STATE = "state"
 _META = "meta"
+
+# One barrier-name prefix per saver, so that Orbax barriers of savers that run
+# at the same time never share a name (module docstring). They are constants,
+# identical on every process, as the barrier names must be.
+_BARRIER_PREFIXES = {"latest": "audfer_latest", "best": "audfer_best",
+                     "variables": "audfer_variables", "state": "audfer_state"}
+
+
+def _multiprocessing(saver: str) -> ocp.options.MultiprocessingOptions:
+    """Orbax multiprocessing options with the barrier prefix of `saver`."""
+    return ocp.options.MultiprocessingOptions(
+            barrier_sync_key_prefix=_BARRIER_PREFIXES[saver])
+
+
+class NonFiniteStateError(FloatingPointError):
+    """A save was refused because the state holds NaN or infinite values.
+
+    Attributes:
+        step: the step whose state was refused.
+        last_finite_step: newest finite latest checkpoint on disk, or None.
+        directory: the latest checkpoints' directory.
+    """
+
+    def __init__(self, step: int, last_finite_step: int | None, directory: str):
+        self.step, self.last_finite_step, self.directory = step, last_finite_step, directory
+        where = ("no checkpoint saved yet" if last_finite_step is None else
+                 f"last finite checkpoint: step {last_finite_step} "
+                 f"({paths.join(directory, str(last_finite_step))})")
+        super().__init__(f"the train state of step {step} holds NaN or infinite values; not "
+                         f"saved; {where}; rerun with a lower learning rate (e.g. "
+                         "--config.optim.lr) to resume from it")
+
+
+def finite_flag(tree: PyTree) -> jax.Array:
+    """`[] bool`: every floating-point leaf of `tree` is finite (traceable, jittable).
+
+    Integer and PRNG-key leaves (the step, RNG keys, optax counters) are
+    skipped: they cannot hold NaN.
+    """
+    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+_all_finite = jax.jit(finite_flag)
+
+
+def all_finite(tree: PyTree) -> bool:
+    """True when every floating-point leaf of `tree` is finite (no NaN, no inf).
+
+    One jitted reduction over the whole pytree (parameters, optimizer state,
+    BatchNorm statistics of a train state; integer leaves such as the step
+    and RNG keys are skipped). On a multi-process run the inputs are global
+    arrays and the reduction's result is replicated, so every process gets the
+    same answer (call it on every process, like a save).
+
+    Args:
+        tree: pytree of `jax.Array` (any sharding) or NumPy arrays.
+
+    Returns:
+        A Python bool.
+    """
+    leaves = [x for x in jax.tree.leaves(tree) if hasattr(x, "dtype")]
+    if not leaves:
+        return True
+    out = _all_finite(leaves)
+    # A replicated result is not fully addressable on several processes: read
+    # this process's copy.
+    return bool(np.asarray(out.addressable_data(0)))
 
 
 def _replicated_sharding() -> jax.sharding.Sharding:
@@ -112,7 +197,8 @@ def save_variables(directory: str | os.PathLike, variables: PyTree,
     except TypeError as e:
         raise TypeError(f"metadata for {path} is not JSON-serialisable: {e}") from e
     variables = jax.tree.map(np.asarray, variables)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler(),
+                          multiprocessing_options=_multiprocessing("variables")) as ckptr:
         ckptr.save(path, args=ocp.args.Composite(**{
                 _VARIABLES: ocp.args.StandardSave(variables),
                 _METADATA: ocp.args.JsonSave(dict(metadata))}))
@@ -144,7 +230,8 @@ def restore_variables(directory: str | os.PathLike, target: PyTree | None = None
     handler = ocp.CompositeCheckpointHandler(**{
             _VARIABLES: ocp.StandardCheckpointHandler(),
             _METADATA: ocp.JsonCheckpointHandler()})
-    with ocp.Checkpointer(handler) as ckptr:
+    with ocp.Checkpointer(handler, multiprocessing_options=_multiprocessing("variables")
+                          ) as ckptr:
         if target is None:
             stored = ckptr.metadata(path).item_metadata[_VARIABLES]
             stored = getattr(stored, "tree", stored)
@@ -254,6 +341,7 @@ class TrainCheckpointer:
                         save_decision_policy=ocp_managers.AnySavePolicy(policies),
                         preservation_policy=ocp_managers.LatestN(max(1, int(keep))),
                         enable_async_checkpointing=async_save,
+                        multiprocessing_options=_multiprocessing("latest"),
                         create=True),
                 item_names=(_STATE, _META))
         self.best = ocp.CheckpointManager(
@@ -262,6 +350,7 @@ class TrainCheckpointer:
                         save_decision_policy=ocp_managers.FixedIntervalPolicy(1),
                         preservation_policy=ocp_managers.LatestN(1),
                         enable_async_checkpointing=async_save,
+                        multiprocessing_options=_multiprocessing("best"),
                         create=True),
                 item_names=(_STATE, _META))
 
@@ -271,25 +360,53 @@ class TrainCheckpointer:
 
         `meta` may be a dict or a zero-argument callable returning one (so the
         dict is only built when a save happens). Returns whether it saved.
+
+        Raises:
+            NonFiniteStateError: the save is due but `state` is not finite
+                (`all_finite`); nothing is written or deleted.
         """
         step = int(step)
         if step in self.latest.all_steps():
             return False
         if not force and not self.latest.should_save(step):
             return False
+        self._check_finite(step, state)
         meta = meta() if callable(meta) else meta
         return self.latest.save(step, args=ocp.args.Composite(**{
                 _STATE: ocp.args.StandardSave(state),
                 _META: ocp.args.JsonSave(dict(meta))}), force=force)
 
     def save_best(self, step: int, state: PyTree, meta: Mapping[str, Any]) -> bool:
-        """Replaces the best checkpoint by `state` at `step`."""
+        """Replaces the best checkpoint by `state` at `step`.
+
+        Raises:
+            NonFiniteStateError: `state` is not finite; the best checkpoint on
+                disk is kept.
+        """
         step = int(step)
         if step in self.best.all_steps():
             return False
+        self._check_finite(step, state)
         return self.best.save(step, args=ocp.args.Composite(**{
                 _STATE: ocp.args.StandardSave(state),
                 _META: ocp.args.JsonSave(dict(meta))}), force=True)
+
+    def _check_finite(self, step: int, state: PyTree) -> None:
+        # The newest latest checkpoint is finite: this class never saves
+        # another (older run directories are checked when `train.py` resumes).
+        if not all_finite(state):
+            raise NonFiniteStateError(step, self.latest.latest_step(),
+                                      str(self.latest.directory))
+
+    def due(self, step: int) -> bool:
+        """Whether `maybe_save(step, ...)` (without `force`) would save."""
+        step = int(step)
+        return step not in self.latest.all_steps() and bool(self.latest.should_save(step))
+
+    def all_steps(self, *, best: bool = False) -> list[int]:
+        """Steps of the complete latest (or best) checkpoints, newest first."""
+        manager = self.best if best else self.latest
+        return sorted((int(s) for s in manager.all_steps()), reverse=True)
 
     def latest_step(self) -> int | None:
         """Step of the newest complete latest checkpoint, or None."""
@@ -354,7 +471,8 @@ def restore_state_from_directory(path: str | os.PathLike, abstract_state: PyTree
     Used by evaluation given a checkpoint path instead of a workdir.
     """
     path = paths.resolve(path)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as ckptr:
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler(),
+                          multiprocessing_options=_multiprocessing("state")) as ckptr:
         out = ckptr.restore(path, args=ocp.args.Composite(**{
                 _STATE: ocp.args.StandardRestore(abstract_like(abstract_state)),
                 _META: ocp.args.JsonRestore()}))

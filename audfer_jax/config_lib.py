@@ -132,6 +132,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 0  # 0 = epoch ends only
     c.keep_checkpoints = 2
     c.async_checkpoints = True
+    # Seconds from the first SIGTERM/SIGINT until a process that has not
+    # reached a step boundary and saved gives up (one line, exit 128 + signal);
+    # under the 30 s Kubernetes and Cloud TPU give before SIGKILL. 0 = wait.
+    c.preemption_grace_seconds = 20.0
     c.log_every_steps = 50
     c.progress_bar = True         # a tqdm bar when stdout is a terminal, else log lines
     c.prefetch_to_device = 2      # batches transferred ahead of the running step

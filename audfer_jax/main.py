@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         return cli_errors.report(_PROG, e)
     import jax
     if "preempted_at_step" in result:
-        from audfer_jax import preemption
-        return preemption.EXIT_CODES.get(result["signal"], 1)
+        # The status all processes agreed on (128 + the signal), so a
+        # scheduler sees one preempted job, not one failed process.
+        return int(result.get("exit_code", 1))
     if jax.process_index() == 0:
         print(_summary(result, _FLAGS.workdir))
     return 0

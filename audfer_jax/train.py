@@ -145,7 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # The run directory is created by `save_config` once the config has been
     # validated (`_start`), so a bad config leaves nothing behind.
     workdir = paths.resolve(workdir)
-    with jax.set_mesh(parallel.make_mesh()), preemption.PreemptionGuard() as guard:
+    grace = config.get("preemption_grace_seconds", preemption.DEFAULT_GRACE_SECONDS)
+    with jax.set_mesh(parallel.make_mesh()), preemption.PreemptionGuard(
+            grace_seconds=grace) as guard:
         run = _start(config, workdir, data, model, guard)
         try:
             for epoch in range(run.step // run.exp.steps_per_epoch, run.exp.num_epochs):
@@ -153,15 +155,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                 if (run.stopped() or run.preempted) and run.step % run.exp.steps_per_epoch:
                     # Stopped inside an epoch (a signal, or the test hook that
                     # simulates a kill right after step `stop_after_steps`).
-                    run.ckpt.maybe_save(run.step, run.host_state(),
-                                        lambda: run.make_meta(run.step), force=True)
+                    _save_latest(run, force=True)
                     break
                 _evaluate_and_checkpoint(run, epoch)
                 # One agreement per epoch end (a collective on several hosts).
+                guard.phase = f"the other processes at the stop agreement (step {run.step})"
                 run.preempted = run.preempted or guard.should_stop()
                 if run.stopped() or run.preempted:
                     break
         finally:
+            guard.phase = "the pending checkpoint writes"
             run.ckpt.wait_until_finished()
             run.writer.flush()
         return _finish(run)
@@ -231,11 +234,13 @@ def _start(config, workdir: str, data, model, guard: preemption.PreemptionGuard)
             workdir, save_every_steps=int(config.checkpoint_every_steps or 0),
             extra_steps=[spe * (e + 1) for e in range(exp.num_epochs)],
             keep=int(config.keep_checkpoints), async_save=bool(config.async_checkpoints))
+    guard.phase = "the restore of the newest checkpoint"
     state, meta, start_step = _restore_or_init(config, workdir, exp, ckpt, console)
 
-    step_fn = make_train_step(exp.model, config, tx=exp.tx, schedule=exp.schedule,
-                              prior=exp.prior, pos_weight=exp.pos_weight, lam=exp.lam,
-                              num_classes=exp.num_classes, augment=exp.device_augment)
+    step_fn = _with_finite_flag(make_train_step(
+            exp.model, config, tx=exp.tx, schedule=exp.schedule, prior=exp.prior,
+            pos_weight=exp.pos_weight, lam=exp.lam, num_classes=exp.num_classes,
+            augment=exp.device_augment))
     strategy = str(config.strategy)
     if strategy == "jit":
         train_step = parallel.jit_step(step_fn, exp.mesh)
@@ -278,7 +283,10 @@ def _restore_or_init(config, workdir: str, exp: experiment.Experiment,
     state = exp.state
     meta: dict = {"history": [], "best": None, "last": None}
     if ckpt.latest_step() is not None:
-        state, meta = ckpt.restore(state)
+        template = state
+        state, meta = ckpt.restore(template)
+        if not ckpt_lib.all_finite(state):
+            _refuse_nonfinite_resume(config, workdir, ckpt, template)
         start_step = int(jax.device_get(state.step))
         if meta.get("class_names") and list(meta["class_names"]) != exp.class_names:
             raise ValueError(f"{workdir}: checkpoint classes {meta['class_names']} differ "
@@ -300,6 +308,59 @@ def _restore_or_init(config, workdir: str, exp: experiment.Experiment,
     return state, meta, 0
 
 
+def _refuse_nonfinite_resume(config, workdir: str, ckpt: ckpt_lib.TrainCheckpointer,
+                             template) -> None:
+    """Raises: the newest checkpoint is not finite (written before saves were checked).
+
+    Names the newest finite latest checkpoint (each older one is restored and
+    checked; this only happens on this error path).
+
+    Raises:
+        FloatingPointError: always.
+    """
+    steps = ckpt.all_steps()
+    newest, finite = steps[0], None
+    for step in steps[1:]:
+        older, _ = ckpt.restore(template, step)
+        if ckpt_lib.all_finite(older):
+            finite = step
+            break
+    where = paths.join(workdir, "checkpoints")
+    if finite is None:
+        hint = (f"no finite checkpoint in {where}: start again in a new --workdir with a "
+                f"lower learning rate (e.g. --config.optim.lr={_lower_lr(config)})")
+    else:
+        newer = ", ".join(str(s) for s in steps if s > finite)
+        hint = (f"newest finite checkpoint: step {finite} ({paths.join(where, str(finite))}); "
+                f"move the newer step folder(s) {newer} out of {where} to resume from it, "
+                f"with a lower learning rate (e.g. --config.optim.lr={_lower_lr(config)})")
+    raise FloatingPointError(
+            f"{paths.join(where, str(newest))}: the newest checkpoint holds NaN or infinite "
+            f"values (written by a version that did not check saves); {hint}")
+
+
+def _lower_lr(config) -> str:
+    """A tenth of the config's learning rate, for the divergence messages."""
+    try:
+        return f"{float(config.optim.lr) / 10:g}"
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return "LR"
+
+
+def _with_finite_flag(step_fn: Callable) -> Callable:
+    """`step_fn` that also returns `state_finite`: the new state is all finite.
+
+    One fused reduction over the new parameters, optimizer state and BatchNorm
+    statistics inside the jitted step, so the step at which a run diverges is
+    known exactly (the loss only turns non-finite one step later).
+    """
+    def step(state, batch, **kwargs):
+        new, metrics = step_fn(state, batch, **kwargs)
+        flag = ckpt_lib.finite_flag((new.params, new.opt_state, new.batch_stats))
+        return new, {**metrics, "state_finite": flag}
+    return step
+
+
 def _train_epoch(run: _Run, epoch: int) -> None:
     """Runs the steps of `epoch` from the run's position; stops early at the test hook."""
     exp, config = run.exp, run.config
@@ -312,6 +373,7 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     run.console.start_epoch(epoch, exp.num_epochs, first_batch, spe)
     batches = _on_device(run, ds, int(config.prefetch_to_device))
     for batch_idx in range(first_batch, spe):
+        run.guard.phase = f"the input pipeline (epoch {epoch + 1}, batch {batch_idx + 1})"
         try:
             local, batch = next(batches)
         except StopIteration:
@@ -319,6 +381,7 @@ def _train_epoch(run: _Run, epoch: int) -> None:
                              f"{batch_idx} of {spe}") from None
         if run.session_steps == 0 and run.strategy == "jit":
             _count_flops(run, batch)
+        run.guard.phase = f"train step {run.step + 1}"
         m = _step(run, batch)
         if run.pending is not None:
             run.window.append(_check(run, run.pending))
@@ -333,16 +396,37 @@ def _train_epoch(run: _Run, epoch: int) -> None:
                                  avg["train/clips_per_sec"], run.session_steps,
                                  time.time() - run.t_session, avg.get("train/mfu"))
         if run.step % spe:        # epoch ends are saved after their evaluation
-            run.ckpt.maybe_save(run.step, run.host_state(), lambda: run.make_meta(run.step))
+            _save_latest(run)
         if run.stopped():
             break
+        run.guard.phase = f"the other processes at the stop agreement (step {run.step})"
         if run.guard.should_stop():
             run.preempted = True
             break
     run.console.end_epoch()
+    _flush(run)
+
+
+def _flush(run: _Run) -> None:
+    """Fetches and checks the metrics of the last step, if not done yet."""
     if run.pending is not None:
         run.window.append(_check(run, run.pending))
         run.pending = None
+
+
+def _save_latest(run: _Run, force: bool = False) -> bool:
+    """The latest checkpoint of `run.step` if due (or `force`); returns whether saved.
+
+    The last step's metrics are checked first, so a diverged state stops the
+    run with the step at which it diverged (`_check`) before the save's own
+    all-finite check would refuse it.
+    """
+    if not force and not run.ckpt.due(run.step):
+        return False
+    _flush(run)
+    run.guard.phase = f"the checkpoint save of step {run.step}"
+    return run.ckpt.maybe_save(run.step, run.host_state(), lambda: run.make_meta(run.step),
+                               force=force)
 
 
 def _on_device(run: _Run, ds, prefetch: int):
@@ -394,21 +478,48 @@ def _step(run: _Run, batch) -> dict:
 
 
 def _check(run: _Run, pending) -> dict:
-    """Fetches a step's metrics; raises on a non-finite loss, naming the batch."""
+    """Fetches a step's metrics; raises when the run diverged at that step.
+
+    The state entering step `s + 1` passed this check at the previous step,
+    so a non-finite loss now comes from that batch or the forward pass (the
+    clips are named), while a finite loss with a non-finite new state means
+    the update diverged (learning rate, gradient overflow), not the data.
+
+    Raises:
+        FloatingPointError: one line: the step, what diverged, the last finite
+            checkpoint and how to resume from it.
+    """
     s, m, idx, e, b = pending
+    run.guard.phase = f"the results of train step {s + 1}"
     m = jax.device_get(m)
-    if not np.isfinite(m["loss"]):
-        raise FloatingPointError(
-                f"non-finite loss {float(m['loss'])} at step {s + 1} (epoch {e + 1}, "
-                f"batch {b + 1} of {run.exp.steps_per_epoch}); clip indices (`index`) of "
-                f"that batch: {idx}")
-    return m
+    state_finite = bool(np.asarray(m.pop("state_finite", True)))
+    loss = float(m["loss"])
+    if np.isfinite(loss) and state_finite:
+        return m
+    where = (f"step {s + 1} (epoch {e + 1}, batch {b + 1} of {run.exp.steps_per_epoch})")
+    if np.isfinite(loss):
+        what = (f"the train state became non-finite at {where}: the update diverged with a "
+                f"finite loss {loss:.4g} (not the data)")
+    else:
+        what = (f"non-finite loss {loss} at {where} from a finite state: the forward pass "
+                f"overflowed on that batch (too high a learning rate, or bad clips: clip "
+                f"indices (`index`) of that batch: {idx})")
+    run.ckpt.wait_until_finished()
+    last = run.ckpt.latest_step()
+    if last is None:
+        resume = (f"no checkpoint saved yet: rerun with a lower learning rate (e.g. "
+                  f"--config.optim.lr={_lower_lr(run.config)}) to start again")
+    else:
+        resume = (f"nothing saved from it; last finite checkpoint: step {last} "
+                  f"({paths.join(run.workdir, 'checkpoints', str(last))}); rerun the same "
+                  f"command with a lower learning rate (e.g. "
+                  f"--config.optim.lr={_lower_lr(run.config)}) to resume from it")
+    raise FloatingPointError(f"{what}; {resume}")
 
 
 def _log_window(run: _Run) -> dict:
     """Writes the mean of the metrics since the last log line; returns them."""
-    run.window.append(_check(run, run.pending))
-    run.pending = None
+    _flush(run)
     elapsed = time.time() - run.t_window
     avg = {f"train/{k}": float(np.mean([w[k] for w in run.window]))
            for k in run.window[0] if k != "count"}
@@ -433,6 +544,7 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int) -> None:
     every = max(1, int(config.eval_every_epochs))
     t_eval = time.time()
     if (epoch + 1) % every == 0 or last_epoch:
+        run.guard.phase = f"the evaluation of epoch {epoch + 1}"
         hs = run.host_state()
         summary = exp.evaluate(hs)
         record = {"epoch": epoch + 1, "step": run.step, **summary}
@@ -446,10 +558,11 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int) -> None:
                          f"WAR {summary['war']:.2f} test loss {summary['loss']:.4f}")
         if best is None or value > best["value"]:
             meta["best"] = {**record, "criterion": run.best_metric, "value": value}
+            run.guard.phase = f"the best-checkpoint save of step {run.step}"
             run.ckpt.save_best(run.step, hs, run.make_meta(run.step))
             run.console.line(f"  best so far ({run.best_metric} {value:.2f}): saved to "
                              f"{paths.join(run.workdir, 'best', str(run.step))}")
-    if run.ckpt.maybe_save(run.step, run.host_state(), lambda: run.make_meta(run.step)):
+    if _save_latest(run):
         run.console.line(f"  checkpoint: step {run.step} -> "
                          f"{paths.join(run.workdir, 'checkpoints', str(run.step))}")
     # Training throughput leaves evaluation and saving out.
@@ -461,15 +574,22 @@ def _finish(run: _Run) -> dict:
     """The result dict (also `metrics.json`); closes the checkpointer and writers."""
     exp, meta = run.exp, run.meta
     if run.preempted and run.step < exp.total_steps:
+        saved = run.ckpt.latest_step()
         run.ckpt.close()
         run.writer.close()
         spe = exp.steps_per_epoch
+        where = paths.join(run.workdir, "checkpoints", str(saved))
+        what = (f"checkpoint of step {saved} in {where}" if saved == run.step else
+                f"no checkpoint of this step; newest: {where}" if saved is not None else
+                "no checkpoint")
+        # One line for the pod's log, printed by process 0 only; every
+        # process exits with the same status (main.py).
         run.console.line(
                 f"stopped by {run.guard.reason()} at step {run.step} (epoch "
-                f"{run.step // spe + 1}, batch {run.step % spe + 1} next); checkpoint saved in "
-                f"{paths.join(run.workdir, 'checkpoints')}. Resume with the same command "
-                f"(same --config and --workdir).")
+                f"{run.step // spe + 1}, batch {run.step % spe + 1} next); {what}. Resume "
+                f"with the same command (same --config and --workdir).")
         return {"preempted_at_step": run.step, "signal": run.guard.reason(),
+                "exit_code": run.guard.exit_code(), "checkpoint_step": saved,
                 "class_names": exp.class_names}
     if run.stop_after and run.step < exp.total_steps:
         run.ckpt.close()

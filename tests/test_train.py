@@ -114,14 +114,24 @@ def test_evaluate_checkpoint_reproduces_last(uninterrupted):
     assert again["uar"] == pytest.approx(result["last"]["uar"])
 
 
-def test_nonfinite_loss_names_step_and_clips(tmp_path):
-    # SGD with lr 1e30 overflows the parameters at the first step.
-    cfg = fakes.micro_config(**{"optim.optimizer": "sgd", "optim.lr": 1e30,
+@pytest.mark.parametrize("lr, expected", [
+    # SGD, lr 1e39 (inf in float32): the first update is non-finite
+    # with a finite loss: the step's own all-finite flag names step 1 and the
+    # update, not the clips of step 2 (whose loss is the first NaN one).
+    (1e39, r"^the train state became non-finite at step 1 \(epoch 1, batch 1 of 2\): the "
+           r"update diverged with a finite loss [\d.]+ \(not the data\); no checkpoint "
+           r"saved yet: rerun with a lower learning rate \(e.g. --config.optim.lr=1e\+38\)"),
+    # lr 1e30: the parameters stay finite (~1e30) and the forward pass of
+    # step 2 overflows: a non-finite loss from a finite state, clips named.
+    (1e30, r"^non-finite loss nan at step 2 \(epoch 1, batch 2 of 2\) from a finite "
+           r"state: .* clip indices \(`index`\) of that batch: \[\d+, \d+"),
+])
+def test_nonfinite_names_the_step_and_the_cause(tmp_path, lr, expected):
+    cfg = fakes.micro_config(**{"optim.optimizer": "sgd", "optim.lr": lr,
                                 "optim.weight_decay": 0.0, "num_epochs": 1})
-    # Step 1 runs on finite parameters and makes them overflow; step 2 is NaN.
-    with pytest.raises(FloatingPointError, match=r"at step 2 \(epoch 1, batch 2 of 2\); "
-                       r"clip indices \(`index`\) of that batch: \[\d+, \d+"):
+    with pytest.raises(FloatingPointError, match=expected):
         train.train_and_evaluate(cfg, str(tmp_path), data=fakes, model=_micro())
+    assert not os.listdir(tmp_path / "checkpoints")
 
 
 def test_pmap_strategy_matches_jit(tmp_path):
@@ -295,3 +305,84 @@ def test_demo_config_end_to_end(tmp_path):
     assert result["class_names"] == list(info.class_names)
     assert result["best"]["epoch"] == 1 and np.isfinite(result["last"]["loss"])
     assert os.path.isfile(tmp_path / "run" / "metrics.json")
+
+
+def _all_leaves_finite(tree) -> bool:
+    return all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(tree)
+               if np.issubdtype(np.asarray(x).dtype, np.floating))
+
+
+def test_divergence_saves_nothing_nonfinite_and_keeps_the_last_finite_checkpoints(tmp_path):
+    import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+    workdir = str(tmp_path)
+    model = _micro()
+    # 3 epochs of 2 steps; stopped after step 4, saved at every step, 2 kept.
+    cfg = fakes.micro_config(**{"num_epochs": 3, "checkpoint_every_steps": 1,
+                                "keep_checkpoints": 2, "stop_after_steps": 4})
+    train.train_and_evaluate(cfg, workdir, data=fakes, model=model)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "4"]
+    # Resumed with an infinite learning rate (1e39 is inf in float32): AdamW's
+    # first update of step 5 makes every parameter non-finite.
+    cfg.stop_after_steps = 0
+    cfg.optim.lr = 1e39
+    with pytest.raises(FloatingPointError) as e:
+        train.train_and_evaluate(cfg, workdir, data=fakes, model=model)
+    assert str(e.value).startswith(
+            "the train state became non-finite at step 5 (epoch 3, batch 1 of 2): the update "
+            "diverged with a finite loss ")
+    assert str(e.value).endswith(
+            f"(not the data); nothing saved from it; last finite checkpoint: step 4 "
+            f"({tmp_path / 'checkpoints' / '4'}); rerun the same command with a lower "
+            f"learning rate (e.g. --config.optim.lr=1e+38) to resume from it")
+    # Retention kept the two finite checkpoints; nothing non-finite on disk.
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "4"]
+    setup = train._Setup(cfg, workdir, fakes, for_training=False, model=model)
+    ck = ckpt_lib.TrainCheckpointer(workdir, async_save=False)
+    try:
+        for step in (3, 4):
+            state, _ = ck.restore(setup.state, step)
+            assert _all_leaves_finite((state.params, state.opt_state, state.batch_stats))
+        best, _ = ck.restore(setup.state, best=True)
+        assert _all_leaves_finite(best.params)
+        # A run directory poisoned by an older version: a NaN state at step 6.
+        nan = state.replace(params=jax.tree.map(lambda x: x * np.nan, state.params))
+        meta = ck.read_meta(4)
+        ck.latest.save(6, args=ocp.args.Composite(state=ocp.args.StandardSave(nan),
+                                                  meta=ocp.args.JsonSave(meta)), force=True)
+        ck.wait_until_finished()
+    finally:
+        ck.close()
+    cfg.optim.lr = 1e-2
+    with pytest.raises(FloatingPointError) as e:
+        train.train_and_evaluate(cfg, workdir, data=fakes, model=model)
+    where = tmp_path / "checkpoints"
+    assert str(e.value) == (
+            f"{where / '6'}: the newest checkpoint holds NaN or infinite values (written by a "
+            f"version that did not check saves); newest finite checkpoint: step 4 "
+            f"({where / '4'}); move the newer step folder(s) 6 out of {where} to resume from "
+            f"it, with a lower learning rate (e.g. --config.optim.lr=0.001)")
+
+
+def test_checkpointer_refuses_a_nonfinite_state(tmp_path):
+    setup = train._Setup(fakes.micro_config(), str(tmp_path), fakes, for_training=False,
+                         model=_micro())
+    state = setup.state
+    ck = ckpt_lib.TrainCheckpointer(str(tmp_path), save_every_steps=1, async_save=False)
+    try:
+        assert ck.maybe_save(1, state, {"step": 1})
+        bad = state.replace(batch_stats=jax.tree.map(lambda x: x + np.inf, state.batch_stats)
+                            if jax.tree.leaves(state.batch_stats) else state.batch_stats,
+                            opt_state=jax.tree.map(
+                                lambda x: x * np.nan if np.issubdtype(x.dtype, np.floating)
+                                else x, state.opt_state))
+        assert not ckpt_lib.all_finite(bad) and ckpt_lib.all_finite(state)
+        with pytest.raises(ckpt_lib.NonFiniteStateError, match=(
+                r"^the train state of step 2 holds NaN or infinite values; not saved; last "
+                r"finite checkpoint: step 1 ")):
+            ck.maybe_save(2, bad, {"step": 2})
+        with pytest.raises(ckpt_lib.NonFiniteStateError):
+            ck.save_best(2, bad, {"step": 2})
+        ck.wait_until_finished()
+        assert ck.all_steps() == [1] and ck.all_steps(best=True) == []
+    finally:
+        ck.close()

@@ -132,9 +132,25 @@ def make_device_augment(data_config):
     return augment_device.make_device_augment(_typed(data_config))
 
 
+_VERIFIED: set[str] = set()
+
+
 def dataset_info(data_config) -> DataInfo:
-    """Split sizes, class names and training class counts, without decoding."""
+    """Split sizes, class names and training class counts, without decoding.
+
+    Also checks, once per process and fold, that the prepared files are all
+    there with the sizes and counts `prepare` recorded
+    (`prepare.verify_prepared`: file sizes only, no record read).
+
+    Raises:
+        FileNotFoundError: the fold is not prepared.
+        prepare.DamagedDataError: a shard is missing or cut, or the index
+            disagrees with the recorded counts (one line naming the file).
+    """
     path = _require_prepared(data_config)
+    if path not in _VERIFIED:
+        prepare_lib.verify_prepared(path)
+        _VERIFIED.add(path)
     train = prepare_lib.load_index(path, "train")
     test = prepare_lib.load_index(path, "test")
     names = classes.class_names(_typed(data_config).name)
@@ -211,6 +227,30 @@ def _read(data_config, split: str, start: int, end: int, *, shuffle_seed=None):
 def _num_examples(data_config, split: str) -> int:
     builder = _builder(_require_prepared(data_config))
     return int(builder.info.splits[split].num_examples)
+
+
+class _Checked:
+    """An iterable of NumPy batches whose read errors name the damaged shard.
+
+    A corrupted or cut record surfaces as `tf.errors.DataLossError` from the
+    iterator, a vanished shard as `NotFoundError`; both become one
+    `prepare.DamagedDataError` line (`prepare.damaged_record_error`).
+    """
+
+    def __init__(self, batches, path: str, split: str):
+        self._batches, self._path, self._split = batches, path, split
+
+    def __iter__(self):
+        tf = _tf()
+        it = iter(self._batches)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except (tf.errors.DataLossError, tf.errors.NotFoundError) as e:
+                raise prepare_lib.damaged_record_error(self._path, self._split, e) from None
+            yield batch
 
 
 def _finish(ds):
@@ -431,7 +471,7 @@ def create_train_dataset(data_config, *, global_batch_size: int, seed: int, epoc
     ds = ds.map(_make_train_fn(data_config, int(seed), int(epoch)),
                 num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     ds = ds.batch(local, drop_remainder=True)
-    return tfds.as_numpy(_finish(ds))
+    return _Checked(tfds.as_numpy(_finish(ds)), prepared_path(data_config), "train")
 
 
 def create_eval_dataset(data_config, *, global_batch_size: int,
@@ -467,4 +507,4 @@ def create_eval_dataset(data_config, *, global_batch_size: int,
         zero["index"] = tf.constant(-1, tf.int32)
         ds = ds.concatenate(tf.data.Dataset.from_tensors(zero).repeat(pad))
     ds = ds.batch(local, drop_remainder=True)
-    return tfds.as_numpy(_finish(ds)), num_steps
+    return _Checked(tfds.as_numpy(_finish(ds)), prepared_path(data_config), "test"), num_steps

@@ -101,6 +101,126 @@ def is_prepared(path: str) -> bool:
     return paths.isfile(paths.join(path, "dataset_info.json"))
 
 
+class DamagedDataError(OSError):
+    """Prepared data that is incomplete or damaged (a shard missing, cut or corrupted).
+
+    The message is one line naming the file and what to do.
+    """
+
+
+def _refix(path: str) -> str:
+    return (f"prepare that fold again (remove {path} and rerun `audfer-jax prepare`, or "
+            "let `audfer-jax train` prepare it) or copy it again")
+
+
+def split_shards(path: str) -> dict[str, tuple[list[str], list[int], int]]:
+    """What `prepare` recorded per split in `dataset_info.json`.
+
+    Returns:
+        `{split: (shard file paths, records per shard, payload bytes)}`; a
+        TFRecord file is its records' payloads plus 16 bytes of framing per
+        record (8-byte length, two 4-byte CRC32C checksums; the TFRecord
+        format), so a complete split's files add up to
+        `payload + 16 * records` bytes.
+    """
+    import json  # pylint: disable=g-import-not-at-top
+    info = json.loads(paths.read_text(paths.join(path, "dataset_info.json")))
+    out = {}
+    for split in info.get("splits", []):
+        lengths = [int(n) for n in split.get("shardLengths", [])]
+        template = split.get("filepathTemplate", "{DATASET}-{SPLIT}.{FILEFORMAT}-{SHARD_X_OF_Y}")
+        files = []
+        for i in range(len(lengths)):
+            name = (template.replace("{DATASET}", info["name"])
+                    .replace("{SPLIT}", split["name"])
+                    .replace("{FILEFORMAT}", info.get("fileFormat", "tfrecord"))
+                    .replace("{SHARD_X_OF_Y}", f"{i:05d}-of-{len(lengths):05d}"))
+            files.append(paths.join(path, name))
+        out[split["name"]] = (files, lengths, int(split.get("numBytes", 0)))
+    return out
+
+
+def verify_prepared(path: str) -> None:
+    """Cheap check of a prepared fold against what `prepare` recorded.
+
+    Every shard named by `dataset_info.json` is present, each split's files
+    have the recorded size (payload plus TFRecord framing, `split_shards`),
+    and the sidecar index has the recorded number of clips. Reads file sizes
+    and the small sidecar files only (no record is read).
+
+    Raises:
+        DamagedDataError: one line naming the missing or cut file.
+    """
+    for split, (files, lengths, payload) in split_shards(path).items():
+        sizes = []
+        for f in files:
+            if not paths.isfile(f):
+                raise DamagedDataError(f"{f}: shard missing from the prepared data "
+                                       f"({len(files)} {split} shard(s) recorded); "
+                                       f"{_refix(path)}")
+            sizes.append(_size(f))
+        expected = payload + 16 * sum(lengths)
+        if payload and sum(sizes) != expected:
+            # Name the file that differs; one shard can only be told apart
+            # when it is the only one (no per-shard size is recorded).
+            which = files[0] if len(files) == 1 else f"the {split} shards of {path}"
+            raise DamagedDataError(
+                    f"{which}: {sum(sizes)} bytes, but prepare wrote {expected} "
+                    f"({sum(lengths)} records); the copy is incomplete or damaged; "
+                    f"{_refix(path)}")
+        index = paths.join(path, f"index_{split}.npz")
+        if paths.isfile(index):
+            with np.load(io.BytesIO(paths.read_bytes(index))) as z:
+                n = int(z["label"].size)
+            if n != sum(lengths):
+                raise DamagedDataError(f"{index}: {n} clips, but prepare wrote "
+                                       f"{sum(lengths)} {split} records; {_refix(path)}")
+
+
+def _size(file: str) -> int:
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    return int(tf.io.gfile.stat(file).length)
+
+
+def damaged_record_error(path: str, split: str, error: Exception) -> DamagedDataError:
+    """Turns TensorFlow's DataLossError of a split into one line naming the shard.
+
+    TF names the byte offset of the bad record but not the file; the split's
+    shards that reach that offset are read through (`tf.data.TFRecordDataset`
+    checks each record's CRC32C) until one fails at the same offset. This
+    reads data, but only on this error path.
+
+    Args:
+        path: the prepared version folder.
+        split: 'train' or 'test'.
+        error: the `tf.errors.DataLossError` (or another read error).
+    """
+    import re  # pylint: disable=g-import-not-at-top
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    text = getattr(error, "message", None) or str(error)
+    m = re.search(r"(corrupted|truncated) record at (\d+)", text)
+    files = split_shards(path).get(split, ([], [], 0))[0]
+    if m:
+        kind, offset = m.group(1), int(m.group(2))
+        for f in files:
+            if not paths.isfile(f) or _size(f) <= offset:
+                continue
+            try:
+                for _ in tf.data.TFRecordDataset(f):
+                    pass
+            except tf.errors.DataLossError as e:
+                if f"record at {offset}" in (getattr(e, "message", None) or str(e)):
+                    return DamagedDataError(f"{f}: {kind} record at byte offset {offset} "
+                                            f"(checksum or length check failed); "
+                                            f"{_refix(path)}")
+        where = files[0] if len(files) == 1 else f"a {split} shard of {path}"
+        return DamagedDataError(f"{where}: {kind} record at byte offset {offset}; "
+                                f"{_refix(path)}")
+    first = text.strip().splitlines()[0] if text.strip() else type(error).__name__
+    return DamagedDataError(f"{path} ({split} split): reading the prepared data failed: "
+                            f"{first}; {_refix(path)}")
+
+
 def _remove_stale(config_dir: str) -> None:
     """Deletes temporary folders an interrupted TFDS run left behind."""
     if not paths.isdir(config_dir):
