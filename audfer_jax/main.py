@@ -164,7 +164,8 @@ def _summary(result: dict, workdir: str, config=None) -> str:
     lines += [f"checkpoints: {paths.join(w, 'checkpoints')} (best: {paths.join(w, 'best')})",
               f"metrics:     {paths.join(w, 'metrics.json')}, {paths.join(w, 'metrics.jsonl')}",
               f"TensorBoard: tensorboard --logdir {w}"]
-    lines += _demo_next_command(config, workdir)
+    if isinstance(result.get("last"), dict):    # a finished training run
+        lines += _demo_next_command(config, workdir)
     return "\n".join(lines)
 
 

@@ -188,6 +188,9 @@ def test_train_summary_names_chance_level_and_suggests_predict(demo_dir, tmp_pat
     lines = main._summary(result, "workdir/demo", cfg).splitlines()
     assert lines[-1] == command + os.path.dirname(first.frames[0])
     assert os.path.isabs(os.path.dirname(first.frames[0]))
+    # A run stopped before its end has no last epoch: no suggestion.
+    stopped = {"stopped_at_step": 4, "class_names": list(DFEW_CLASSES)}
+    assert "audfer-jax predict" not in main._summary(stopped, "workdir/demo", cfg)
     # Not the demo set: chance level of its own class count, no predict line.
     cfg.data.name = "dfew"
     five = dict(result, class_names=list(DFEW_CLASSES[:5]))
