@@ -28,8 +28,8 @@ brows, lids and mouth span only a few pixels, and with subtler effects the tiny
 demo model stayed at chance level within its few-minute budget
 (configs/demo.py). Disgust and fear, which share AUs with sad and surprise,
 got the largest effects (AU9/10/16, AU20) so that they are told apart with a
-margin rather than by a few pixels; the demo's last-epoch figure then holds
-across seeds and float rounding (README "Two commands").
+margin rather than by a few pixels (README "Two commands" gives the demo's
+figures over seeds and XLA:CPU thread layouts).
 
 Layout written (the DFEW release, ../shared/spec/datasets.md section 1):
 
