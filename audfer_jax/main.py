@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 
 from absl import flags
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         # scheduler sees one preempted job, not one failed process.
         return int(result.get("exit_code", 1))
     if jax.process_index() == 0:
-        print(_summary(result, _FLAGS.workdir))
+        print(_summary(result, _FLAGS.workdir, config))
     return 0
 
 
@@ -131,9 +132,15 @@ def _flag_value(argv: list[str], name: str) -> str:
     return ""
 
 
-def _summary(result: dict, workdir: str) -> str:
-    """A few lines for the console; every figure is in WORKDIR/metrics.json."""
+def _summary(result: dict, workdir: str, config=None) -> str:
+    """A few lines for the console; every figure is in WORKDIR/metrics.json.
+
+    The last epoch's line names chance level (1/C UAR: a constant or uniformly
+    random guess recalls 1/C of the clips of each class on average). After a
+    demo-set run the last line is a `predict` command on one of its test clips.
+    """
     lines = []
+    num_classes = len(result.get("class_names") or ())
     for which in ("last", "best"):
         r = result.get(which)
         if not isinstance(r, dict) or "uar" not in r:
@@ -143,7 +150,11 @@ def _summary(result: dict, workdir: str) -> str:
             what += f" (by {r['criterion']})"
         if "epoch" in r:
             what += f", epoch {r['epoch']}"
-        lines.append(f"{what}: UAR {r['uar']:.2f} %  WAR {r['war']:.2f} %")
+        line = f"{what}: UAR {r['uar']:.2f} %  WAR {r['war']:.2f} %"
+        if which == "last" and num_classes:
+            line += (f"  (chance level: UAR 1/{num_classes} = "
+                     f"{100 / num_classes:.1f} %)")
+        lines.append(line)
         if which == "last" and r.get("per_class_recall"):
             lines.append("  per-class recall: " + ", ".join(
                 f"{k} {v:.1f}" for k, v in r["per_class_recall"].items()))
@@ -154,7 +165,31 @@ def _summary(result: dict, workdir: str) -> str:
     lines += [f"checkpoints: {paths.join(w, 'checkpoints')} (best: {paths.join(w, 'best')})",
               f"metrics:     {paths.join(w, 'metrics.json')}, {paths.join(w, 'metrics.jsonl')}",
               f"TensorBoard: tensorboard --logdir {w}"]
+    if isinstance(result.get("last"), dict):    # a finished training run
+        lines += _demo_next_command(config, workdir)
     return "\n".join(lines)
+
+
+def _demo_next_command(config, workdir: str) -> list[str]:
+    """Two lines suggesting `predict --plot` on a demo test clip, or none.
+
+    Paths are shown as the user gave them (relative to the current folder when
+    inside it), so that the line can be pasted as it is.
+    """
+    if config is None or config.data.name != "demo":
+        return []
+    from audfer_jax import paths  # pylint: disable=g-import-not-at-top
+    from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
+    raw = config.data.get("raw_dir") or demo.raw_dir_for(config.data.data_dir)
+    found = None if paths.is_remote(raw) else demo.example_clip(raw, config.data.fold)
+    if found is None:
+        return []
+    clip, label = found
+    rel = os.path.relpath(clip)
+    clip = rel if not rel.startswith(os.pardir) else clip
+    return [f"next: the model on a test clip of the demo set (labelled {label}):",
+            f"audfer-jax predict --checkpoint {shlex.quote(workdir)} --plot prediction.png "
+            f"{shlex.quote(clip)}"]
 
 
 if __name__ == "__main__":

@@ -135,10 +135,65 @@ def test_prototypes_drive_the_intensities():
                 assert rate[j] < 0.3, (name, au, rate[j])
 
 
-def test_class_counts_follow_dfew():
-    counts = demo.class_counts(3000)
-    assert sum(counts) == 3000 and min(counts) >= 5
-    dfew = np.array(demo.DFEW_CLASS_COUNTS) / 11697
-    np.testing.assert_allclose(np.array(counts) / 3000, dfew, atol=0.006)
+def test_class_counts_follow_dfew_with_rare_classes_floored():
+    # 1,500 clips: disgust (DFEW 145 of 11,697) is floored at 5 % = 75; the
+    # other 1,425 follow DFEW's counts without disgust (11,552): happy
+    # 2445 * 1425 / 11552 = 301.60, sad 233.63, neutral 329.23, angry 268.05,
+    # surprise 181.21, fear 111.27 -> floors sum to 1,423; the two largest
+    # remainders (sad .63, happy .60) get one more clip each.
+    assert demo.class_counts(1500) == [302, 234, 329, 268, 181, 75, 111]
+    assert demo.class_counts(35) == [5] * 7
+    counts = np.array(demo.class_counts(3000))
+    assert counts.sum() == 3000 and counts[5] == 150
+    others = np.delete(counts, 5) / np.delete(counts, 5).sum()
+    dfew = np.delete(np.array(demo.DFEW_CLASS_COUNTS), 5)
+    np.testing.assert_allclose(others, dfew / dfew.sum(), atol=0.001)
+    # DFEW's order of frequency is kept: disgust rarest, then fear.
+    assert list(np.argsort(counts)[:2]) == [5, 6]
     with pytest.raises(ValueError, match="num_clips"):
         demo.class_counts(20)
+
+
+def test_example_clip_is_a_test_clip_of_the_fold(demo_dir, tmp_path):
+    out, _ = demo_dir
+    for fold in (1, 4):
+        folder, label = demo.example_clip(out, fold)
+        first = read_split("demo", out, "test", fold)[0]
+        assert os.path.basename(folder) == first.key
+        assert os.path.dirname(first.frames[0]) == folder
+        assert label == DFEW_CLASSES[first.label]
+    assert demo.example_clip(str(tmp_path / "nothing"), 1) is None
+
+
+def test_train_summary_names_chance_level_and_suggests_predict(demo_dir, tmp_path,
+                                                               monkeypatch):
+    from audfer_jax import main
+    from configs import demo as demo_config
+    out, _ = demo_dir
+    cfg = demo_config.get_config(f"data_dir={tmp_path / 'data'}")
+    cfg.data.raw_dir = out
+    recall = {n: 50.0 for n in DFEW_CLASSES}
+    result = {"class_names": list(DFEW_CLASSES),
+              "last": {"uar": 70.0, "war": 72.5, "epoch": 10, "per_class_recall": recall}}
+    first = read_split("demo", out, "test", 1)[0]
+    command = "audfer-jax predict --checkpoint workdir/demo --plot prediction.png "
+    # Inside the current folder the clip is shown relative to it, else absolute.
+    monkeypatch.chdir(out)
+    lines = main._summary(result, "workdir/demo", cfg).splitlines()
+    assert lines[0] == ("last epoch, epoch 10: UAR 70.00 %  WAR 72.50 %  "
+                        "(chance level: UAR 1/7 = 14.3 %)")
+    assert lines[-2].endswith(f"(labelled {DFEW_CLASSES[first.label]}):")
+    assert lines[-1] == command + f"DFEW/Clip/clip_224x224/{first.key}"
+    monkeypatch.chdir(tmp_path)
+    lines = main._summary(result, "workdir/demo", cfg).splitlines()
+    assert lines[-1] == command + os.path.dirname(first.frames[0])
+    assert os.path.isabs(os.path.dirname(first.frames[0]))
+    # A run stopped before its end has no last epoch: no suggestion.
+    stopped = {"stopped_at_step": 4, "class_names": list(DFEW_CLASSES)}
+    assert "audfer-jax predict" not in main._summary(stopped, "workdir/demo", cfg)
+    # Not the demo set: chance level of its own class count, no predict line.
+    cfg.data.name = "dfew"
+    five = dict(result, class_names=list(DFEW_CLASSES[:5]))
+    lines = main._summary(five, "runs/x", cfg).splitlines()
+    assert "(chance level: UAR 1/5 = 20.0 %)" in lines[0]
+    assert not any("audfer-jax predict" in line for line in lines)

@@ -19,13 +19,17 @@ trivial.
 
 The AU effects are deliberately exaggerated relative to real faces (brows move
 by ~0.2 face half-widths, AU5 more than doubles the eye opening, AU26 opens the
-mouth by ~0.3, AU12/AU15 lift/drop the mouth corners by ~0.3/0.2), prototype
-AUs are missing with probability 0.1 at strength 0.7-1, the apex covers most of
-the clip, and backgrounds (muted colours) and pose vary moderately: at 48 x 48
-the face's brows, lids and mouth span only a few pixels, and with subtler
-effects the tiny demo model stayed at chance level within its few-minute budget
-(configs/demo.py). With these settings it reaches ~65-70 % test UAR there while
-disgust and fear (rare, overlapping AUs with sad and surprise) stay hard.
+mouth by ~0.3, AU12/AU15 lift/drop the mouth corners by ~0.3/0.2, AU10/AU16
+raise/drop the upper/lower lip by ~0.18/0.14 and bare the teeth, AU20
+stretches the mouth by ~0.7 of its width), prototype AUs are missing with
+probability 0.05 at strength 0.8-1, the apex covers most of the clip, and
+backgrounds (muted colours) and pose vary moderately: at 48 x 48 the face's
+brows, lids and mouth span only a few pixels, and with subtler effects the tiny
+demo model stayed at chance level within its few-minute budget
+(configs/demo.py). Disgust and fear, which share AUs with sad and surprise,
+got the largest effects (AU9/10/16, AU20) so that they are told apart with a
+margin rather than by a few pixels (README "Two commands" gives the demo's
+figures over seeds and XLA:CPU thread layouts).
 
 Layout written (the DFEW release, ../shared/spec/datasets.md section 1):
 
@@ -40,8 +44,9 @@ Layout written (the DFEW release, ../shared/spec/datasets.md section 1):
 - Clip lengths: mostly 16-40 frames, ~3 % of clips 11-15 (DFEW's minimum is 11).
 - Classes: DFEW's whole-set class distribution (datasets.md section 1: happy
   20.9 %, sad 16.2 %, neutral 22.8 %, angry 18.6 %, surprise 12.6 %, disgust
-  1.2 %, fear 7.7 %), at least 5 clips per class so that every test fold holds
-  every class.
+  1.2 %, fear 7.7 %), but every class has at least 5 % of the clips (and at
+  least 5, so that every test fold holds every class; `class_counts`): with
+  1,500 clips disgust has 75 (15 per test fold) instead of 18.
 - Splits: 5 folds, stratified per class; test sets are disjoint and cover all
   clips; train = the other four folds. CSV header `video_name,label`, ids
   written unpadded (`17`), official labels 1..7 (1 Happy, 2 Sad, 3 Neutral,
@@ -63,6 +68,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import multiprocessing
 import os
 import re
@@ -82,6 +88,9 @@ from audfer_jax.classes import DFEW_CLASSES
 DFEW_CLASS_COUNTS = (2445, 1894, 2669, 2173, 1469, 145, 902)
 NUM_FOLDS = 5
 MIN_CLIPS_PER_CLASS = NUM_FOLDS
+# Smallest share of any class (`class_counts`): DFEW's disgust (1.2 %) would
+# leave the demo's test fold a handful of disgust clips.
+MIN_CLASS_FRACTION = 0.05
 # The 18 OpenFace AUs plus AU16, which the disgust prototype needs but OpenFace
 # 2.0 does not output.
 RENDER_AUS = AU_NAMES + ("AU16",)
@@ -109,7 +118,17 @@ PRESENCE_THRESHOLD = 1.0  # FACS intensity A (trace) = 1 on OpenFace's 0-5 scale
 # --------------------------------------------------------------------------
 
 def class_counts(num_clips: int) -> list[int]:
-    """Clips per class: DFEW proportions by largest remainder, >= 5 per class.
+    """Clips per class: DFEW's proportions, with every class floored.
+
+    Each class gets at least `max(5, ceil(MIN_CLASS_FRACTION * num_clips))`
+    clips; the rest are shared among the other classes in DFEW's whole-set
+    proportions (largest remainder). Floored classes are found by water
+    filling: a class whose proportional share falls below the floor gets the
+    floor and leaves the sharing, until every remaining share is above it.
+    With 1,500 clips only disgust (DFEW 1.2 %) is floored, at 75 clips (5 %):
+    the classes keep DFEW's order of frequency, but the rarest one has 15 clips
+    in each test fold instead of 4, so that one clip moves UAR by ~1 point
+    rather than ~3.6 and the model sees enough of it to learn it at all.
 
     Raises:
         ValueError: when `num_clips` < 35 (5 clips for each of 7 classes).
@@ -118,15 +137,24 @@ def class_counts(num_clips: int) -> list[int]:
     if num_clips < MIN_CLIPS_PER_CLASS * k:
         raise ValueError(f"num_clips must be >= {MIN_CLIPS_PER_CLASS * k} so that every "
                          f"test fold holds every class, got {num_clips}")
-    counts = [MIN_CLIPS_PER_CLASS] * k
-    rest = num_clips - sum(counts)
-    total = sum(DFEW_CLASS_COUNTS)
-    exact = [rest * c / total for c in DFEW_CLASS_COUNTS]
-    floors = [int(e) for e in exact]
-    order = sorted(range(k), key=lambda i: exact[i] - floors[i], reverse=True)
-    for i in order[:rest - sum(floors)]:
-        floors[i] += 1
-    return [a + b for a, b in zip(counts, floors)]
+    floor = max(MIN_CLIPS_PER_CLASS, math.ceil(MIN_CLASS_FRACTION * num_clips))
+    floored: set[int] = set()
+    while True:
+        free = [i for i in range(k) if i not in floored]
+        rest = num_clips - floor * len(floored)
+        total = sum(DFEW_CLASS_COUNTS[i] for i in free)
+        exact = {i: rest * DFEW_CLASS_COUNTS[i] / total for i in free}
+        low = [i for i in free if exact[i] < floor]
+        if not low:
+            break
+        floored.update(low)
+    counts = [floor] * k
+    for i in free:
+        counts[i] = int(exact[i])
+    order = sorted(free, key=lambda i: exact[i] - int(exact[i]), reverse=True)
+    for i in order[:num_clips - sum(counts)]:
+        counts[i] += 1
+    return counts
 
 
 def plan_dataset(num_clips: int, seed: int) -> dict:
@@ -177,10 +205,10 @@ def au_intensities(rng: np.random.Generator, label: int, num_frames: int) -> np.
     if DFEW_CLASSES[label] == "disgust" and rng.random() < 0.5:
         proto[0] = "AU10"
     # Missing prototype AUs (never all of them).
-    kept = [a for a in proto if rng.random() > 0.1]
+    kept = [a for a in proto if rng.random() > 0.05]
     if proto and not kept:
         kept = [proto[rng.integers(len(proto))]]
-    strength = rng.uniform(0.7, 1.0)
+    strength = rng.uniform(0.8, 1.0)
     start = rng.uniform(-0.3, 0.1) * T
     onset, apex, offset = (rng.uniform(0.1, 0.25) * T, rng.uniform(0.5, 0.9) * T,
                            rng.uniform(0.1, 0.3) * T)
@@ -444,7 +472,7 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
     z = np.zeros(T)
     win, al = _capsule(cv, nx * 0.6 + z, ey + 0.06 + z, nx + z, ny - 0.05 + z, 0.022, soft=2.0)
     cv.paint(win, al * 0.3, dark)
-    lift = 0.06 * a["AU09"] + 0.03 * a["AU10"]
+    lift = 0.09 * a["AU09"] + 0.03 * a["AU10"]
     win, al = _ellipse(cv, nx + z, ny - lift, nw + z, 0.055 + z, soft=2.0)
     cv.paint(win, al * 0.25, dark)
     for s in (-1, 1):
@@ -452,15 +480,15 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
                            0.032 * (1 + 0.5 * a["AU10"]), 0.017 + z), (55, 35, 35))
     for k in range(3 if _active(a["AU09"]) else 0):
         yy = ey + 0.09 + 0.04 * k + z
-        win, al = _capsule(cv, nx * 0.8 - 0.09, yy, nx * 0.8 + 0.09, yy, 0.014)
+        win, al = _capsule(cv, nx * 0.8 - 0.11, yy, nx * 0.8 + 0.11, yy, 0.022)
         cv.paint(win, al * _b(a["AU09"]), dark * 0.7)
     # Mouth.
-    cw = idn["mw"] * (1 + 0.25 * a["AU12"] + 0.45 * a["AU20"] - 0.3 * a["AU23"]
+    cw = idn["mw"] * (1 + 0.25 * a["AU12"] + 0.7 * a["AU20"] - 0.3 * a["AU23"]
                       - 0.05 * a["AU14"])
-    mcy = idn["my"] + jaw * 0.4 - 0.3 * a["AU12"] + 0.22 * a["AU15"] + 0.02 * a["AU20"]
-    opening = 0.05 * a["AU25"] + 0.3 * a["AU26"] + 0.04 * a["AU16"]
-    yum = idn["my"] + jaw * 0.2 - 0.12 * a["AU10"] - 0.04 * a["AU09"]
-    ylm = idn["my"] + jaw * 0.2 + opening + 0.1 * a["AU16"] - 0.03 * a["AU17"]
+    mcy = idn["my"] + jaw * 0.4 - 0.3 * a["AU12"] + 0.22 * a["AU15"] + 0.05 * a["AU20"]
+    opening = 0.05 * a["AU25"] + 0.3 * a["AU26"] + 0.06 * a["AU16"]
+    yum = idn["my"] + jaw * 0.2 - 0.18 * a["AU10"] - 0.08 * a["AU09"]
+    ylm = idn["my"] + jaw * 0.2 + opening + 0.14 * a["AU16"] - 0.03 * a["AU17"]
     thin = np.clip(1 - 0.5 * a["AU23"] - 0.6 * a["AU28"] - 0.15 * a["AU20"], 0.15, 1)
     # Nasolabial folds (AU12, AU10, AU9) and dimples (AU14).
     fold = 0.12 + 0.6 * np.maximum.reduce([a["AU12"], a["AU10"], a["AU09"]])
@@ -711,6 +739,32 @@ def raw_dir_for(data_dir: str) -> str:
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", paths.resolve(data_dir))
         return os.path.join(tempfile.gettempdir(), "audfer_jax_demo_raw", name)
     return paths.join(paths.resolve(data_dir), "demo_raw")
+
+
+def example_clip(raw_dir: str, fold: int = 1) -> Optional[tuple[str, str]]:
+    """The first test clip of `fold` in a written demo set, for `predict`.
+
+    Args:
+        raw_dir: the folder given to `write_demo_dataset` (holds `DFEW/`).
+        fold: the test fold (1..5) the run evaluated on; 0 is read as 1.
+
+    Returns:
+        `(frame folder, class name)`, or None when the split file or the
+        clip's folder is missing (no demo set there).
+    """
+    dfew_dir = os.path.join(raw_dir, "DFEW")
+    split = os.path.join(dfew_dir, "EmoLabel_DataSplit", "test(single-labeled)",
+                         f"set_{max(1, int(fold))}.csv")
+    try:
+        with open(split, encoding="utf-8") as f:
+            first = f.read().splitlines()[1]
+        clip_id, label = (int(v) for v in first.split(","))
+    except (OSError, IndexError, ValueError):
+        return None
+    folder = os.path.join(dfew_dir, "Clip", "clip_224x224", f"{clip_id:05d}")
+    if not os.path.isdir(folder):
+        return None
+    return folder, DFEW_CLASSES[label - 1]
 
 
 def _write_splits(dfew_dir: str, plan: dict) -> None:
