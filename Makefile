@@ -30,9 +30,12 @@ $(STAMP_TEST): setup.cfg pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test,convert]'
 	@touch $@
 
-# The default test run (CI): everything but tests marked slow.
+# The default test run (CI): everything but tests marked slow, on two pytest
+# workers (pytest-xdist), one test file each at a time: most tests keep one
+# core busy, so two workers use both cores of a CI machine.
+PYTEST_WORKERS ?= 2
 test: $(STAMP_TEST)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Slow tests too (multi-process training on 127.0.0.1, longer end-to-end runs).
 test-slow: $(STAMP_TEST)

@@ -21,6 +21,8 @@ from audfer_jax import classes
 from audfer_jax import models
 from audfer_jax import predict
 
+import predict_fixtures  # pylint: disable=g-bad-import-order
+
 MODEL = "former_dfer_tiny"
 T, S = 8, 32                       # the tiny model's input: 8 frames of 32 x 32
 SEGMENTS, PER_SEGMENT = 4, 2
@@ -29,21 +31,7 @@ DATA = {"num_frames": T, "image_size": S, "sampling": "segments",
 NAMES = list(classes.DFEW_CLASSES)
 
 
-def _random_variables(model, seed=0):
-    shapes = jax.eval_shape(lambda: model.init(
-            {"params": jax.random.PRNGKey(0)}, jnp.zeros((1, T, S, S, 3), jnp.uint8),
-            train=False))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        name = getattr(path[-1], "key", "")
-        if name == "var":
-            return np.ones(leaf.shape, leaf.dtype)
-        if name == "mean":
-            return np.zeros(leaf.shape, leaf.dtype)
-        return (0.2 * rng.standard_normal(leaf.shape)).astype(leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
+_random_variables = predict_fixtures.random_variables
 
 
 def _frame(k: int, h: int = 40, w: int = 48) -> np.ndarray:
