@@ -11,6 +11,8 @@ Clips carry a class-dependent brightness so that a model can learn something.
 from __future__ import annotations
 
 import collections
+import sys
+import time
 
 import numpy as np
 
@@ -83,6 +85,21 @@ def create_eval_dataset(cfg, *, global_batch_size, process_index=None, process_c
             yield batch
 
     return gen(), steps
+
+
+class SlowData:
+    """This module as a data stand-in, each training batch `delay` seconds late."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+
+    def __getattr__(self, name):
+        return getattr(sys.modules[__name__], name)
+
+    def create_train_dataset(self, *args, **kwargs):
+        for batch in create_train_dataset(*args, **kwargs):
+            time.sleep(self.delay)
+            yield batch
 
 
 # ---------------------------------------------------------------------------

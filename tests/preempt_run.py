@@ -21,21 +21,6 @@ import _train_fakes as fakes  # noqa: E402
 from audfer_jax import train  # noqa: E402
 
 
-class SlowData:
-    """The in-memory stand-in, each training batch `delay` seconds late."""
-
-    def __init__(self, delay: float):
-        self.delay = delay
-
-    def __getattr__(self, name):
-        return getattr(fakes, name)
-
-    def create_train_dataset(self, *args, **kwargs):
-        for batch in fakes.create_train_dataset(*args, **kwargs):
-            time.sleep(self.delay)
-            yield batch
-
-
 class BlockingModel(fakes.MicroModel):
     """The micro model whose training forward pass blocks forever.
 
@@ -72,7 +57,7 @@ def main():
     if len(sys.argv) > 3:
         model = BlockingModel(num_classes=7, dropout=0.1, marker=sys.argv[3])
         cfg.preemption_grace_seconds = float(sys.argv[4])
-    result = train.train_and_evaluate(cfg, workdir, data=SlowData(delay), model=model)
+    result = train.train_and_evaluate(cfg, workdir, data=fakes.SlowData(delay), model=model)
     print(json.dumps(result), flush=True)
     if "preempted_at_step" in result:
         sys.exit(result["exit_code"])

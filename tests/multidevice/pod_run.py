@@ -29,21 +29,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import _train_fakes as fakes  # noqa: E402
 
 
-class SlowData:
-    """The in-memory stand-in, each training batch `delay` seconds late."""
-
-    def __init__(self, delay: float):
-        self.delay = delay
-
-    def __getattr__(self, name):
-        return getattr(fakes, name)
-
-    def create_train_dataset(self, *args, **kwargs):
-        for batch in fakes.create_train_dataset(*args, **kwargs):
-            time.sleep(self.delay)
-            yield batch
-
-
 def slow_write_barriers(delay: float) -> None:
     """Delays this process's arrival at Orbax's `async_write_complete` barriers."""
     from orbax.checkpoint._src.multihost import multihost  # pylint: disable=g-import-not-at-top
@@ -82,7 +67,7 @@ def main():
     if process_id == 1:
         slow_write_barriers(1.5)
     result = train.train_and_evaluate(
-            config(process_id, port), workdir, data=SlowData(delay),
+            config(process_id, port), workdir, data=fakes.SlowData(delay),
             model=fakes.MicroModel(num_classes=7, norm="batch", dropout=0.1))
     result["process"] = jax.process_index()
     result["devices"] = jax.device_count()
