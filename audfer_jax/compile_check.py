@@ -416,23 +416,27 @@ class Search:
 
 
 def search_max_batch(measure: Callable[[int], float], limit: float, hint: int = 8,
-                     max_compiles: int = 12) -> Search:
+                     max_compiles: int = 16) -> Search:
     """The largest per-chip batch n with `measure(n) <= limit`, in few compiles.
 
     Memory grows about linearly in the batch (activations), so `measure` at
-    per-chip 1 and `hint` gives a line; the size it predicts and the one
-    after it are compiled; each new pair of points nearest the limit gives
-    the next line; once a size fails, one more line inside the bracket, then
-    bisection (memory may grow in steps), until a size that fits sits next
-    to one that does not.
-    Assumes `measure` does not decrease with n.
+    per-chip 1 and `hint` gives a line, and the size it predicts is compiled;
+    while sizes fit, each new line runs through the smallest and the largest
+    size that fit (per-chip 1 only while no other exists: tiny batches can
+    take more memory than larger ones, padded to the chip's tiles). The size
+    after a fitting one is compiled only where the line says it should not
+    fit (the edge is near); once a size fails, lines inside the
+    bracket, where each line that does not halve the bracket is followed by a
+    bisection (memory may grow in steps), until a size that fits sits next to
+    one that does not.
+    Assumes `measure` does not decrease with n beyond the smallest sizes.
 
     Args:
         measure: per-chip batch -> bytes per chip (one compile each).
         limit: bytes per chip available.
         hint: the second size tried (e.g. the recipe's per-chip batch).
         max_compiles: stop after this many (then `largest` is the largest
-            size seen to fit).
+            size seen to fit, and `measured` has no failing size after it).
 
     Returns:
         A `Search`.
@@ -449,6 +453,7 @@ def search_max_batch(measure: Callable[[int], float], limit: float, hint: int = 
     m(max(2, int(hint)))
     predicted = None
     lines_in_bracket = 0
+    width = math.inf
     while len(pts) < max_compiles:
         fit = [n for n in pts if pts[n] <= limit]
         lo = max(fit)
@@ -456,25 +461,32 @@ def search_max_batch(measure: Callable[[int], float], limit: float, hint: int = 
         hi = min(over) if over else None
         if hi == lo + 1:
             break
-        if hi is not None and lines_in_bracket >= 1:
-            # Memory may grow in steps (tiled layouts): once the line has
-            # had its try inside the bracket, bisect it.
+        if hi is not None and lines_in_bracket and hi - lo > width / 2:
+            # Memory may grow in steps (tiled layouts): where the last line
+            # did not halve the bracket, bisect it once.
+            width = hi - lo
             m((lo + hi) // 2)
             continue
-        # The line through the largest size that fits and the smallest that
-        # does not; before one fails, through 1 and the largest that fits
-        # (the widest base).
-        n1, n2 = (lo, hi) if hi is not None else (min(fit), lo)
+        if hi is not None:
+            width = hi - lo
+        if hi is not None:
+            n1, n2 = lo, hi
+        else:
+            base = [n for n in fit if n >= 2 and n < lo]
+            n1, n2 = (min(base) if base else min(fit)), lo
         slope = (pts[n2] - pts[n1]) / (n2 - n1)
-        guess = (n1 + int(math.floor((limit - pts[n1]) / slope)) if slope > 0 else 2 * lo)
+        guess = (lo + int(math.floor((limit - pts[lo]) / slope)) if slope > 0 else 2 * lo)
         if predicted is None:
             predicted = guess
         cand = max(lo + 1, guess)
         if hi is not None:
             cand = min(cand, hi - 1)
             lines_in_bracket += 1
-        if m(cand) <= limit and len(pts) < max_compiles and (hi is None or cand + 1 < hi):
-            m(cand + 1)           # confirm the edge
+        fits = m(cand) <= limit
+        near = slope > 0 and limit - pts[cand] < slope
+        if (near and fits and len(pts) < max_compiles
+                and (hi is None or cand + 1 < hi)):
+            m(cand + 1)           # the line says the next size does not fit: check
     largest = max(n for n in pts if pts[n] <= limit)
     return Search(largest, pts, predicted)
 

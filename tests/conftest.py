@@ -100,9 +100,6 @@ _SLOW_CASES = {
     # Two processes: tests/test_pod_runs.py (two processes against one with two
     # devices, SIGTERM, resume) stays.
     "test_parallel.py::test_two_processes_train_and_agree",
-    # --max-batch against a step-wise memory curve (KeyError on an edge the
-    # search did not measure): unit tests of the search stay; see issue 20.
-    "test_compile_check.py::test_max_batch_reports_an_edge",
 }
 
 
