@@ -11,9 +11,11 @@ and TPU generation (a 4-chip slice: v5e:2x2, v5p:2x2x1, v6e:2x2), runs
 
 (the search compiles per-chip batch 1 and the recipe's per-chip batch first,
 so the HBM at the recipe's batch is one of its compiles), one cell at a time,
-skipping cells whose JSON exists, in the order MAE-DFER (all cells), then
-bfloat16 of Former-DFER and M3DFEL, then their float32 cells. `--render`
-prints the Markdown table of the cells done so far.
+skipping cells whose JSON exists, in the order MAE-DFER (remat off, both
+dtypes, then remat on), then bfloat16 of Former-DFER and M3DFEL, then their
+float32 cells. `--shard K/N` takes every N-th cell from the K-th (0-based), so
+that N processes can share the cells; `--render` prints the Markdown table of
+the cells done so far.
 """
 
 from __future__ import annotations
@@ -34,14 +36,14 @@ SIZES = (4, 8, 16, 32, 64, 128, 256)
 
 def cells():
     order = []
-    for dtype in ("bfloat16", "float32"):
-        for remat in (False, True):
+    for remat in (False, True):
+        for dtype in ("bfloat16", "float32"):
             for gen in SLICES:
                 order.append(("mae_dfer", dtype, remat, gen))
     for dtype in ("bfloat16", "float32"):
-        for model in ("former_dfer", "m3dfel"):
-            for remat in (False, True):
-                for gen in SLICES:
+        for remat in (False, True):
+            for gen in SLICES:
+                for model in ("former_dfer", "m3dfel"):
                     order.append((model, dtype, remat, gen))
     return order
 
@@ -107,14 +109,16 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="docs/compile_table")
     parser.add_argument("--only", default="", help="one backbone")
+    parser.add_argument("--shard", default="0/1", help="K/N: every N-th cell from the K-th")
     parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
+    k, n = (int(v) for v in args.shard.split("/"))
     os.makedirs(args.out, exist_ok=True)
     if args.render:
         print(render(args.out))
         return
-    for cell in cells():
-        if args.only and cell[0] != args.only:
+    for i, cell in enumerate(cells()):
+        if (args.only and cell[0] != args.only) or i % n != k:
             continue
         run_cell(args.out, *cell)
     print(render(args.out))
