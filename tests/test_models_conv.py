@@ -312,8 +312,11 @@ def test_max_pool_gradient_after_fused_batchnorm_relu(batch, size):
         return pool(jax.nn.relu(y))
 
     ours = lambda a: conv.max_pool(a, (3, 3), (2, 2), ((1, 1), (1, 1)))  # noqa: E731
-    ref = lambda a: lax.reduce_window(a, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),  # noqa: E731
-                                      ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+    def ref(a):
+        return lax.reduce_window(a, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                                 ((0, 0), (1, 1), (1, 1), (0, 0)))
+
     scale, bias = bn_vars["params"]["scale"], bn_vars["params"]["bias"]
     out = size // 4
     g = jnp.asarray(rng.standard_normal((batch, out, out, 8)), jnp.float32)

@@ -606,8 +606,10 @@ def main(argv=None) -> int:
         if a.float64:
             out["float64"] = True
             (a.out / f"{case['name']}.float64.json").write_text(json.dumps(out, indent=1) + "\n")
-            np.savez_compressed(a.out / f"{case['name']}.float64_bn.npz", **arrays) if arrays else None
-            print(f"{case['name']} (float64): {time.time() - t:.1f} s, loss {out['loss']}", flush=True)
+            if arrays:
+                np.savez_compressed(a.out / f"{case['name']}.float64_bn.npz", **arrays)
+            print(f"{case['name']} (float64): {time.time() - t:.1f} s, loss {out['loss']}",
+                  flush=True)
             continue
         (a.out / f"{case['name']}.json").write_text(json.dumps(out, indent=1) + "\n")
         np.savez_compressed(a.out / f"{case['name']}_bn.npz", **arrays) if arrays else None
