@@ -281,3 +281,68 @@ def test_cpu_convolution_dispatch():
     three_d = str(jax.make_jaxpr(lambda a, b: conv.cpu_conv_general_dilated(
             a, b, (1, 1, 1), "SAME", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")))(x3, w3))
     assert "custom_vjp" not in three_d
+
+
+# One frame at Former-DFER's 112 pixels: the old equality-based backward
+# failed here (and with 2 frames), passed at 64 pixels, where XLA:CPU fused
+# the program otherwise.
+@pytest.mark.parametrize("batch, size", [(1, 112)])
+def test_max_pool_gradient_after_fused_batchnorm_relu(batch, size):
+    # Former-DFER's stem: conv 7x7/2 -> BatchNorm (batch statistics) -> ReLU ->
+    # max-pool 3/2/1, one jitted program. XLA:CPU may compute the BatchNorm +
+    # ReLU output twice, in the forward reduction and in the backward pass,
+    # with different last bits; an argmax found by equality with the forward
+    # output then misses (issue 21: s_former/bn1 gradients 80-160 % off).
+    # Expected: lax's reduce_window gradient (select_and_scatter) of the same
+    # program, and, with an all-ones output gradient, each output's 1 lands
+    # on exactly one input (the per-channel sum of the pooled-input gradient
+    # is the number of outputs per channel).
+    from audfer_jax.models import layers, platform
+    rng = np.random.default_rng(4)
+    clips = jnp.asarray(rng.integers(0, 256, (batch, size, size, 3)), jnp.float32) / 255.0
+    kernel = jnp.asarray(rng.standard_normal((7, 7, 3, 8)) / np.sqrt(147.0), jnp.float32)
+    bn = layers.batch_norm(True, jnp.float32, "bn")
+    bn_vars = bn.init(jax.random.key(0), jnp.zeros((1, 1, 1, 8)))
+
+    def stem(pool, kernel, scale, bias):
+        y = lax.conv_general_dilated(clips, kernel, (2, 2), ((3, 3), (3, 3)),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y, _ = bn.apply({"params": {"scale": scale, "bias": bias},
+                         "batch_stats": bn_vars["batch_stats"]}, y, mutable=["batch_stats"])
+        return pool(jax.nn.relu(y))
+
+    ours = lambda a: conv.max_pool(a, (3, 3), (2, 2), ((1, 1), (1, 1)))  # noqa: E731
+
+    def ref(a):
+        return lax.reduce_window(a, -jnp.inf, lax.max, (1, 3, 3, 1), (1, 2, 2, 1),
+                                 ((0, 0), (1, 1), (1, 1), (0, 0)))
+
+    scale, bias = bn_vars["params"]["scale"], bn_vars["params"]["bias"]
+    out = size // 4
+    g = jnp.asarray(rng.standard_normal((batch, out, out, 8)), jnp.float32)
+
+    def grads(pool, weights):
+        fn = lambda k, s, b: jnp.sum(stem(pool, k, s, b) * weights)  # noqa: E731
+        with platform.target("cpu"):
+            return jax.jit(jax.grad(fn, argnums=(0, 1, 2)))(kernel, scale, bias)
+
+    for weights in (g, jnp.ones_like(g)):
+        want, got = grads(ref, weights), grads(ours, weights)
+        for name, u, v in zip(("kernel", "scale", "bias"), want, got):
+            np.testing.assert_allclose(np.asarray(v), np.asarray(u), rtol=2e-5, atol=2e-4,
+                                       err_msg=name)
+
+    # Routing count, independent of lax: d(sum of pooled values)/d(pooled input).
+    def pooled_input_grad(pool):
+        def fn(k, s, b):
+            y = lax.conv_general_dilated(clips, k, (2, 2), ((3, 3), (3, 3)),
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            y, _ = bn.apply({"params": {"scale": s, "bias": b},
+                             "batch_stats": bn_vars["batch_stats"]}, y, mutable=["batch_stats"])
+            y = jax.nn.relu(y)
+            return jax.vjp(pool, y)[1](jnp.ones((batch, out, out, 8), jnp.float32))[0]
+        with platform.target("cpu"):
+            return jax.jit(fn)(kernel, scale, bias)
+
+    routed = np.asarray(pooled_input_grad(ours))
+    np.testing.assert_array_equal(routed.sum(axis=(0, 1, 2)), np.full(8, batch * out * out))

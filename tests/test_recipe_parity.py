@@ -23,6 +23,11 @@ and the step counter set to the same schedule point, and compares:
 * MAE-DFER's Mixup/CutMix (a copy of timm 0.4.12's) against ours, given the
   same lambda and box.
 
+In four slow cases float32 rounding noise reaches the parameters after the
+first one or two steps, in the original's own float32 run as much as in ours;
+later steps and the state after step K are compared within a measured drift
+bound there (`FLOAT32_NOISE`).
+
 What differs from the originals on purpose is listed in the fixture README.
 """
 
@@ -264,22 +269,43 @@ def rel(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-# Discrepancies this test found that are not resolved yet: (case, check) ->
-# reason. Strict xfail: the check still runs, and passes the suite only while
-# it fails (a fix must remove the entry).
-_FORMER = ("Former-DFER: step-0 loss matches (1.5e-6) but the step-0 gradient norm is "
-           "1.3% off; s_former/bn1 gradients 80-160% off, conv1 51%, the rest ~0.5% "
-           "(issue 21 report; not located yet: conv, max-pool and BatchNorm gradients "
-           "each match PyTorch in isolation)")
-_M3DFEL_AU = ("M3DFEL at lr 5e-4: steps 0-1 match (loss 2.5e-6, gradient norm 7e-6), "
-              "from step 2 the loss is 6e-4 and the gradient norm 1% off (issue 21 report; "
-              "not located yet)")
-KNOWN_DISCREPANCIES: dict[tuple[str, str], str] = {
-        **{(c, k): _FORMER for c in ("former_dfer_ce_start", "former_dfer_au_steplr40")
-           for k in ("loss", "grad_norm")},
-        **{(c, k): _M3DFEL_AU for c in ("m3dfel_au_warmup_end", "m3dfel_au_cosine_mid")
-           for k in ("loss", "grad_norm")},
+# Where float32 rounding noise reaches the trajectory (issue 21; fixture README,
+# "What the comparison found"). Up to `first_noisy_step` every check uses the
+# issue's tolerances; the loss and gradient norm of later steps, and the state
+# after step K, are computed from parameters that rounding noise has moved, in
+# the original's own float32 run as much as in ours, and are compared within
+# `drift` (relative; loss, gradient norm, parameter norms, BatchNorm
+# statistics), about 3x the larger of our measured difference and the
+# original's float32-vs-float64 difference (`generate.py --float64`):
+# * Former-DFER (SGD lr 0.01 on the seeded weights: the loss goes 4.5 -> 18 ->
+#   74): the float32 step-0 gradient of layers 1-3 is only good to ~0.5 % in
+#   direction (the original's float32 vs its float64 run: 0.4-0.6 %; ours
+#   0.2-0.4 %), and the first update carries that into every later step.
+# * M3DFEL at lr 5e-4: Adam moves every element with |g| >> eps by about
+#   +-lr whatever its size, so an element whose gradient is within rounding of
+#   zero moves +-lr by the sign of its rounding error; a layer-1 ReLU input of
+#   -4.3e-6 (float64) rounds positive in ours, and the 1e-5 gradient error that
+#   leaves in the stem and layer 1 flips 47 elements with |g| ~ 1e-6 (11 flip
+#   between the original's float32 and float64 runs). From step 2 the
+#   parameters differ by those +-lr moves.
+_FORMER_DRIFT = dict(loss=3e-2, grad_norm=7.5e-2, param_norm=4e-2, batch_stats=0.2)
+_M3DFEL_DRIFT = dict(loss=1e-2, grad_norm=3.5e-2, param_norm=2.5e-3, batch_stats=5e-2)
+FLOAT32_NOISE: dict[str, tuple[int, dict[str, float]]] = {
+        "former_dfer_ce_start": (1, _FORMER_DRIFT),
+        "former_dfer_au_steplr40": (1, _FORMER_DRIFT),
+        "m3dfel_au_warmup_end": (2, _M3DFEL_DRIFT),
+        "m3dfel_au_cosine_mid": (2, _M3DFEL_DRIFT),
 }
+
+
+def tolerance(name: str, check: str, rtol: float, step: int | None = None) -> float:
+    """The issue's `rtol`, or the case's float32 drift bound once noise has reached
+    the parameters (`step` at or after `first_noisy_step`; `step=None`: the state
+    after step K, always after it)."""
+    if name not in FLOAT32_NOISE:
+        return rtol
+    first_noisy, drift = FLOAT32_NOISE[name]
+    return rtol if step is not None and step < first_noisy else max(rtol, drift[check])
 
 
 def cases(names, check: str):
@@ -288,8 +314,6 @@ def cases(names, check: str):
         marks = [pytest.mark.slow] if n in SLOW_CASES else []
         if not (FIXTURES / f"{n}.json").exists():
             marks.append(pytest.mark.skip(reason=f"fixture {n}.json not generated"))
-        if (n, check) in KNOWN_DISCREPANCIES:
-            marks.append(pytest.mark.xfail(strict=True, reason=KNOWN_DISCREPANCIES[(n, check)]))
         out.append(pytest.param(n, marks=marks, id=n))
     return out
 
@@ -308,11 +332,12 @@ def test_loss_per_step(name):
     # that the `ce` config does not resolve: not compared.
     keys = ("loss", "ce") if run.case["objective"] == "ce" else ("loss", "ce", "au_bce")
     for k, m in enumerate(run.metrics):
+        rtol = tolerance(name, "loss", LOSS_RTOL, step=k)
         for ours, theirs in zip(keys, keys):
             ref = run.case[theirs][k]
-            assert abs(float(m[ours]) - ref) <= LOSS_RTOL * abs(ref), (
+            assert abs(float(m[ours]) - ref) <= rtol * abs(ref), (
                     f"{name} step {k} (iteration {run.case['t0'] + k}): {ours} "
-                    f"{float(m[ours])!r} vs original {ref!r}")
+                    f"{float(m[ours])!r} vs original {ref!r} (rtol {rtol})")
 
 
 @pytest.mark.parametrize("name", cases(ALL_CASES, "grad_norm"))
@@ -320,8 +345,10 @@ def test_grad_norm_per_step(name):
     run = run_case(name)
     for k, m in enumerate(run.metrics):
         ref = run.case["grad_norm"][k]
-        assert abs(float(m["grad_norm"]) - ref) <= GRAD_NORM_RTOL * ref, (
-                f"{name} step {k}: gradient norm {float(m['grad_norm'])!r} vs original {ref!r}")
+        rtol = tolerance(name, "grad_norm", GRAD_NORM_RTOL, step=k)
+        assert abs(float(m["grad_norm"]) - ref) <= rtol * ref, (
+                f"{name} step {k}: gradient norm {float(m['grad_norm'])!r} vs original {ref!r} "
+                f"(rtol {rtol})")
 
 
 @pytest.mark.parametrize("name", cases(ALL_CASES, "lr"))
@@ -390,6 +417,7 @@ def test_parameter_norms_after_k_steps(name):
     ours = dict(flat({"params": run.state.params}))
     ref = run.case["param_norm"]
     worst = (0.0, None)
+    rtol = tolerance(name, "param_norm", STATE_RTOL)
     comps = _components(run, "params")
     assert sum(len(k) for _, k in comps) == len(ref)
     for paths, keys in comps:
@@ -400,9 +428,9 @@ def test_parameter_norms_after_k_steps(name):
                           for p in paths))
         b = math.sqrt(sum(ref[k] ** 2 for k in keys))
         worst = max(worst, (abs(a - b) / b, sorted(keys)[0]))
-        assert abs(a - b) <= STATE_RTOL * b, (
+        assert abs(a - b) <= rtol * b, (
                 f"{name}: after step {run.case['steps']}, norm of {sorted(keys)} is {a!r}, "
-                f"original {b!r}")
+                f"original {b!r} (rtol {rtol})")
 
 
 @pytest.mark.parametrize("name", cases([n for n in ALL_CASES if not n.startswith("mae_dfer")],
@@ -412,12 +440,13 @@ def test_batchnorm_statistics_after_k_steps(name):
     ref = np.load(FIXTURES / f"{name}_bn.npz")
     ours = dict(flat({"batch_stats": run.state.batch_stats}))
     seen = set()
+    rtol = tolerance(name, "batch_stats", STATE_RTOL)
     for path, leaf in ours.items():
         (key,) = run.sources[path]
         seen.add(key)
-        assert rel(leaf, ref[key]) <= STATE_RTOL, (
+        assert rel(leaf, ref[key]) <= rtol, (
                 f"{name}: after step {run.case['steps']}, {'/'.join(path)} ({key}) differs "
-                f"from the original by {rel(leaf, ref[key]):.3g} (relative L2)")
+                f"from the original by {rel(leaf, ref[key]):.3g} (relative L2; rtol {rtol})")
     assert seen == set(ref.files)
 
 

@@ -453,29 +453,39 @@ def _max_pool(x, window, strides, padding):
 
 
 def _max_pool_fwd(x, window, strides, padding):
-    y = _max_pool(x, window, strides, padding)
-    return y, (x, y)
+    return _max_pool(x, window, strides, padding), x
 
 
-def _max_pool_bwd(window, strides, padding, res, g):
-    x, y = res
+def _max_pool_bwd(window, strides, padding, x, g):
     cfg = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in padding] + [(0, 0, 0)]
     xp = lax.pad(x, jnp.array(-jnp.inf, x.dtype), cfg)
-    out = y.shape[1:-1]
-    taken = jnp.zeros(y.shape, bool)
+    out = g.shape[1:-1]
+    offsets = _window_offsets(window)
+    # Each output's argmax tap, found again from `x` alone: the first tap
+    # (row-major window order) holding the maximum, as XLA's select_and_scatter
+    # (`ge` select) and PyTorch's max_pool2d (`val > maxval`) pick it; a strict
+    # `>` keeps the first of tied taps. Not by equality with the forward output:
+    # XLA:CPU may fuse the elementwise producer of `x` (Former-DFER's BatchNorm
+    # + ReLU) into the forward reduction and, compiled differently, into this
+    # pass, so the two can differ in the last bit and most outputs would find
+    # no equal tap and drop their gradient (issue 21: s_former/bn1 gradients
+    # 80-160 % off). Here every output routes its gradient to exactly one input.
+    best = _shifted(xp, offsets[0], strides, out)
+    arg = jnp.zeros(best.shape, jnp.int32)
+    for k, offset in enumerate(offsets[1:], start=1):
+        tap = _shifted(xp, offset, strides, out)
+        better = tap > best
+        best = jnp.where(better, tap, best)
+        arg = jnp.where(better, jnp.int32(k), arg)
     dxp = jnp.zeros(xp.shape, g.dtype)
-    for offset in _window_offsets(window):
-        # The first tap (row-major window order) equal to the max gets the
-        # gradient, as XLA's select_and_scatter (`ge` select) does.
-        hit = (_shifted(xp, offset, strides, out) == y) & ~taken
-        taken = taken | hit
+    for k, offset in enumerate(offsets):
         # Place g at rows offset + stride * i of the padded input: interior
         # padding spreads it to the stride, edge padding shifts it.
         place = [(0, 0, 0)]
         for o, s, m, n in zip(offset, strides, out, xp.shape[1:-1]):
             place.append((o, n - o - s * (m - 1) - 1, s - 1))
-        dxp = dxp + lax.pad(jnp.where(hit, g, jnp.zeros((), g.dtype)), jnp.zeros((), g.dtype),
-                            place + [(0, 0, 0)])
+        dxp = dxp + lax.pad(jnp.where(arg == k, g, jnp.zeros((), g.dtype)),
+                            jnp.zeros((), g.dtype), place + [(0, 0, 0)])
     crop = tuple(slice(lo, lo + n) for (lo, _), n in zip(padding, x.shape[1:-1]))
     return (dxp[(slice(None),) + crop],)
 

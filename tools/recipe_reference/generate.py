@@ -183,10 +183,10 @@ def au_loss(torch, au_logits, au_targets, labels, prior, pos):
     # Corrected row choice: the reference takes `line.argmax()` of each scalar
     # label, which is always 0 (the happy row); au_dfer_method.md section 2 and
     # this library index W by the label. See the fixture README.
-    weight = torch.tensor(AU_SCALE * prior[labels.numpy()], dtype=torch.float32)
-    crit = torch.nn.BCEWithLogitsLoss(weight=weight,
-                                      pos_weight=torch.tensor(pos, dtype=torch.float32))
-    return crit(au_logits, au_targets)
+    dtype = au_logits.dtype     # float32; float64 with --float64
+    weight = torch.tensor(AU_SCALE * prior[labels.numpy()], dtype=dtype)
+    crit = torch.nn.BCEWithLogitsLoss(weight=weight, pos_weight=torch.tensor(pos, dtype=dtype))
+    return crit(au_logits, au_targets.to(dtype))
 
 
 # ---------------------------------------------------------------------------
@@ -360,7 +360,8 @@ SCHEDULES = {"former_dfer": FormerDferSchedule, "m3dfel": M3dfelSchedule,
 # One case: K steps of the original loop from iteration t0.
 # ---------------------------------------------------------------------------
 
-def run_case(torch, refs, prior, pos, case: dict) -> tuple[dict, dict[str, np.ndarray]]:
+def run_case(torch, refs, prior, pos, case: dict,
+             float64: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     recipe = case["recipe"]
     torch.manual_seed(0)
     if recipe == "former_dfer":
@@ -378,6 +379,10 @@ def run_case(torch, refs, prior, pos, case: dict) -> tuple[dict, dict[str, np.nd
         new_sd[key] = torch.from_numpy(arr)
         keys.append([key, list(value.shape), str(value.dtype).replace("torch.", "")])
     model.load_state_dict(new_sd)
+    if float64:
+        # The same run in float64 (--float64): how far the original's own
+        # float32 trajectory is from exact arithmetic (fixture README).
+        model.double()
     model.train()
 
     # Only the recipe's loss differs between the CE and AU variants.
@@ -400,6 +405,7 @@ def run_case(torch, refs, prior, pos, case: dict) -> tuple[dict, dict[str, np.nd
         sched.before_step(it)
         per_step["lr"].append([float(g["lr"]) for g in opt.param_groups])
         x = to_torch_clips(torch, clips, recipe)
+        x = x.double() if float64 else x
         y = torch.from_numpy(labels)
         logits = model(x)
         au_logits = au_head(tap.value)
@@ -570,6 +576,9 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="", help="comma-separated case names or recipes")
     p.add_argument("--full", action="store_true", help="also the full-size (slow) cases")
     p.add_argument("--skip-extras", action="store_true", help="no schedules or mixup")
+    p.add_argument("--float64", action="store_true",
+                   help="run the cases in float64 and write <case>.float64.json (not fixtures: "
+                        "the original's float32 rounding, see the fixture README)")
     a = p.parse_args(argv)
 
     shim_torchvision()
@@ -592,12 +601,20 @@ def main(argv=None) -> int:
         case = {**DEFAULTS[case["recipe"]], **case, "weight_seed": 1, "batch_seed": 2}
         case.setdefault("depth", None)
         t = time.time()
-        out, arrays = run_case(torch, refs, prior, pos, case)
+        out, arrays = run_case(torch, refs, prior, pos, case, float64=a.float64)
         out["generated_with"] = versions
+        if a.float64:
+            out["float64"] = True
+            (a.out / f"{case['name']}.float64.json").write_text(json.dumps(out, indent=1) + "\n")
+            if arrays:
+                np.savez_compressed(a.out / f"{case['name']}.float64_bn.npz", **arrays)
+            print(f"{case['name']} (float64): {time.time() - t:.1f} s, loss {out['loss']}",
+                  flush=True)
+            continue
         (a.out / f"{case['name']}.json").write_text(json.dumps(out, indent=1) + "\n")
         np.savez_compressed(a.out / f"{case['name']}_bn.npz", **arrays) if arrays else None
         print(f"{case['name']}: {time.time() - t:.1f} s, loss {out['loss']}", flush=True)
-    if not a.skip_extras:
+    if not (a.skip_extras or a.float64):
         np.savez_compressed(a.out / "schedules.npz", **full_schedules(torch, refs))
         meta, arrays = mixup_cases(torch, refs)
         meta["generated_with"] = versions
