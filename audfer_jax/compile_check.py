@@ -452,8 +452,7 @@ def search_max_batch(measure: Callable[[int], float], limit: float, hint: int = 
         return Search(0, pts, None)
     m(max(2, int(hint)))
     predicted = None
-    lines_in_bracket = 0
-    width = math.inf
+    width = math.inf              # the bracket's width when its last line was drawn
     while len(pts) < max_compiles:
         fit = [n for n in pts if pts[n] <= limit]
         lo = max(fit)
@@ -461,7 +460,7 @@ def search_max_batch(measure: Callable[[int], float], limit: float, hint: int = 
         hi = min(over) if over else None
         if hi == lo + 1:
             break
-        if hi is not None and lines_in_bracket and hi - lo > width / 2:
+        if hi is not None and hi - lo > width / 2:
             # Memory may grow in steps (tiled layouts): where the last line
             # did not halve the bracket, bisect it once.
             width = hi - lo
@@ -481,7 +480,6 @@ def search_max_batch(measure: Callable[[int], float], limit: float, hint: int = 
         cand = max(lo + 1, guess)
         if hi is not None:
             cand = min(cand, hi - 1)
-            lines_in_bracket += 1
         fits = m(cand) <= limit
         near = slope > 0 and limit - pts[cand] < slope
         if (near and fits and len(pts) < max_compiles
