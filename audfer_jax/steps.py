@@ -61,7 +61,23 @@ def create_train_state(model, tx: optax.GradientTransformation, input_shape, see
         mesh: the data mesh.
     """
     init, init_rng = _state_init(model, tx, input_shape, seed, mesh)
-    return jax.jit(init, out_shardings=parallel.replicated(mesh))(init_rng)
+    return jax.jit(init, out_shardings=parallel.replicated(mesh),
+                   compiler_options=_init_compiler_options(mesh))(init_rng)
+
+
+# The init program is all threefry hashing and the samplers of the
+# initialisers (its forward pass is dead code): ~100 while loops and ~700
+# fusions for the tiny Former-DFER, which XLA:CPU's LLVM passes took 20.8 s
+# to compile at the default optimisation level and 4.3 s at level 0, for a
+# program that runs once (in 0.01-0.02 s either way). The random bits are
+# identical; the float samplers may differ in the last bit (2.4e-7 seen).
+# Other backends compile it at their defaults.
+_CPU_INIT_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def _init_compiler_options(mesh: jax.sharding.Mesh) -> dict | None:
+    """XLA options for the jitted init: level 0 on CPU devices, else the defaults."""
+    return dict(_CPU_INIT_OPTIONS) if platform.platform_of(mesh) == "cpu" else None
 
 
 def abstract_train_state(model, tx: optax.GradientTransformation, input_shape, seed: int,
