@@ -83,9 +83,11 @@ def render(out_dir):
             "largest per-chip batch (predicted by first fit) | compile s (one step) | "
             "GFLOPs/clip | recipe batch fits from |",
             "|---|---|---|---|---|---|---|---|---|"]
+    missing = []
     for model, dtype, remat, gen in cells():
         path = os.path.join(out_dir, cell_name(model, dtype, remat, gen) + ".json")
         if not os.path.exists(path):
+            missing.append(f"{NAMES[model]} {dtype} remat {'on' if remat else 'off'} {gen}")
             continue
         r = json.load(open(path, encoding="utf-8"))
         recipe = RECIPES[model]
@@ -102,6 +104,9 @@ def render(out_dir):
                 f"{'n/a' if flops is None else f'{flops / 1e9:.0f}'} | "
                 f"{'none up to 256 chips' if chips is None else f'{chips} chips'} "
                 f"(batch {recipe}) |")
+    if missing:
+        rows += ["", f"Not measured yet ({len(missing)} of {len(cells())} cells): "
+                 + "; ".join(missing) + "."]
     return "\n".join(rows)
 
 
