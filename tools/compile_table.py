@@ -1,6 +1,7 @@
 """The pod-readiness table of docs/performance.md: `audfer-jax compile` per cell.
 
-    python tools/compile_table.py --out docs/compile_table [--only mae_dfer] [--render]
+    python tools/compile_table.py --out docs/compile_table [--only mae_dfer] [--cells A,B]
+        [--shard K/N] [--render]
 
 For each backbone (recipe config, DFEW fold 1, AU loss), dtype, remat setting
 and TPU generation (a 4-chip slice: v5e:2x2, v5p:2x2x1, v6e:2x2), runs
@@ -61,10 +62,14 @@ def run_cell(out_dir, model, dtype, remat, gen):
            "--max-batch", "--no-eval", f"--config.dtype={dtype}", f"--config.remat={remat}",
            "--json", path + ".tmp"]
     t0 = time.time()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    # The log is written as the search goes, so that the sizes compiled so far
+    # are on disk if the cell is stopped before it ends.
     log = os.path.join(out_dir, cell_name(model, dtype, remat, gen) + ".log")
     with open(log, "w", encoding="utf-8") as f:
-        f.write(" ".join(cmd) + "\n" + proc.stdout + proc.stderr)
+        f.write(" ".join(cmd) + "\n")
+        f.flush()
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, text=True,
+                              env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if os.path.exists(path + ".tmp"):
         os.replace(path + ".tmp", path)
     print(f"{cell_name(model, dtype, remat, gen)}: exit {proc.returncode} in "
@@ -115,6 +120,9 @@ def main():
     parser.add_argument("--out", default="docs/compile_table")
     parser.add_argument("--only", default="", help="one backbone")
     parser.add_argument("--shard", default="0/1", help="K/N: every N-th cell from the K-th")
+    parser.add_argument("--cells", default="",
+                        help="comma-separated cell names (e.g. mae_dfer_bfloat16_remat0_v5e): "
+                             "only these, in the table's order")
     parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
     k, n = (int(v) for v in args.shard.split("/"))
@@ -122,8 +130,15 @@ def main():
     if args.render:
         print(render(args.out))
         return
+    wanted = {c.strip() for c in args.cells.split(",") if c.strip()}
+    unknown = wanted - {cell_name(*c) for c in cells()}
+    if unknown:
+        parser.error(f"unknown cells {sorted(unknown)}; names look like "
+                     f"{cell_name(*cells()[0])}")
     for i, cell in enumerate(cells()):
         if (args.only and cell[0] != args.only) or i % n != k:
+            continue
+        if wanted and cell_name(*cell) not in wanted:
             continue
         run_cell(args.out, *cell)
     print(render(args.out))
