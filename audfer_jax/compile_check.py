@@ -401,6 +401,30 @@ def compile_program(jitted: Callable, *args) -> Compiled:
 # The largest per-chip batch.
 # ---------------------------------------------------------------------------
 
+def search_bytes(compiled: Compiled, extra: int, hbm: float) -> float:
+    """The bytes per chip `search_max_batch` sees for one compile.
+
+    A program XLA:TPU refused never fits, whatever the HBM compared with:
+    XLA's own limit (15.75 GiB on a v5e) is below the datasheet's 16 GiB, so a
+    refused program that needed 15.76 GiB must not count as fitting 16 GiB
+    (a MAE-DFER search did so before). Its required bytes still place the
+    line through the sizes; below `hbm` they are raised to just above it.
+
+    Args:
+        compiled: the train step's `Compiled`.
+        extra: bytes of the prefetched batches beside the step.
+        hbm: bytes per chip compared with.
+
+    Returns:
+        bytes; `inf` for a refused program whose message names no size.
+    """
+    if not compiled.out_of_memory:
+        return float(compiled.total + extra)
+    if not compiled.required:
+        return math.inf
+    return max(float(compiled.required + extra), math.nextafter(float(hbm), math.inf))
+
+
 @dataclasses.dataclass
 class Search:
     """The result of `search_max_batch`.
@@ -577,20 +601,19 @@ def run(config, *, topology: str, batch: int | None = None, max_batch: bool = Fa
         return c, prefetched * _batch_bytes_per_chip(p.train_batch, sl.chips)
 
     search = None
+    cache: dict[int, Compiled] = {}     # per-chip batch -> its train-step compile
     if max_batch:
-        cache: dict[int, Compiled] = {}
 
         def measure(n):
             cache[n], extra = train_memory(n)
-            if cache[n].out_of_memory and not cache[n].required:
-                return math.inf
-            return cache[n].total + extra
+            return search_bytes(cache[n], extra, hbm)
         hint = recipe // sl.chips if recipe % sl.chips == 0 and recipe >= 2 * sl.chips else 8
         log(f"searching the largest per-chip batch (linear fit from per-chip 1 and {hint}):")
         search = search_max_batch(measure, hbm, hint=hint)
         out["max_batch_per_chip"] = search.largest
         out["max_batch_predicted"] = search.predicted
         out["max_batch_compiles"] = {str(k): v for k, v in search.measured.items()}
+        out["max_batch_compile_seconds"] = {str(k): cache[k].seconds for k in search.measured}
         if hint in cache:
             out["hint_per_chip"] = hint
             out["hint_total_bytes"] = cache[hint].total
@@ -652,7 +675,13 @@ def run(config, *, topology: str, batch: int | None = None, max_batch: bool = Fa
         fits = fits and eval_c.total <= hbm and not eval_c.out_of_memory
     if search is not None:
         after = search.measured.get(search.largest + 1)
-        edge = (f"; per-chip {search.largest + 1}: {_gib(after)} does not" if after else "")
+        refused = cache.get(search.largest + 1)
+        if refused is not None and refused.out_of_memory:
+            edge = (f"; per-chip {search.largest + 1}: XLA:TPU refused it, needs "
+                    f"{_gib(refused.required)}" if refused.required else
+                    f"; per-chip {search.largest + 1}: XLA:TPU refused it")
+        else:
+            edge = (f"; per-chip {search.largest + 1}: {_gib(after)} does not" if after else "")
         log(f"largest per-chip batch that fits: {search.largest} (train step and prefetched "
             f"batches {_gib(search.measured[search.largest])} of {hbm / GIB:g} GiB{edge}; first "
             f"linear fit predicted {search.predicted}; {len(search.measured)} compiles)")

@@ -130,6 +130,44 @@ def test_search_memory_measured_for_the_dense_plugin():
     assert s.largest == 252 - 1 and len(calls) <= 10
 
 
+def _refused(required):
+    return compile_check.Compiled(seconds=1.0, flops=None, arguments=0, temporaries=0,
+                                  outputs=0, aliased=0, code=0,
+                                  out_of_memory="RESOURCE_EXHAUSTED: ...", required=required)
+
+
+def test_search_bytes_counts_a_refused_program_as_not_fitting():
+    hbm = 16 * GIB
+    ok = compile_check.Compiled(seconds=1.0, flops=1.0, arguments=3, temporaries=10,
+                                outputs=2, aliased=2, code=1)
+    assert compile_check.search_bytes(ok, 5, hbm) == 3 + 10 + 2 - 2 + 1 + 5
+    # XLA:TPU's v5e limit is 15.75 GiB: a refusal at 15.76 GiB is under the
+    # datasheet's 16 GiB and must still count as over it.
+    below = compile_check.search_bytes(_refused(int(15.76 * GIB)), 0, hbm)
+    assert below > hbm and below - hbm < 1e-6 * hbm
+    assert compile_check.search_bytes(_refused(int(21.84 * GIB)), 7, hbm) == int(
+            21.84 * GIB) + 7
+    assert compile_check.search_bytes(_refused(0), 0, hbm) == math.inf
+
+
+def test_search_on_the_measured_mae_dfer_bfloat16_curve():
+    # MAE-DFER bfloat16, remat off, v5e:2x2 (tools/compile_table.py): per-chip
+    # 1 compiled at 2.41 GiB; XLA:TPU refused 24 (21.84 GiB), 17 (15.76 GiB,
+    # over its 15.75 GiB limit though under the datasheet's 16) and 18
+    # (16.64 GiB). The search once reported 17 as the largest size that fits.
+    hbm = 16 * GIB
+    refused = {24: 21.84, 17: 15.76, 18: 16.64}
+
+    def measure(n):
+        if n in refused:
+            return compile_check.search_bytes(_refused(int(refused[n] * GIB)), 0, hbm)
+        return (2.41 + (n - 1) * (15.76 - 2.41) / 16) * GIB
+
+    s = compile_check.search_max_batch(measure, hbm, hint=24)
+    assert s.largest == 16
+    assert s.measured[16] <= hbm < s.measured[17]
+
+
 def test_search_when_one_clip_does_not_fit():
     s, calls = _check_search(lambda n: 20.0 * GIB * n, 16 * GIB)
     assert s.largest == 0 and calls == [1]
