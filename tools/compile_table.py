@@ -31,8 +31,12 @@ import time
 RECIPES = {"mae_dfer": 96, "former_dfer": 32, "m3dfel": 256}
 NAMES = {"mae_dfer": "MAE-DFER", "former_dfer": "Former-DFER", "m3dfel": "M3DFEL"}
 SLICES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
-# Slice sizes in chips offered per generation, smallest first (4 .. 256).
-SIZES = (4, 8, 16, 32, 64, 128, 256)
+# Slice sizes in chips, smallest first, up to 256: v5e and v6e also come as
+# single-chip slices (v5litepod-1, v6e-1); a v5p slice has at least 4 chips
+# (v5p-8). A 1-chip slice is judged by the 4-chip slice's per-chip figures
+# (it has no gradient all-reduce, so it should need no more; not compiled).
+SIZES = {"v5e": (1, 4, 8, 16, 32, 64, 128, 256), "v6e": (1, 4, 8, 16, 32, 64, 128, 256),
+         "v5p": (4, 8, 16, 32, 64, 128, 256)}
 
 
 def cells():
@@ -76,8 +80,12 @@ def run_cell(out_dir, model, dtype, remat, gen):
           f"{time.time() - t0:.0f} s", flush=True)
 
 
-def smallest_slice(recipe, per_chip_max):
-    for chips in SIZES:
+def _chips(n):
+    return f"{n} chip" if n == 1 else f"{n} chips"
+
+
+def smallest_slice(recipe, per_chip_max, gen):
+    for chips in SIZES[gen]:
         if recipe % chips == 0 and recipe // chips <= per_chip_max:
             return chips
     return None
@@ -97,17 +105,21 @@ def render(out_dir):
         r = json.load(open(path, encoding="utf-8"))
         recipe = RECIPES[model]
         hint = r.get("hint_per_chip")
-        at_recipe = (f"{r['hint_total_bytes'] / 2**30:.2f} GiB ({hint})"
-                     if hint and hint * r["chips"] == recipe else "n/a")
+        at_recipe = "n/a"
+        if hint and hint * r["chips"] == recipe:
+            gib = r["hint_total_bytes"] / 2**30
+            # Over the HBM: XLA:TPU refused it; its figure is what XLA said it needed.
+            at_recipe = (f"{gib:.2f} GiB ({hint})" if gib <= r["hbm_gib"] else
+                         f"does not fit: needs {gib:.2f} GiB ({hint})")
         n = r["max_batch_per_chip"]
-        chips = smallest_slice(recipe, n)
+        chips = smallest_slice(recipe, n, gen)
         flops = r.get("flops_per_clip")
         rows.append(
                 f"| {NAMES[model]} | {dtype} | {'on' if remat else 'off'} | {gen} "
                 f"({r['hbm_gib']:g} GiB) | {at_recipe} | {n} ({r.get('max_batch_predicted')}) "
                 f"| {r['train_compile_s']:.0f} | "
                 f"{'n/a' if flops is None else f'{flops / 1e9:.0f}'} | "
-                f"{'none up to 256 chips' if chips is None else f'{chips} chips'} "
+                f"{'none up to 256 chips' if chips is None else _chips(chips)} "
                 f"(batch {recipe}) |")
     if missing:
         rows += ["", f"Not measured yet ({len(missing)} of {len(cells())} cells): "
