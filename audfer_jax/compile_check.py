@@ -674,14 +674,14 @@ def run(config, *, topology: str, batch: int | None = None, max_batch: bool = Fa
         log(_memory_line("eval step", eval_c, hbm))
         fits = fits and eval_c.total <= hbm and not eval_c.out_of_memory
     if search is not None:
-        after = search.measured.get(search.largest + 1)
-        refused = cache.get(search.largest + 1)
-        if refused is not None and refused.out_of_memory:
-            edge = (f"; per-chip {search.largest + 1}: XLA:TPU refused it, needs "
-                    f"{_gib(refused.required)}" if refused.required else
-                    f"; per-chip {search.largest + 1}: XLA:TPU refused it")
+        nxt = search.largest + 1
+        if nxt in cache and cache[nxt].out_of_memory:
+            needs = f", needs {_gib(cache[nxt].required)}" if cache[nxt].required else ""
+            edge = f"; per-chip {nxt}: XLA:TPU refused it{needs}"
+        elif nxt in search.measured:
+            edge = f"; per-chip {nxt}: {_gib(search.measured[nxt])} does not"
         else:
-            edge = (f"; per-chip {search.largest + 1}: {_gib(after)} does not" if after else "")
+            edge = ""
         log(f"largest per-chip batch that fits: {search.largest} (train step and prefetched "
             f"batches {_gib(search.measured[search.largest])} of {hbm / GIB:g} GiB{edge}; first "
             f"linear fit predicted {search.predicted}; {len(search.measured)} compiles)")
