@@ -42,7 +42,7 @@ import tempfile
 import time
 from typing import Any, Callable, Iterator
 
-from audfer_jax import cli_errors
+from audfer_jax.cli import errors as cli_errors
 
 PROG = "audfer-jax compile"
 
@@ -692,9 +692,9 @@ def run(config, *, topology: str, batch: int | None = None, max_batch: bool = Fa
 
 def main(argv: list[str]) -> int:
     """`audfer-jax compile --config FILE.py:ARGS --topology v5e:4x4 [...]`."""
-    from audfer_jax import sweep  # pylint: disable=g-import-not-at-top
+    from audfer_jax import config_lib  # pylint: disable=g-import-not-at-top
     try:
-        rest, overrides = sweep.split_config_overrides(argv)
+        rest, overrides = config_lib.split_config_overrides(argv)
     except ValueError as e:
         return cli_errors.report(PROG, e, status=2)
     parser = cli_errors.ArgumentParser(
@@ -729,7 +729,7 @@ def main(argv: list[str]) -> int:
     if quiet:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     try:
-        config = sweep.apply_overrides(sweep.load_config_file(args.config), overrides)
+        config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
         result = run(config, topology=args.topology, batch=args.batch,
                      max_batch=args.max_batch, hbm_gib=args.hbm_gib, platform=args.platform,
                      eval_step=not args.no_eval, quiet=quiet,

@@ -13,9 +13,14 @@ A backbone config (`configs/former_dfer.py`, `m3dfel.py`, `mae_dfer.py`,
 
 from __future__ import annotations
 
+import ast
+import importlib.util
+import os
+from typing import Any, Iterable, Sequence
+
 import ml_collections
 
-from audfer_jax import cli_errors
+from audfer_jax import hints
 
 DATASETS = ("dfew", "ferv39k", "mafw", "demo")
 LOSSES = ("ce", "au", "au_none", "au_distinct", "au_minor", "au_from_data")
@@ -42,7 +47,7 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
         key, value = item.split("=", 1)
         key = key.strip()
         if key not in out:
-            raise ValueError(cli_errors.unknown_choice("config argument", key, out))
+            raise ValueError(hints.unknown_choice("config argument", key, out))
         kind = type(out[key])
         if kind is bool:
             low = value.strip().lower()
@@ -72,9 +77,9 @@ def check_variant(dataset: str, fold: int, loss: str) -> None:
     the closest one (`dataset=dfw` -> did you mean 'dfew'?).
     """
     if dataset not in DATASETS:
-        raise ValueError(cli_errors.unknown_choice("dataset", dataset, DATASETS))
+        raise ValueError(hints.unknown_choice("dataset", dataset, DATASETS))
     if loss not in LOSSES:
-        raise ValueError(cli_errors.unknown_choice("loss", loss, LOSSES))
+        raise ValueError(hints.unknown_choice("loss", loss, LOSSES))
     if not 1 <= fold <= NUM_FOLDS[dataset]:
         n = NUM_FOLDS[dataset]
         raise ValueError(f"fold={fold} is out of range: {dataset} has "
@@ -169,3 +174,170 @@ def apply_variant(c: ml_collections.ConfigDict, dataset: str, fold: int, loss: s
             c.loss = "au_from_data"
             c.au.per_class = loss != "au"
     return c
+
+
+# ---------------------------------------------------------------------------
+# Configs: `path.py:arg` files and `--config.x=y` overrides.
+# ---------------------------------------------------------------------------
+
+def load_config_file(spec: str):
+    """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`.
+
+    The big_vision / ml_collections `config_flags` convention: everything after
+    the first ':' that follows the `.py` file name is passed as the string
+    argument (None when absent).
+
+    Args:
+        spec: `"configs/former_dfer.py:dataset=dfew,fold=1,loss=au"`.
+
+    Returns:
+        The `ml_collections.ConfigDict` the file returns.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file has no `get_config`.
+    """
+    path, arg = spec, None
+    if ".py:" in spec:
+        cut = spec.index(".py:") + 3
+        path, arg = spec[:cut], spec[cut + 1:]
+    # A config is Python to import: a local file, never a URL.
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"config file {path!r} not found (from --config {spec!r})")
+    name = "_audfer_config_" + os.path.splitext(os.path.basename(path))[0]
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path}: no get_config(arg) function")
+    return module.get_config(arg) if arg is not None else module.get_config()
+
+
+def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """Separates `--config.a.b=value` (or `--config.a.b value`) from other flags.
+
+    Returns:
+        `(rest, overrides)`: the other arguments in order, and `(dotted key,
+        value text)` pairs in order.
+
+    Raises:
+        ValueError: `--config.x` as the last argument without a value.
+    """
+    rest, overrides = [], []
+    i = 0
+    argv = list(argv)
+    while i < len(argv):
+        item = argv[i]
+        if item.startswith("--config."):
+            body = item[len("--config."):]
+            if "=" in body:
+                key, value = body.split("=", 1)
+            else:
+                if i + 1 >= len(argv):
+                    raise ValueError(f"{item} needs a value (--config.key=value)")
+                key, value = body, argv[i + 1]
+                i += 1
+            overrides.append((key, value))
+        else:
+            rest.append(item)
+        i += 1
+    return rest, overrides
+
+
+def _parse_value(text: str, current: Any) -> Any:
+    """Converts override text to the type of the field's current value."""
+    if isinstance(current, bool):
+        low = text.strip().lower()
+        if low in ("1", "true", "yes", "on"):
+            return True
+        if low in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"expected a boolean (true/false), got {text!r}")
+    if isinstance(current, (int, float)):
+        kind = type(current)
+        try:
+            return kind(text)
+        except ValueError:
+            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, "
+                             f"got {text!r}") from None
+    if isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
+        return type(current)(value)
+    return value
+
+
+def apply_overrides(config, overrides: Iterable[tuple[str, str]]):
+    """Sets `config.a.b = value` for each `("a.b", "value")`, typed like the field.
+
+    Works on `ml_collections.ConfigDict` (or nested dicts). A key that does not
+    exist is an error (a typo would otherwise train a different experiment).
+
+    Returns:
+        The same `config` object, modified.
+
+    Raises:
+        KeyError: unknown key (names the known keys at that level).
+        ValueError: a value that does not parse as the field's type.
+    """
+    for key, text in overrides:
+        node = config
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            known = sorted(node.keys()) if hasattr(node, "keys") else []
+            if part not in known:
+                where = ".".join(parts[:depth + 1])
+                parent = ".".join(parts[:depth])
+                hint = hints.did_you_mean(part, known, parent + "." if parent else "") or (
+                        f"; fields here: {', '.join(known)}" if known else
+                        f"; {parent} is not a group of fields")
+                raise KeyError(f"--config.{key}: unknown field {where!r}{hint}")
+            if depth < len(parts) - 1:
+                node = node[part]
+        leaf = parts[-1]
+        try:
+            value = _parse_value(text, node[leaf])
+        except ValueError as e:
+            raise ValueError(f"--config.{key}={text}: {e}") from None
+        if hasattr(node, "unlocked"):
+            with node.unlocked():
+                node[leaf] = value
+        else:
+            node[leaf] = value
+    return config
+
+
+def with_fold(spec: str, fold: int) -> str:
+    """`spec` with its config argument's `fold=` entry set to `fold`.
+
+    `configs/x.py:dataset=dfew,loss=au` -> `configs/x.py:dataset=dfew,loss=au,fold=3`;
+    an existing `fold=` entry is replaced.
+    """
+    if ".py:" in spec:
+        cut = spec.index(".py:") + 3
+        path, arg = spec[:cut], spec[cut + 1:]
+    else:
+        path, arg = spec, ""
+    items = [x for x in arg.split(",") if x and not x.strip().startswith("fold=")]
+    items.append(f"fold={int(fold)}")
+    return f"{path}:{','.join(items)}"
+
+
+def with_arg(spec: str, key: str, value: str) -> str:
+    """`spec` with its config argument's `key=` entry set to `value`.
+
+    `configs/x.py:dataset=dfew,loss=au` with `loss`, `ce` ->
+    `configs/x.py:dataset=dfew,loss=ce`; a missing entry is appended.
+    """
+    if ".py:" in spec:
+        cut = spec.index(".py:") + 3
+        path, arg = spec[:cut], spec[cut + 1:]
+    else:
+        path, arg = spec, ""
+    items = [x for x in arg.split(",") if x and x.split("=", 1)[0].strip() != key]
+    items.append(f"{key}={value}")
+    return f"{path}:{','.join(items)}"

@@ -31,9 +31,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from audfer_jax import cli_errors
+from audfer_jax.cli import errors as cli_errors
 from audfer_jax import paths
-from audfer_jax import sweep
+from audfer_jax import config_lib
 
 
 def load_run_config(workdir: str):
@@ -152,7 +152,7 @@ def evaluate(workdir: str, checkpoint: str = "best", *, config=None,
             # A step directory `RUN/checkpoints/<step>`: the config is in RUN.
             run_dir = paths.dirname(paths.dirname(path))
         config = load_run_config(run_dir)
-    config = sweep.apply_overrides(config, overrides)
+    config = config_lib.apply_overrides(config, overrides)
     if evaluate_fn is None:
         from audfer_jax import train
         evaluate_fn = train.evaluate_checkpoint
@@ -214,7 +214,7 @@ def default_json_path(summary: Mapping[str, Any], workdir: str) -> str:
 def main(argv: list[str]) -> int:
     """`audfer-jax evaluate --workdir DIR [--checkpoint best|last|STEP] [--config ...]`."""
     try:
-        rest, overrides = sweep.split_config_overrides(argv)
+        rest, overrides = config_lib.split_config_overrides(argv)
     except ValueError as e:
         return cli_errors.report("audfer-jax evaluate", e, status=2)
     parser = cli_errors.ArgumentParser(
@@ -233,7 +233,7 @@ def main(argv: list[str]) -> int:
                              "WORKDIR/evaluation_<choice>_step<step>.json)")
     args = parser.parse_args(rest)
     try:
-        config = sweep.load_config_file(args.config) if args.config else None
+        config = config_lib.load_config_file(args.config) if args.config else None
         summary = evaluate(args.workdir, args.checkpoint, config=config, overrides=overrides)
     except (OSError, ValueError, KeyError) as e:
         return cli_errors.report("audfer-jax evaluate", e)

@@ -6,7 +6,8 @@ there), the prepared fold's sizes and classes, the model and its input shape,
 the optimizer and schedule (`optim.py`), the AU loss constants of
 `config.loss` (au_dfer_method.md sections 2-4), the initial train state
 (replicated by a jitted init) and the jitted evaluation step. `train.py`
-drives it; `evaluate_checkpoint`, `predict` and `bench train` reuse its parts.
+drives it. The model, its input shape and the optimizer come from
+`model_state.build`, which `predict`, `compile` and `bench train` share.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import ml_collections
 import numpy as np
 
 from audfer_jax import au as au_lib
+from audfer_jax import config_lib
 from audfer_jax import metrics as metrics_lib
-from audfer_jax import optim
+from audfer_jax import model_state
 from audfer_jax import parallel
 from audfer_jax import paths
 from audfer_jax import steps as steps_lib
 
-LOSS_VARIANTS = ("ce", "au", "au_none", "au_distinct", "au_minor", "au_from_data")
 # The arrays of a batch that go to the device (`index` stays on the host).
 DEVICE_KEYS = ("clips", "labels", "au_targets", "au_mask", "mask")
 
@@ -91,56 +92,8 @@ def prepare_data_if_needed(config: ml_collections.ConfigDict, data, data_config)
 
 
 # ---------------------------------------------------------------------------
-# Model and loss constants.
+# Loss constants.
 # ---------------------------------------------------------------------------
-
-def build_model(config: ml_collections.ConfigDict, num_classes: int):
-    """`audfer_jax.models.get_model(config.model, num_classes, **config.model_overrides)`.
-
-    The accelerator fields `dtype`, `remat` and `scan_blocks` of the config are
-    passed to registered backbones.
-
-    Raises:
-        ValueError: `config.scan_blocks` is true for a model without a
-            `scan_blocks` attribute (every backbone but MAE-DFER).
-    """
-    from audfer_jax import models  # pylint: disable=g-import-not-at-top
-    overrides = dict(config.model_overrides or {})
-    # The accelerator fields reach the registered backbones (an import-path
-    # backbone's factory takes only its own `model_overrides`). `get` because
-    # `predict` rebuilds models from the partial configs of converted weights.
-    if not models.is_import_path(config.model):
-        if config.get("dtype", "float32") != "float32":
-            overrides.setdefault("dtype", config.dtype)
-        if config.get("remat", False):
-            overrides.setdefault("remat", True)
-    model = models.get_model(config.model, num_classes=num_classes,
-                             num_aus=au_lib.NUM_AUS, **overrides)
-    if config.get("scan_blocks", False) and not overrides.get("scan_blocks", False):
-        # Only MAE-DFER has the attribute; asked of another model, say so
-        # instead of silently compiling the unrolled program.
-        try:
-            model = models.with_scan_blocks(model, config.model)
-        except ValueError as e:
-            raise ValueError(f"config.scan_blocks=True: {e}") from None
-    return model
-
-
-def model_input_shape(model, name: str, data_config=None) -> tuple[int, int, int]:
-    """`(T, H, W)` the built model expects: its attributes, else the registry
-    (for an import-path backbone without them, `data_config`'s clip size)."""
-    side = getattr(model, "image_size", None) or getattr(model, "img_size", None)
-    frames = getattr(model, "num_frames", None)
-    if side and frames:
-        return int(frames), int(side), int(side)
-    from audfer_jax import models  # pylint: disable=g-import-not-at-top
-    return tuple(models.default_input_shape(name, data_config))
-
-
-def model_depth(model) -> int | None:
-    """Transformer depth for MAE-DFER's layer-wise rules (None for others)."""
-    return int(model.depth) if hasattr(model, "depth") and hasattr(model, "embed_dim") else None
-
 
 def resolve_loss(config: ml_collections.ConfigDict, dataset: str, num_classes: int,
                  data=None, data_config=None) -> tuple[float, np.ndarray, np.ndarray | None]:
@@ -162,8 +115,8 @@ def resolve_loss(config: ml_collections.ConfigDict, dataset: str, num_classes: i
             dataset that has none.
     """
     loss = config.loss
-    if loss not in LOSS_VARIANTS:
-        raise ValueError(f"unknown loss {loss!r}; expected one of {LOSS_VARIANTS}")
+    if loss not in config_lib.LOSSES:
+        raise ValueError(f"unknown loss {loss!r}; expected one of {config_lib.LOSSES}")
     au_cfg = config.au
     stats = None
 
@@ -248,8 +201,6 @@ class Experiment:
         self.class_names = list(self.info.class_names)
         self.num_classes = len(self.class_names)
         self.dataset = str(self.data_config.name)
-        self.model = build_model(config, self.num_classes) if model is None else model
-        self.input_shape = model_input_shape(self.model, config.model, self.data_config)
         self.global_batch = int(config.batch_size)
         parallel.local_batch_size(self.global_batch, self.mesh)
         self.steps_per_epoch = int(self.info.num_train) // self.global_batch
@@ -258,15 +209,14 @@ class Experiment:
                              f"{self.global_batch}; lower config.batch_size")
         self.num_epochs = int(config.num_epochs)
         self.total_steps = self.steps_per_epoch * self.num_epochs
-        params_shape = steps_lib.abstract_params(self.model, self.input_shape)
-        self.tx, self.schedule = optim.make_optimizer(
-                config.optim, params_shape, steps_per_epoch=max(self.steps_per_epoch, 1),
-                num_epochs=self.num_epochs, global_batch_size=self.global_batch,
-                num_layers=model_depth(self.model))
+        self.setup = model_state.build(
+                config, self.num_classes, steps_per_epoch=max(self.steps_per_epoch, 1),
+                global_batch=self.global_batch, data_config=self.data_config, model=model)
+        self.model, self.input_shape = self.setup.model, self.setup.input_shape
+        self.tx, self.schedule = self.setup.tx, self.setup.schedule
         self.lam, self.prior, self.pos_weight = resolve_loss(
                 config, self.dataset, self.num_classes, data, self.data_config)
-        self.state = steps_lib.create_train_state(self.model, self.tx, self.input_shape,
-                                                  int(config.seed), self.mesh)
+        self.state = self.setup.init_state(int(config.seed), self.mesh)
         self.eval_step = steps_lib.jit_eval_step(self.model, self.num_classes, self.mesh)
 
     def evaluate(self, state) -> dict:

@@ -16,7 +16,7 @@
   mixup pairs are drawn per device).
 
 Both strategies wrap the same step function `step_fn(state, batch, axis_name)`
-built by `audfer_jax.train.make_train_step`.
+built by `audfer_jax.steps.make_train_step`.
 """
 
 from __future__ import annotations

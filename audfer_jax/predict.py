@@ -63,7 +63,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from audfer_jax import cli_errors
+from audfer_jax.cli import errors as cli_errors
 from audfer_jax import paths
 from audfer_jax import video
 from audfer_jax.data import sampling
@@ -356,11 +356,11 @@ def run_prior(config, num_classes: int) -> tuple[Optional[np.ndarray], str]:
 
 
 def _build_model(config, num_classes: int, where: str):
-    """`train.build_model`; a user backbone (`config.model` an import path) that
+    """`model_state.build_model`; a user backbone (`config.model` an import path) that
     cannot be imported or built again here is a PredictError naming `where`."""
-    from audfer_jax import models, train  # pylint: disable=g-import-not-at-top
+    from audfer_jax import model_state, models  # pylint: disable=g-import-not-at-top
     try:
-        return train.build_model(config, num_classes)
+        return model_state.build_model(config, num_classes)
     except models.BackboneError as e:
         raise PredictError(f"{where}: cannot rebuild the run's model ({e})") from None
 
@@ -374,22 +374,22 @@ def _variables_shape(model, input_shape):
 
 
 def _abstract_train_state(config, model, input_shape):
-    """The `train.TrainState` structure of a run, as `ShapeDtypeStruct`s (no memory).
+    """The `steps.TrainState` structure of a run, as `ShapeDtypeStruct`s (no memory).
 
     The optimizer state's structure does not depend on the schedule lengths,
     so steps_per_epoch = 1 is enough to rebuild it.
     """
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from audfer_jax import optim, train  # pylint: disable=g-import-not-at-top
+    from audfer_jax import model_state, optim, steps  # pylint: disable=g-import-not-at-top
     shapes = _variables_shape(model, input_shape)
     params = shapes["params"]
     tx, _ = optim.make_optimizer(config.optim, params, steps_per_epoch=1,
                                  num_epochs=int(config.get("num_epochs", 1)),
                                  global_batch_size=int(config.get("batch_size", 1)),
-                                 num_layers=train.model_depth(model))
+                                 num_layers=model_state.model_depth(model))
     key = jax.eval_shape(lambda: jax.random.PRNGKey(0))
-    return train.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+    return steps.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
                             batch_stats=shapes.get("batch_stats", {}),
                             opt_state=jax.eval_shape(tx.init, params), rng=key)
 
@@ -445,7 +445,7 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
     import jax  # pylint: disable=g-import-not-at-top
     import ml_collections  # pylint: disable=g-import-not-at-top
     from audfer_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
-    from audfer_jax import train  # pylint: disable=g-import-not-at-top
+    from audfer_jax import model_state  # pylint: disable=g-import-not-at-top
     path = paths.resolve(checkpoint)
     if not paths.exists(path):
         raise PredictError(f"{path}: checkpoint not found (expected a training run "
@@ -495,7 +495,7 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
         # first, so take the dataset's names and check them after restoring.
         class_names = _class_names({}, config)
         model = _build_model(config, len(class_names), run_dir)
-        input_shape = train.model_input_shape(model, config.model, _data_config(config))
+        input_shape = model_state.model_input_shape(model, config.model, _data_config(config))
         try:
             state, meta = ckpt_lib.restore_state_from_directory(
                     step_dir, _abstract_train_state(config, model, input_shape))
@@ -512,7 +512,7 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
         source = f"{step_dir} (step {meta.get('step', paths.basename(step_dir))})"
 
     dc = _data_config(config)
-    input_shape = train.model_input_shape(model, config.model, dc)
+    input_shape = model_state.model_input_shape(model, config.model, dc)
     spec = _fit_spec(sampling.spec_from_config(dc), input_shape[0])
     prior, prior_label = run_prior(config, len(class_names))
     return Predictor(model=model, variables=variables, class_names=list(class_names),

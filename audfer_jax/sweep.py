@@ -41,19 +41,19 @@ process 0 writes the tables.
 
 from __future__ import annotations
 
-import ast
 import csv
-import importlib.util
 import io
 import json
 import math
-import os
 import sys
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from audfer_jax import cli_errors
+from audfer_jax import hints
+
+from audfer_jax.cli import errors as cli_errors
+from audfer_jax import config_lib
 from audfer_jax import grid as grid_lib
 from audfer_jax import paths
 
@@ -61,173 +61,6 @@ EPOCH_CHOICES = ("last", "best")
 STD_LABEL = "std (sample, ddof=1)"
 
 Row = dict[str, Any]
-
-
-# ---------------------------------------------------------------------------
-# Configs: `path.py:arg` files and `--config.x=y` overrides.
-# ---------------------------------------------------------------------------
-
-def load_config_file(spec: str):
-    """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`.
-
-    The big_vision / ml_collections `config_flags` convention: everything after
-    the first ':' that follows the `.py` file name is passed as the string
-    argument (None when absent).
-
-    Args:
-        spec: `"configs/former_dfer.py:dataset=dfew,fold=1,loss=au"`.
-
-    Returns:
-        The `ml_collections.ConfigDict` the file returns.
-
-    Raises:
-        FileNotFoundError: the file does not exist.
-        ValueError: the file has no `get_config`.
-    """
-    path, arg = spec, None
-    if ".py:" in spec:
-        cut = spec.index(".py:") + 3
-        path, arg = spec[:cut], spec[cut + 1:]
-    # A config is Python to import: a local file, never a URL.
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"config file {path!r} not found (from --config {spec!r})")
-    name = "_audfer_config_" + os.path.splitext(os.path.basename(path))[0]
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"{path}: no get_config(arg) function")
-    return module.get_config(arg) if arg is not None else module.get_config()
-
-
-def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], list[tuple[str, str]]]:
-    """Separates `--config.a.b=value` (or `--config.a.b value`) from other flags.
-
-    Returns:
-        `(rest, overrides)`: the other arguments in order, and `(dotted key,
-        value text)` pairs in order.
-
-    Raises:
-        ValueError: `--config.x` as the last argument without a value.
-    """
-    rest, overrides = [], []
-    i = 0
-    argv = list(argv)
-    while i < len(argv):
-        item = argv[i]
-        if item.startswith("--config."):
-            body = item[len("--config."):]
-            if "=" in body:
-                key, value = body.split("=", 1)
-            else:
-                if i + 1 >= len(argv):
-                    raise ValueError(f"{item} needs a value (--config.key=value)")
-                key, value = body, argv[i + 1]
-                i += 1
-            overrides.append((key, value))
-        else:
-            rest.append(item)
-        i += 1
-    return rest, overrides
-
-
-def _parse_value(text: str, current: Any) -> Any:
-    """Converts override text to the type of the field's current value."""
-    if isinstance(current, bool):
-        low = text.strip().lower()
-        if low in ("1", "true", "yes", "on"):
-            return True
-        if low in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean (true/false), got {text!r}")
-    if isinstance(current, (int, float)):
-        kind = type(current)
-        try:
-            return kind(text)
-        except ValueError:
-            raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, "
-                             f"got {text!r}") from None
-    if isinstance(current, str):
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-    if isinstance(current, (tuple, list)) and isinstance(value, (tuple, list)):
-        return type(current)(value)
-    return value
-
-
-def apply_overrides(config, overrides: Iterable[tuple[str, str]]):
-    """Sets `config.a.b = value` for each `("a.b", "value")`, typed like the field.
-
-    Works on `ml_collections.ConfigDict` (or nested dicts). A key that does not
-    exist is an error (a typo would otherwise train a different experiment).
-
-    Returns:
-        The same `config` object, modified.
-
-    Raises:
-        KeyError: unknown key (names the known keys at that level).
-        ValueError: a value that does not parse as the field's type.
-    """
-    for key, text in overrides:
-        node = config
-        parts = key.split(".")
-        for depth, part in enumerate(parts):
-            known = sorted(node.keys()) if hasattr(node, "keys") else []
-            if part not in known:
-                where = ".".join(parts[:depth + 1])
-                parent = ".".join(parts[:depth])
-                hint = cli_errors.did_you_mean(part, known, parent + "." if parent else "") or (
-                        f"; fields here: {', '.join(known)}" if known else
-                        f"; {parent} is not a group of fields")
-                raise KeyError(f"--config.{key}: unknown field {where!r}{hint}")
-            if depth < len(parts) - 1:
-                node = node[part]
-        leaf = parts[-1]
-        try:
-            value = _parse_value(text, node[leaf])
-        except ValueError as e:
-            raise ValueError(f"--config.{key}={text}: {e}") from None
-        if hasattr(node, "unlocked"):
-            with node.unlocked():
-                node[leaf] = value
-        else:
-            node[leaf] = value
-    return config
-
-
-def with_fold(spec: str, fold: int) -> str:
-    """`spec` with its config argument's `fold=` entry set to `fold`.
-
-    `configs/x.py:dataset=dfew,loss=au` -> `configs/x.py:dataset=dfew,loss=au,fold=3`;
-    an existing `fold=` entry is replaced.
-    """
-    if ".py:" in spec:
-        cut = spec.index(".py:") + 3
-        path, arg = spec[:cut], spec[cut + 1:]
-    else:
-        path, arg = spec, ""
-    items = [x for x in arg.split(",") if x and not x.strip().startswith("fold=")]
-    items.append(f"fold={int(fold)}")
-    return f"{path}:{','.join(items)}"
-
-
-def with_arg(spec: str, key: str, value: str) -> str:
-    """`spec` with its config argument's `key=` entry set to `value`.
-
-    `configs/x.py:dataset=dfew,loss=au` with `loss`, `ce` ->
-    `configs/x.py:dataset=dfew,loss=ce`; a missing entry is appended.
-    """
-    if ".py:" in spec:
-        cut = spec.index(".py:") + 3
-        path, arg = spec[:cut], spec[cut + 1:]
-    else:
-        path, arg = spec, ""
-    items = [x for x in arg.split(",") if x and x.split("=", 1)[0].strip() != key]
-    items.append(f"{key}={value}")
-    return f"{path}:{','.join(items)}"
 
 
 def parse_folds(text: str) -> list[int]:
@@ -564,7 +397,7 @@ def classify_axes(spec: str, axes: Sequence[grid_lib.Axis]) -> list[grid_lib.Axi
         arg_error = ""
         if "." not in axis.key:
             try:
-                load_config_file(with_arg(spec, axis.key, axis.values[0]))
+                config_lib.load_config_file(config_lib.with_arg(spec, axis.key, axis.values[0]))
                 is_arg = True
             except ValueError as e:
                 arg_error = cli_errors.one_line(e)
@@ -572,7 +405,7 @@ def classify_axes(spec: str, axes: Sequence[grid_lib.Axis]) -> list[grid_lib.Axi
                     raise ValueError(f"--grid {axis.key}={axis.values[0]}: {arg_error}") from None
         if not is_arg:
             if base is None:
-                base = grid_lib.flat_fields(load_config_file(spec))
+                base = grid_lib.flat_fields(config_lib.load_config_file(spec))
             if axis.key not in base:
                 args_text = arg_error.partition("; ")[2].split("; did you mean")[0]
                 raise ValueError(
@@ -580,7 +413,7 @@ def classify_axes(spec: str, axes: Sequence[grid_lib.Axis]) -> list[grid_lib.Axi
                         f"{spec.split('.py:')[0] + '.py' if '.py:' in spec else spec}"
                         + (f" ({args_text})" if args_text else "")
                         + " nor a config field"
-                        + (cli_errors.did_you_mean(axis.key, list(base)) or
+                        + (hints.did_you_mean(axis.key, list(base)) or
                            " (a field is e.g. au.lam or optim.lr)"))
         out.append(grid_lib.Axis(axis.key, axis.values, is_arg))
     return out
@@ -598,17 +431,17 @@ def variant_config(spec: str, axes: Sequence[grid_lib.Axis], overrides, assignme
     kinds = {a.key: a.is_argument for a in axes}
     for key, value in assignments:
         if kinds[key]:
-            spec = with_arg(spec, key, value)
+            spec = config_lib.with_arg(spec, key, value)
     try:
-        config = load_config_file(with_fold(spec, fold))
+        config = config_lib.load_config_file(config_lib.with_fold(spec, fold))
     except ValueError as e:
         grid_args = ",".join(f"{k}={v}" for k, v in assignments if kinds[k])
         raise ValueError(f"--grid {grid_args}: {cli_errors.one_line(e)}") from None
-    apply_overrides(config, overrides)
+    config_lib.apply_overrides(config, overrides)
     for key, value in assignments:
         if not kinds[key]:
             try:
-                apply_overrides(config, [(key, value)])
+                config_lib.apply_overrides(config, [(key, value)])
             except (KeyError, ValueError) as e:
                 text = cli_errors.one_line(e).partition(": ")[2]
                 raise ValueError(f"--grid {key}={value}: {text}") from None
@@ -774,7 +607,7 @@ def _grid_main(args, overrides, folds) -> int:
 def main(argv: list[str]) -> int:
     """`audfer-jax sweep --config FILE.py:ARGS --folds 1-5 --workdir DIR [--config.x=y]`."""
     try:
-        rest, overrides = split_config_overrides(argv)
+        rest, overrides = config_lib.split_config_overrides(argv)
     except ValueError as e:
         return cli_errors.report("audfer-jax sweep", e, status=2)
     parser = cli_errors.ArgumentParser(
@@ -804,14 +637,14 @@ def main(argv: list[str]) -> int:
     try:
         folds = parse_folds(args.folds)
         # Fail before the first fold trains if the config or an override is bad.
-        apply_overrides(load_config_file(with_fold(args.config, folds[0])), overrides)
+        config_lib.apply_overrides(config_lib.load_config_file(config_lib.with_fold(args.config, folds[0])), overrides)
     except (ValueError, KeyError, OSError) as e:
         return cli_errors.report("audfer-jax sweep", e, status=2)
     if args.grid:
         return _grid_main(args, overrides, folds)
 
     def make_config(fold: int):
-        return apply_overrides(load_config_file(with_fold(args.config, fold)), overrides)
+        return config_lib.apply_overrides(config_lib.load_config_file(config_lib.with_fold(args.config, fold)), overrides)
 
     workdir = paths.resolve(args.workdir)
     _, rows = run_sweep(make_config, folds, workdir,

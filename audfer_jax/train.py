@@ -43,21 +43,13 @@ import numpy as np
 from audfer_jax import checkpoint as ckpt_lib
 from audfer_jax import experiment
 from audfer_jax import flops as flops_lib
+from audfer_jax import metrics as metrics_lib
 from audfer_jax import parallel
 from audfer_jax import paths
 from audfer_jax import preemption
 from audfer_jax import reporting
+from audfer_jax import steps as steps_lib
 
-# Public names of the trainer, wherever they now live.
-from audfer_jax.experiment import (LOSS_VARIANTS, build_model, make_data_config,  # noqa: F401
-                                   model_depth, model_input_shape, resolve_loss)
-from audfer_jax.metrics import BEST_METRICS, criterion  # noqa: F401
-from audfer_jax.parallel import maybe_initialize_distributed  # noqa: F401
-from audfer_jax.reporting import JsonlWriter, confusion_image, save_config  # noqa: F401
-from audfer_jax.steps import (TrainState, abstract_params, create_train_state,  # noqa: F401
-                              make_eval_step, make_train_step)
-
-_Setup = experiment.Experiment     # the former name, used by tests and tools
 
 
 @dataclasses.dataclass
@@ -138,7 +130,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         ValueError: a bad config (unknown loss or data field, batch not
             divisible by the devices, no full training batch...).
     """
-    maybe_initialize_distributed(config)
+    parallel.maybe_initialize_distributed(config)
     parallel.enable_compilation_cache(config.compile_cache_dir)
     if data is None:
         from audfer_jax.data import pipeline as data  # pylint: disable=g-import-not-at-top
@@ -190,7 +182,7 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir_or_checkpoint
     Raises:
         FileNotFoundError: nothing to restore there.
     """
-    maybe_initialize_distributed(config)
+    parallel.maybe_initialize_distributed(config)
     parallel.enable_compilation_cache(config.get("compile_cache_dir", ""))
     if data is None:
         from audfer_jax.data import pipeline as data  # pylint: disable=g-import-not-at-top
@@ -226,10 +218,10 @@ def _start(config, workdir: str, data, model, guard: preemption.PreemptionGuard)
     exp = experiment.Experiment(config, workdir, data, for_training=True, model=model)
     _describe(console, config, exp)
     spe = exp.steps_per_epoch
-    save_config(config, workdir)
+    reporting.save_config(config, workdir)
     writer = reporting.make_writer(workdir)
     best_metric = str(config.best_metric)
-    criterion({"war": 0.0, "uar": 0.0, "au_f1_mean": 0.0}, best_metric)   # validates the name
+    metrics_lib.criterion({"war": 0.0, "uar": 0.0, "au_f1_mean": 0.0}, best_metric)   # validates the name
     ckpt = ckpt_lib.TrainCheckpointer(
             workdir, save_every_steps=int(config.checkpoint_every_steps or 0),
             extra_steps=[spe * (e + 1) for e in range(exp.num_epochs)],
@@ -237,7 +229,7 @@ def _start(config, workdir: str, data, model, guard: preemption.PreemptionGuard)
     guard.phase = "the restore of the newest checkpoint"
     state, meta, start_step = _restore_or_init(config, workdir, exp, ckpt, console)
 
-    step_fn = _with_finite_flag(make_train_step(
+    step_fn = _with_finite_flag(steps_lib.make_train_step(
             exp.model, config, tx=exp.tx, schedule=exp.schedule, prior=exp.prior,
             pos_weight=exp.pos_weight, lam=exp.lam, num_classes=exp.num_classes,
             augment=exp.device_augment))
@@ -552,7 +544,7 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int) -> None:
         meta["history"].append({"epoch": epoch + 1, "step": run.step,
                                 "uar": summary["uar"], "war": summary["war"]})
         reporting.write_eval(run.writer, run.step, summary, "test")
-        value = criterion(summary, run.best_metric)
+        value = metrics_lib.criterion(summary, run.best_metric)
         best = meta.get("best")
         run.console.line(f"epoch {epoch + 1}/{exp.num_epochs}: UAR {summary['uar']:.2f} "
                          f"WAR {summary['war']:.2f} test loss {summary['loss']:.4f}")

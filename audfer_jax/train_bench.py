@@ -5,7 +5,7 @@
         [--config.x=y ...]
 
 Builds the config's model, optimizer and the trainer's own train step
-(`train.make_train_step`, jitted with the state donated as in training,
+(`steps.make_train_step`, jitted with the state donated as in training,
 `parallel.jit_step`) on the current backend, feeds synthetic uint8 batches
 (`clips [B, T, H, W, 3]`, random labels and AU targets) and prints:
 
@@ -55,8 +55,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from audfer_jax import cli_errors
-from audfer_jax import sweep
+from audfer_jax.cli import errors as cli_errors
+from audfer_jax import config_lib
 
 GOAL_PERCENT = 2.0
 
@@ -140,9 +140,9 @@ def _loss_constants(config, dataset: str, num_classes: int):
     Variants that estimate the prior or pos_weight from the training labels
     need a prepared dataset; for timing, ones of the same shapes do.
     """
-    from audfer_jax import train  # pylint: disable=g-import-not-at-top
+    from audfer_jax import experiment  # pylint: disable=g-import-not-at-top
     try:
-        return train.resolve_loss(config, dataset, num_classes)
+        return experiment.resolve_loss(config, dataset, num_classes)
     except ValueError:
         lam = 0.0 if config.loss == "ce" else float(config.au.lam)
         return lam, np.ones((num_classes, 18), np.float32), np.ones((18,), np.float32)
@@ -254,8 +254,9 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
     """
     import jax  # pylint: disable=g-import-not-at-top
     import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from audfer_jax import classes, optim, parallel, train  # pylint: disable=g-import-not-at-top
+    from audfer_jax import classes, model_state, optim, parallel  # pylint: disable=g-import-not-at-top
     from audfer_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
+    from audfer_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if init not in ("random", "model"):
@@ -263,8 +264,8 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
     dataset = str(config.data.name)
     num_classes = classes.num_classes(dataset)
     if model is None:
-        model = train.build_model(config, num_classes)
-    input_shape = train.model_input_shape(model, config.model, config.data)
+        model = model_state.build_model(config, num_classes)
+    input_shape = model_state.model_input_shape(model, config.model, config.data)
     mesh = parallel.make_mesh()
     parallel.local_batch_size(batch, mesh)            # raises when not divisible
     rng = jax.random.PRNGKey(0)
@@ -274,7 +275,7 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
     tx, schedule = optim.make_optimizer(config.optim, shapes["params"], steps_per_epoch=100,
                                         num_epochs=int(config.num_epochs),
                                         global_batch_size=batch,
-                                        num_layers=train.model_depth(model))
+                                        num_layers=model_state.model_depth(model))
     lam, prior, pos_weight = _loss_constants(config, dataset, num_classes)
     host_batch = synthetic_batch(batch, input_shape, num_classes)
     device_batch = parallel.global_batch(host_batch, mesh)
@@ -284,7 +285,7 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
 
         def make_state():
             params = host_vars["params"]
-            state = train.TrainState(
+            state = steps_lib.TrainState(
                     step=np.int32(0), params=params,
                     batch_stats=host_vars.get("batch_stats", {}),
                     opt_state=jax.jit(tx.init)(params),
@@ -292,14 +293,14 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
             return jax.device_put(state, parallel.replicated(mesh))
     else:
         def make_state():
-            return train.create_train_state(model, tx, input_shape,
+            return steps_lib.create_train_state(model, tx, input_shape,
                                             int(config.seed), mesh)
 
     common = dict(tx=tx, schedule=schedule, prior=prior, pos_weight=pos_weight,
                   num_classes=num_classes)
     variants = {
-            "full": train.make_train_step(model, config, lam=lam, **common),
-            "without_au": train.make_train_step(_WithoutAUHead(model), config, lam=0.0,
+            "full": steps_lib.make_train_step(model, config, lam=lam, **common),
+            "without_au": steps_lib.make_train_step(_WithoutAUHead(model), config, lam=0.0,
                                                 **common)}
     out: dict[str, Any] = {"model": config.model, "backend": jax.default_backend(),
                            "devices": jax.device_count(), "batch": batch,
@@ -384,7 +385,7 @@ def format_result(r: dict, config_spec: str = "") -> str:
 def main(argv: list[str]) -> int:
     """`audfer-jax bench train --config FILE.py:ARGS [--batch 8 --steps 10]`."""
     try:
-        rest, overrides = sweep.split_config_overrides(argv)
+        rest, overrides = config_lib.split_config_overrides(argv)
     except ValueError as e:
         return cli_errors.report("audfer-jax bench train", e, status=2)
     parser = cli_errors.ArgumentParser(
@@ -406,7 +407,7 @@ def main(argv: list[str]) -> int:
                         help="also time the device-side augmentation of data.augment")
     args = parser.parse_args(rest)
     try:
-        config = sweep.apply_overrides(sweep.load_config_file(args.config), overrides)
+        config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
         result = run_bench(config, batch=args.batch, steps=args.steps, warmup=args.warmup,
                            init=args.init, log=lambda m: print(m, file=sys.stderr),
                            time_augment=args.augment_share == "on",

@@ -1,6 +1,6 @@
 """Every sub-command answers a bad argument with one line on stderr and a nonzero exit.
 
-Each case runs `python -m audfer_jax.cli ...` in a subprocess (what a user
+Each case runs `python -m audfer_jax ...` in a subprocess (what a user
 runs), with the cheapest failures of each command: all of them stop before
 any JAX compilation. The subprocesses run in parallel.
 """
@@ -15,7 +15,9 @@ import sys
 
 import pytest
 
-from audfer_jax import cli_errors
+from audfer_jax import hints
+
+from audfer_jax.cli import errors as cli_errors
 from audfer_jax import config_lib
 from conftest import REPO
 
@@ -36,7 +38,7 @@ def _env(debug: bool = False) -> dict[str, str]:
 
 
 def _run(args, debug=False, timeout=240):
-    return subprocess.run([sys.executable, "-m", "audfer_jax.cli", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "audfer_jax", *args], cwd=REPO,
                           env=_env(debug), capture_output=True, text=True, timeout=timeout)
 
 
@@ -187,5 +189,5 @@ def test_one_line_and_root_cause():
     except ValueError as wrapper:
         # `from None` hides the context from tracebacks but keeps __context__.
         assert str(cli_errors.root_cause(wrapper)) == "the real reason"
-    assert cli_errors.did_you_mean("dfw", ["dfew", "mafw"]) == "; did you mean 'dfew'?"
-    assert cli_errors.did_you_mean("zzz", ["dfew"]) == ""
+    assert hints.did_you_mean("dfw", ["dfew", "mafw"]) == "; did you mean 'dfew'?"
+    assert hints.did_you_mean("zzz", ["dfew"]) == ""

@@ -51,7 +51,7 @@ def _env(**extra) -> dict:
 
 
 def _command(*args) -> list[str]:
-    return [sys.executable, "-m", "audfer_jax.cli", "compile", *map(str, args)]
+    return [sys.executable, "-m", "audfer_jax", "compile", *map(str, args)]
 
 
 def _run(*args, timeout=900, **env):
@@ -221,10 +221,10 @@ def v5e_2x2():
 @pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
 def test_tpu_programs_trace_no_cpu_form(name, v5e_2x2):
     import jax  # pylint: disable=g-import-not-at-top
-    from audfer_jax import sweep  # pylint: disable=g-import-not-at-top
+    from audfer_jax import config_lib  # pylint: disable=g-import-not-at-top
     from audfer_jax.models import platform  # pylint: disable=g-import-not-at-top
     spec, overrides = TINY_CONFIGS[name]
-    config = sweep.apply_overrides(sweep.load_config_file(spec), overrides)
+    config = config_lib.apply_overrides(config_lib.load_config_file(spec), overrides)
     assert config.model == name
     forms = {}
     for target, devices in (("tpu", v5e_2x2.devices), ("cpu", jax.devices("cpu"))):

@@ -167,7 +167,7 @@ def test_example_clip_is_a_test_clip_of_the_fold(demo_dir, tmp_path):
 
 def test_train_summary_names_chance_level_and_suggests_predict(demo_dir, tmp_path,
                                                                monkeypatch):
-    from audfer_jax import main
+    from audfer_jax.cli import train as main
     from configs import demo as demo_config
     out, _ = demo_dir
     cfg = demo_config.get_config(f"data_dir={tmp_path / 'data'}")

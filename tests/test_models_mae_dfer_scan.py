@@ -24,7 +24,7 @@ import _train_fakes as fakes  # noqa: E402
 from model_testing import numpy_variables  # noqa: E402
 
 from audfer_jax import config_lib  # noqa: E402
-from audfer_jax import experiment  # noqa: E402
+from audfer_jax import model_state  # noqa: E402
 from audfer_jax import rng as rng_lib  # noqa: E402
 from audfer_jax import train  # noqa: E402
 from audfer_jax import train_bench  # noqa: E402
@@ -204,14 +204,14 @@ def test_build_model_passes_scan_blocks_and_rejects_other_models():
     assert config.scan_blocks is False
     config.scan_blocks = True
     config.model = 'mae_dfer_tiny'
-    model = experiment.build_model(config, 7)
+    model = model_state.build_model(config, 7)
     assert isinstance(model, md.MAEDFER) and model.scan_blocks
     config.model = 'former_dfer_tiny'
     with pytest.raises(ValueError, match=r'^config.scan_blocks=True: only mae_dfer scans its '
                                          r'blocks; former_dfer_tiny has no scan_blocks$'):
-        experiment.build_model(config, 7)
+        model_state.build_model(config, 7)
     config.scan_blocks = False
-    assert not hasattr(experiment.build_model(config, 7), 'scan_blocks')
+    assert not hasattr(model_state.build_model(config, 7), 'scan_blocks')
 
 
 def test_bench_model_rejects_scan_blocks_for_other_models(capsys):

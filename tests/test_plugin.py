@@ -26,6 +26,10 @@ sys.path.insert(0, TESTS)
 import _train_fakes as fakes  # noqa: E402
 import plugin_backbone  # noqa: E402
 
+from audfer_jax import steps
+from audfer_jax import model_state
+from audfer_jax import experiment
+from audfer_jax import config_lib
 from audfer_jax import losses  # noqa: E402
 from audfer_jax import models  # noqa: E402
 from audfer_jax import optim  # noqa: E402
@@ -117,7 +121,7 @@ def test_get_model_import_path_and_input_size():
     assert isinstance(model.backbone, plugin_backbone.Tiny3DCNN) and model.backbone.width == 4
     # No size attributes: the data config's clip size.
     data = dict(num_frames=T, image_size=S)
-    assert train.model_input_shape(model, PATH, data) == (T, S, S)
+    assert model_state.model_input_shape(model, PATH, data) == (T, S, S)
     assert models.default_input_shape(PATH, data) == (T, S, S)
     out = model.apply(model.init(jax.random.PRNGKey(0), _clips()), _clips())
     assert (out.logits.shape, out.au_logits.shape, out.features.shape) == ((2, 7), (2, 18), (2, 8))
@@ -265,7 +269,7 @@ def test_bad_output_fails_when_the_trainer_traces_it(bad_module, kind, expected)
     path = f"{bad_module}:unsized"
     model = models.get_model(path, num_classes=7, kind=kind)
     with pytest.raises(models.BackboneError) as e:
-        train.abstract_params(model, (T, S, S))
+        steps.abstract_params(model, (T, S, S))
     _one_line(e, f"config.model {path!r}: ", expected)
 
 
@@ -299,19 +303,19 @@ def _config(**kw):
 
 def test_every_loss_variant_trains_the_plugin():
     cfg = _config()
-    model = train.build_model(cfg, 7)
+    model = model_state.build_model(cfg, 7)
     batch = next(fakes.create_train_dataset(SMALL_DATA, global_batch_size=8, seed=0, epoch=0))
     batch = {k: v for k, v in batch.items() if k != "index"}
-    shape = train.model_input_shape(model, cfg.model, SMALL_DATA)
-    tx, schedule = optim.make_optimizer(cfg.optim, train.abstract_params(model, shape),
+    shape = model_state.model_input_shape(model, cfg.model, SMALL_DATA)
+    tx, schedule = optim.make_optimizer(cfg.optim, steps.abstract_params(model, shape),
                                         steps_per_epoch=2, num_epochs=1, global_batch_size=8)
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    state = train.create_train_state(model, tx, shape, 0, mesh)
+    state = steps.create_train_state(model, tx, shape, 0, mesh)
     out = model.apply({"params": state.params}, batch["clips"], train=True)
-    for variant in train.LOSS_VARIANTS:
+    for variant in config_lib.LOSSES:
         cfg.loss = variant
-        lam, prior, pos = train.resolve_loss(cfg, "demo", 7, fakes, SMALL_DATA)
-        step = train.make_train_step(model, cfg, tx=tx, schedule=schedule, prior=prior,
+        lam, prior, pos = experiment.resolve_loss(cfg, "demo", 7, fakes, SMALL_DATA)
+        step = steps.make_train_step(model, cfg, tx=tx, schedule=schedule, prior=prior,
                                      pos_weight=pos, lam=lam, num_classes=7)
         new_state, m = jax.jit(step)(state, batch)
         expected, _ = losses.audfer_loss(out.logits, out.au_logits, batch["labels"],
@@ -333,7 +337,7 @@ def test_sweep_resume_evaluate_predict_in_memory(tmp_path):
     def make_config(fold):
         c = fakes.micro_config(checkpoint_every_steps=1, keep_checkpoints=10, num_epochs=1,
                                **{"data": dict(SMALL_DATA)})
-        return sweep.apply_overrides(c, [("model", PATH)])     # as --config.model=...
+        return config_lib.apply_overrides(c, [("model", PATH)])     # as --config.model=...
 
     def runner(cfg, workdir):
         return train.train_and_evaluate(cfg, workdir, data=fakes)
@@ -365,7 +369,7 @@ def test_sweep_resume_evaluate_predict_in_memory(tmp_path):
     frames = np.asarray(_clips(1, t=9, s=24)[0])
     got = predict.predict_clip(frames, pred)
     clip, _ = predict.prepare_clip(frames, pred)                  # [1, T, S, S, 3]
-    model = train.build_model(cfg, 7)
+    model = model_state.build_model(cfg, 7)
     logits = model.apply({"params": _state_params(part, 2)}, clip, train=False).logits
     np.testing.assert_allclose([got["probabilities"][c] for c in pred.class_names],
                                np.asarray(jax.nn.softmax(logits[0])), rtol=1e-5, atol=1e-6)
@@ -425,7 +429,7 @@ def test_demo_set_train_evaluate_predict(tmp_path):
     # A fresh process re-imports plugin_backbone from the run's config.json.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]), JAX_PLATFORMS="cpu")
     out_json = tmp_path / "pred.json"
-    proc = subprocess.run([sys.executable, "-m", "audfer_jax.cli", "predict", "--checkpoint", run,
+    proc = subprocess.run([sys.executable, "-m", "audfer_jax", "predict", "--checkpoint", run,
                            "--which", "last", "--json", str(out_json), str(frames)],
                           env=env, cwd=str(tmp_path), capture_output=True, text=True,
                           timeout=300)
@@ -437,7 +441,7 @@ def test_demo_set_train_evaluate_predict(tmp_path):
                                [in_process["probabilities"][c] for c in names], atol=1e-5)
     # Without the backbone's module on the path: one line naming it.
     env["PYTHONPATH"] = REPO
-    proc = subprocess.run([sys.executable, "-m", "audfer_jax.cli", "predict", "--checkpoint", run,
+    proc = subprocess.run([sys.executable, "-m", "audfer_jax", "predict", "--checkpoint", run,
                            str(frames)], env=env, cwd=str(tmp_path), capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 1

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from audfer_jax import steps
 from audfer_jax import checkpoint as ckpt_lib
 from audfer_jax import classes
 from audfer_jax import models
@@ -267,7 +268,7 @@ def test_cli_face_video_and_frame_folder(tmp_path, var_ckpt, capsys):
 
 def test_training_run_directory(tmp_path, model, variables):
     """A run directory (config.json + best/<step>) restores the saved parameters."""
-    from audfer_jax import optim, train
+    from audfer_jax import optim
     from audfer_jax import config_lib as common
 
     config = common.base_config()
@@ -282,7 +283,7 @@ def test_training_run_directory(tmp_path, model, variables):
     tx, _ = optim.make_optimizer(config.optim, params, steps_per_epoch=1, num_epochs=1,
                                  global_batch_size=1)
     opt_shapes = jax.eval_shape(tx.init, params)
-    state = train.TrainState(
+    state = steps.TrainState(
             step=np.int32(3), params=params, batch_stats=variables["batch_stats"],
             opt_state=jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), opt_shapes),
             rng=np.zeros((2,), np.uint32))

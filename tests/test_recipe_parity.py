@@ -46,6 +46,7 @@ import optax
 import pytest
 
 from audfer_jax import experiment
+from audfer_jax import model_state
 from audfer_jax import optim
 from audfer_jax import steps
 from audfer_jax.models import convert
@@ -174,7 +175,7 @@ class Run:
         case = self.case = load_case(name)
         recipe = case["recipe"]
         config = self.config = recipe_config(recipe, case["objective"], case)
-        model = self.model = experiment.build_model(config, 7)
+        model = self.model = model_state.build_model(config, 7)
         frames, size = 16, int(case["image_size"])
         template = jax.eval_shape(
                 lambda: model.init({"params": jax.random.key(0), "dropout": jax.random.key(1)},
@@ -196,7 +197,7 @@ class Run:
         self.tx, self.schedule = optim.make_optimizer(
                 config.optim, params, steps_per_epoch=spe, num_epochs=int(config.num_epochs),
                 global_batch_size=int(config.batch_size),
-                num_layers=experiment.model_depth(model))
+                num_layers=model_state.model_depth(model))
         lam, prior, pos_weight = experiment.resolve_loss(config, "dfew", 7)
         step = jax.jit(steps.make_train_step(model, config, tx=self.tx, schedule=self.schedule,
                                              prior=prior, pos_weight=pos_weight, lam=lam,

@@ -74,16 +74,16 @@ def test_former_dfer_device_recipe_in_the_step_gives_model_sized_clips():
 
 def test_accelerator_fields_reach_registered_backbones_only():
     import jax.numpy as jnp
-    from audfer_jax import config_lib, experiment
+    from audfer_jax import config_lib, model_state
     cfg = config_lib.base_config()
     cfg.model = "former_dfer_tiny"
-    assert experiment.build_model(cfg, 7).dtype == jnp.float32
+    assert model_state.build_model(cfg, 7).dtype == jnp.float32
     cfg.dtype, cfg.remat = "bfloat16", True
-    model = experiment.build_model(cfg, 7)
+    model = model_state.build_model(cfg, 7)
     assert model.dtype == jnp.bfloat16 and model.remat is True
     cfg.dtype = "int8"
     with pytest.raises(ValueError, match="dtype must be one of"):
-        experiment.build_model(cfg, 7)
+        model_state.build_model(cfg, 7)
 
 
 def test_rng_impl_changes_only_the_dropout_stream():

@@ -11,6 +11,7 @@ import os
 import ml_collections
 import pytest
 
+from audfer_jax import config_lib
 from audfer_jax import sweep
 
 # Per-fold figures (%) chosen so that the sample and the population std differ.
@@ -93,9 +94,9 @@ def test_parse_folds_and_with_fold():
     for bad in ("", "0", "2-1", "1,1", "a"):
         with pytest.raises(ValueError):
             sweep.parse_folds(bad)
-    assert sweep.with_fold("c/x.py:dataset=dfew,fold=2,loss=au", 4) == \
+    assert config_lib.with_fold("c/x.py:dataset=dfew,fold=2,loss=au", 4) == \
         "c/x.py:dataset=dfew,loss=au,fold=4"
-    assert sweep.with_fold("c/x.py", 1) == "c/x.py:fold=1"
+    assert config_lib.with_fold("c/x.py", 1) == "c/x.py:fold=1"
 
 
 def _fake_runner(calls, fail_on=None):
@@ -153,14 +154,14 @@ def test_unfinished_run_stops_the_sweep(tmp_path):
 def test_overrides_are_typed_and_checked():
     c = ml_collections.ConfigDict({"lr": 0.1, "epochs": 3, "flag": False, "name": "x",
                                    "sub": {"t": (1, 2)}})
-    sweep.apply_overrides(c, [("lr", "0.5"), ("epochs", "7"), ("flag", "true"),
+    config_lib.apply_overrides(c, [("lr", "0.5"), ("epochs", "7"), ("flag", "true"),
                               ("name", "y"), ("sub.t", "(3, 4)")])
     assert (c.lr, c.epochs, c.flag, c.name, tuple(c.sub.t)) == (0.5, 7, True, "y", (3, 4))
     with pytest.raises(KeyError, match="unknown field"):
-        sweep.apply_overrides(c, [("lrr", "1")])
+        config_lib.apply_overrides(c, [("lrr", "1")])
     with pytest.raises(ValueError, match="epochs"):
-        sweep.apply_overrides(c, [("epochs", "many")])
-    rest, ov = sweep.split_config_overrides(["--folds", "1", "--config.lr=2", "--config.epochs",
+        config_lib.apply_overrides(c, [("epochs", "many")])
+    rest, ov = config_lib.split_config_overrides(["--folds", "1", "--config.lr=2", "--config.epochs",
                                              "4", "--workdir", "w"])
     assert rest == ["--folds", "1", "--workdir", "w"]
     assert ov == [("lr", "2"), ("epochs", "4")]
@@ -202,7 +203,7 @@ def test_repository_configs_get_their_fold():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for name in ("former_dfer", "m3dfel", "mae_dfer"):
         spec = os.path.join(root, "configs", f"{name}.py") + ":dataset=dfew,fold=1,loss=au"
-        config = sweep.load_config_file(sweep.with_fold(spec, 4))
+        config = config_lib.load_config_file(config_lib.with_fold(spec, 4))
         assert config.data.fold == 4 and config.model == name
-        sweep.apply_overrides(config, [("batch_size", "4"), ("optim.lr", "0.5")])
+        config_lib.apply_overrides(config, [("batch_size", "4"), ("optim.lr", "0.5")])
         assert (config.batch_size, config.optim.lr) == (4, 0.5)

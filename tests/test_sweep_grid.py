@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from audfer_jax import config_lib
 from audfer_jax import comparison
 from audfer_jax import grid
 from audfer_jax import published
@@ -196,9 +197,9 @@ def test_tables_one_per_metric_and_epoch_with_paired_columns():
 
 
 def test_published_row_for_a_recipe_and_not_for_the_demo(tmp_path):
-    m3dfel = published.for_config(sweep.load_config_file(sweep.with_fold(M3DFEL, 1)))
+    m3dfel = published.for_config(config_lib.load_config_file(config_lib.with_fold(M3DFEL, 1)))
     assert (m3dfel["uar"], m3dfel["war"]) == (56.10, 69.25) and "M3DFEL" in m3dfel["source"]
-    assert published.for_config(sweep.load_config_file(DEMO + ":loss=ce")) is None
+    assert published.for_config(config_lib.load_config_file(DEMO + ":loss=ce")) is None
     # A pair no source gives has no entry: M3DFEL on MAFW.
     assert published.lookup("m3dfel", "mafw") is None
     for e in published.table():
@@ -214,8 +215,8 @@ def test_published_row_for_a_recipe_and_not_for_the_demo(tmp_path):
     # A sweep without a grid gets the row in its results.md too; the demo does not.
     for spec, expect in ((M3DFEL, True), (DEMO + ":loss=au", False)):
         work = tmp_path / os.path.basename(spec.split(":")[0])
-        sweep.run_sweep(lambda fold, spec=spec: sweep.load_config_file(
-                sweep.with_fold(spec, fold)), [1, 2], str(work),
+        sweep.run_sweep(lambda fold, spec=spec: config_lib.load_config_file(
+                config_lib.with_fold(spec, fold)), [1, 2], str(work),
                 runner=_grid_runner([]), log=lambda m: None)
         md = (work / "results.md").read_text()
         assert ("| last | *published: M3DFEL on DFEW (original paper, CE)* [1] |  | "

@@ -18,6 +18,10 @@ import pytest
 sys.path.insert(0, os.path.dirname(__file__))
 import _train_fakes as fakes  # noqa: E402
 
+from audfer_jax import steps  # noqa: E402
+from audfer_jax import reporting  # noqa: E402
+from audfer_jax import metrics  # noqa: E402
+from audfer_jax import experiment  # noqa: E402
 from audfer_jax import au as au_lib  # noqa: E402
 from audfer_jax import checkpoint as ckpt_lib  # noqa: E402
 from audfer_jax import losses  # noqa: E402
@@ -155,11 +159,11 @@ def test_train_step_loss_equals_audfer_loss():
     batch["au_mask"][:3] = 0.0
     prior = au_lib.prior("dfew")
     pos = au_lib.pos_weight("dfew", "distinct")
-    tx, schedule = optim.make_optimizer(cfg.optim, train.abstract_params(model, (8, 32, 32)),
+    tx, schedule = optim.make_optimizer(cfg.optim, steps.abstract_params(model, (8, 32, 32)),
                                         steps_per_epoch=2, num_epochs=1, global_batch_size=8)
     mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-    state = train.create_train_state(model, tx, (8, 32, 32), 0, mesh)
-    step = train.make_train_step(model, cfg, tx=tx, schedule=schedule, prior=prior,
+    state = steps.create_train_state(model, tx, (8, 32, 32), 0, mesh)
+    step = steps.make_train_step(model, cfg, tx=tx, schedule=schedule, prior=prior,
                                  pos_weight=pos, lam=0.25, num_classes=7)
     _, m = jax.jit(step)(state, batch)
     # Independent forward pass (training-mode BN, no dropout) and the lead's loss.
@@ -177,20 +181,20 @@ def test_resolve_loss_variants():
     cfg = fakes.micro_config()
     dc = fakes.default_data_config()
     cfg.loss = "ce"
-    lam, prior, pos = train.resolve_loss(cfg, "demo", 7, fakes, dc)
+    lam, prior, pos = experiment.resolve_loss(cfg, "demo", 7, fakes, dc)
     assert lam == 0.0 and pos is None
     np.testing.assert_array_equal(prior, au_lib.prior("dfew"))
     cfg.loss = "au"
-    lam, _, pos = train.resolve_loss(cfg, "dfew", 7, fakes, dc)
+    lam, _, pos = experiment.resolve_loss(cfg, "dfew", 7, fakes, dc)
     assert lam == 0.25
     np.testing.assert_array_equal(pos, au_lib.pos_weight("dfew", "global"))
     cfg.loss = "au_minor"
-    _, _, pos = train.resolve_loss(cfg, "ferv39k", 7, fakes, dc)
+    _, _, pos = experiment.resolve_loss(cfg, "ferv39k", 7, fakes, dc)
     np.testing.assert_array_equal(pos, au_lib.pos_weight("ferv39k", "minor"))
     cfg.loss = "au_from_data"
     cfg.au.per_class = True
     cfg.au.prior = "from_data"
-    _, prior, pos = train.resolve_loss(cfg, "demo", 7, fakes, dc)
+    _, prior, pos = experiment.resolve_loss(cfg, "demo", 7, fakes, dc)
     targets, mask, labels = fakes.train_au_statistics(dc)
     np.testing.assert_allclose(pos, au_lib.estimate_pos_weight(
             targets, labels, 7, per_class=True, au_mask=mask))
@@ -198,7 +202,7 @@ def test_resolve_loss_variants():
             targets, labels, 7, au_mask=mask, rescale="reference"))
     cfg.loss = "focal"
     with pytest.raises(ValueError, match="unknown loss"):
-        train.resolve_loss(cfg, "demo", 7, fakes, dc)
+        experiment.resolve_loss(cfg, "demo", 7, fakes, dc)
 
 
 def test_mixup_against_numpy():
@@ -239,18 +243,18 @@ def test_mixup_against_numpy():
 
 
 def test_confusion_image_and_criterion():
-    img = train.confusion_image(np.diag([3, 0, 2]) + np.eye(3, k=1, dtype=int), cell=4)
+    img = reporting.confusion_image(np.diag([3, 0, 2]) + np.eye(3, k=1, dtype=int), cell=4)
     assert img.shape == (1, 12, 12, 3) and img.dtype == np.uint8
     # Row 0: 3/4 correct -> darker than row 2 off-diagonal (0).
     assert img[0, 2, 2, 0] < img[0, 10, 2, 0]
-    assert train.criterion({"war": 60.0, "uar": 40.0}, "war+uar") == 100.0
+    assert metrics.criterion({"war": 60.0, "uar": 40.0}, "war+uar") == 100.0
     with pytest.raises(ValueError, match="best_metric"):
-        train.criterion({"war": 1.0, "uar": 1.0}, "f1")
+        metrics.criterion({"war": 1.0, "uar": 1.0}, "f1")
 
 
 def test_init_from_converted_variables(tmp_path):
     model = _micro()
-    params = train.abstract_params(model, (8, 32, 32))
+    params = steps.abstract_params(model, (8, 32, 32))
     rng = np.random.default_rng(5)
     loaded = {"params": jax.tree.map(
             lambda s: rng.normal(size=s.shape).astype(np.float32), params)}
@@ -283,7 +287,7 @@ def test_configs_and_cli_errors(capsys):
         former_dfer.get_config("datset=dfew")
     with pytest.raises(ValueError, match="unknown loss"):
         former_dfer.get_config("loss=focal")
-    from audfer_jax import main
+    from audfer_jax.cli import train as main
     assert main.main(["--workdir", "/tmp/x"]) == 2
     assert "--config and --workdir are required" in capsys.readouterr().err
 
@@ -336,7 +340,7 @@ def test_divergence_saves_nothing_nonfinite_and_keeps_the_last_finite_checkpoint
             f"learning rate (e.g. --config.optim.lr=1e+38) to resume from it")
     # Retention kept the two finite checkpoints; nothing non-finite on disk.
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["3", "4"]
-    setup = train._Setup(cfg, workdir, fakes, for_training=False, model=model)
+    setup = experiment.Experiment(cfg, workdir, fakes, for_training=False, model=model)
     ck = ckpt_lib.TrainCheckpointer(workdir, async_save=False)
     try:
         for step in (3, 4):
@@ -364,7 +368,7 @@ def test_divergence_saves_nothing_nonfinite_and_keeps_the_last_finite_checkpoint
 
 
 def test_checkpointer_refuses_a_nonfinite_state(tmp_path):
-    setup = train._Setup(fakes.micro_config(), str(tmp_path), fakes, for_training=False,
+    setup = experiment.Experiment(fakes.micro_config(), str(tmp_path), fakes, for_training=False,
                          model=_micro())
     state = setup.state
     ck = ckpt_lib.TrainCheckpointer(str(tmp_path), save_every_steps=1, async_save=False)

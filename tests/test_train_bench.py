@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import _train_fakes as fakes  # noqa: E402
 
-from audfer_jax import train  # noqa: E402
+from audfer_jax import model_state  # noqa: E402
 from audfer_jax import train_bench  # noqa: E402
 
 NUM = r"-?\d+(?:\.\d+)?(?:e[-+]\d+)?"
@@ -97,7 +97,7 @@ def test_cli_prints_both_figures(tmp_path, monkeypatch, capsys):
     cfg = tmp_path / "cfg.py"
     cfg.write_text(CONFIG_FILE.format(model="former_dfer_tiny"))
     # The micro model stands in for the registry model (compile time).
-    monkeypatch.setattr(train, "build_model",
+    monkeypatch.setattr(model_state, "build_model",
                         lambda config, n: fakes.MicroModel(num_classes=n))
     rc = train_bench.main(["--config", str(cfg), "--batch", "2", "--steps", "1",
                            "--warmup", "0"])

@@ -61,7 +61,7 @@ def run_cell(out_dir, model, dtype, remat, gen):
     path = os.path.join(out_dir, cell_name(model, dtype, remat, gen) + ".json")
     if os.path.exists(path):
         return
-    cmd = [sys.executable, "-m", "audfer_jax.cli", "compile",
+    cmd = [sys.executable, "-m", "audfer_jax", "compile",
            "--config", f"configs/{model}.py:dataset=dfew,fold=1", "--topology", SLICES[gen],
            "--max-batch", "--no-eval", f"--config.dtype={dtype}", f"--config.remat={remat}",
            "--json", path + ".tmp"]

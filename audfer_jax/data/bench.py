@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 
-from audfer_jax import cli_errors
+from audfer_jax.cli import errors as cli_errors
 
 
 def _parse(argv):

@@ -79,7 +79,7 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
-from audfer_jax import cli_errors
+from audfer_jax.cli import errors as cli_errors
 from audfer_jax import paths
 from audfer_jax.au import AU_NAMES
 from audfer_jax.classes import DFEW_CLASSES

@@ -34,7 +34,7 @@ from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from audfer_jax import cli_errors
+from audfer_jax.cli import errors as cli_errors
 from audfer_jax import classes
 from audfer_jax import paths
 from audfer_jax.data import records

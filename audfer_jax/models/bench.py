@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from audfer_jax import cli_errors
+from audfer_jax.cli import errors as cli_errors
 from audfer_jax import models
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}

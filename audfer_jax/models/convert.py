@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audfer_jax import cli_errors
+from audfer_jax.cli import errors as cli_errors
 from audfer_jax import paths
 from audfer_jax.models import available_models, default_input_shape, get_model
 

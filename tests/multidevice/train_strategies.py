@@ -19,7 +19,8 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import _train_fakes as fakes  # noqa: E402
 
-from audfer_jax import au, optim, parallel, train  # noqa: E402
+from audfer_jax import steps  # noqa: E402
+from audfer_jax import au, optim, parallel  # noqa: E402
 
 TOL = 1e-5
 
@@ -39,10 +40,10 @@ def batches(n=3):
 def run(model, strategy, devices, data, **overrides):
     cfg = fakes.micro_config(**overrides)
     mesh = parallel.make_mesh(devices)
-    tx, schedule = optim.make_optimizer(cfg.optim, train.abstract_params(model, (8, 32, 32)),
+    tx, schedule = optim.make_optimizer(cfg.optim, steps.abstract_params(model, (8, 32, 32)),
                                         steps_per_epoch=3, num_epochs=1, global_batch_size=16)
-    state = train.create_train_state(model, tx, (8, 32, 32), 0, mesh)
-    step = train.make_train_step(model, cfg, tx=tx, schedule=schedule, prior=au.prior("dfew"),
+    state = steps.create_train_state(model, tx, (8, 32, 32), 0, mesh)
+    step = steps.make_train_step(model, cfg, tx=tx, schedule=schedule, prior=au.prior("dfew"),
                                  pos_weight=au.pos_weight("dfew", "global"), lam=0.25,
                                  num_classes=7)
     losses = []

@@ -21,7 +21,7 @@ import _train_fakes as fakes  # noqa: E402
 
 def main(process_id, port, workdir):
     from audfer_jax import checkpoint as ckpt_lib
-    from audfer_jax import parallel, train
+    from audfer_jax import experiment, parallel, train
     cfg = fakes.micro_config(**{"data": dict(fakes.default_data_config(), num_train=24),
                                 "num_epochs": 1})
     cfg.multihost = True
@@ -32,7 +32,7 @@ def main(process_id, port, workdir):
     result = train.train_and_evaluate(cfg, workdir, data=fakes, model=model)
     assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
     with jax.set_mesh(parallel.make_mesh()):
-        setup = train._Setup(cfg, workdir, fakes, for_training=False, model=model)
+        setup = experiment.Experiment(cfg, workdir, fakes, for_training=False, model=model)
         ck = ckpt_lib.TrainCheckpointer(workdir)
         state, meta = ck.restore(setup.state)
         ck.close()

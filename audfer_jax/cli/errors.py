@@ -16,11 +16,12 @@ Imports nothing heavy: every sub-command imports this module first.
 from __future__ import annotations
 
 import argparse
-import difflib
 import os
 import sys
 import traceback
 from typing import Iterable, NoReturn, Optional
+
+from audfer_jax.hints import did_you_mean
 
 DEBUG_ENV = "AUDFER_JAX_DEBUG"
 DEBUG_FLAG = "--debug"
@@ -46,22 +47,6 @@ def pop_debug_flag(argv: Iterable[str]) -> tuple[list[str], bool]:
     argv = list(argv)
     rest = [a for a in argv if a != DEBUG_FLAG]
     return rest, len(rest) != len(argv)
-
-
-def did_you_mean(value: str, choices: Iterable[str], prefix: str = "") -> str:
-    """`"; did you mean 'x'?"` for the closest of `choices` (difflib), else `""`.
-
-    `prefix` is put before the suggestion (`"data."` -> `'data.image_size'`).
-    """
-    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
-    return f"; did you mean {prefix + close[0]!r}?" if close else ""
-
-
-def unknown_choice(what: str, value, choices: Iterable) -> str:
-    """`"unknown dataset 'dfw'; expected one of dfew, ferv39k; did you mean 'dfew'?"`."""
-    choices = list(choices)
-    return (f"unknown {what} {value!r}; expected one of {', '.join(map(str, choices))}"
-            + did_you_mean(value, choices))
 
 
 def root_cause(exc: BaseException) -> BaseException:
@@ -122,7 +107,8 @@ def _raised_by_us(exc: BaseException) -> bool:
         tb = tb.tb_next
     if last is None:
         return True
-    here = os.path.dirname(os.path.abspath(__file__))
+    # The package root (this module lives in audfer_jax/cli/).
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     return os.path.abspath(last).startswith(here) or "configs" in last.split(os.sep)
 
 

@@ -2,7 +2,7 @@
 
     audfer-jax train --config configs/former_dfer.py:dataset=dfew,fold=1,loss=au \
         --workdir runs/former_dfer_dfew_f1 --config.batch_size=64
-    python -m audfer_jax.main --config configs/demo.py --workdir runs/demo
+    python -m audfer_jax train --config configs/demo.py --workdir runs/demo
 
 `--config` is a big_vision-style config file with an optional `:arg` variant
 (`get_config(arg)`), `--config.x=y` overrides any field
@@ -20,7 +20,7 @@ import sys
 from absl import flags
 from ml_collections import config_flags
 
-from audfer_jax import cli_errors
+from audfer_jax.cli import errors as cli_errors
 
 _PROG = "audfer-jax train"
 _USAGE = "audfer-jax train --config FILE[:ARG] --workdir DIR [--config.FIELD=VALUE ...]"
@@ -106,13 +106,13 @@ def _explain(error: BaseException, argv: list[str]) -> str:
     if isinstance(cause, (AttributeError, KeyError)) or "flag --config." in str(cause):
         # Redo the override step with the sweep's checker, which names the
         # field and the closest existing one.
-        from audfer_jax import sweep  # pylint: disable=g-import-not-at-top
+        from audfer_jax import config_lib  # pylint: disable=g-import-not-at-top
         spec = _flag_value(argv, "--config")
         try:
-            rest, overrides = sweep.split_config_overrides(argv)
+            rest, overrides = config_lib.split_config_overrides(argv)
             del rest
             if spec:
-                sweep.apply_overrides(sweep.load_config_file(spec), overrides)
+                config_lib.apply_overrides(config_lib.load_config_file(spec), overrides)
         except (KeyError, ValueError, OSError) as e:
             return cli_errors.one_line(e)
     text = cli_errors.one_line(cause)

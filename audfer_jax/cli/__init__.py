@@ -15,21 +15,23 @@ import importlib
 import os
 import sys
 
-from audfer_jax import cli_errors
+from audfer_jax import hints
+
+from audfer_jax.cli import errors as cli_errors
 
 SUBCOMMANDS = {
         "prepare": ("audfer_jax.data.prepare",
                                 "prepare a dataset fold into TFRecords (TFDS, offline)"),
         "demo": ("audfer_jax.data.demo",
                           "write the synthetic demo set in the DFEW release layout"),
-        "train": ("audfer_jax.main", "train and evaluate a config"),
+        "train": ("audfer_jax.cli.train", "train and evaluate a config"),
         "evaluate": ("audfer_jax.evaluate", "evaluate a checkpoint"),
         "predict": ("audfer_jax.predict",
                                 "class and AU probabilities for a video or frame folder"),
         "convert": ("audfer_jax.models.convert",
                                 "PyTorch checkpoint -> Orbax checkpoint of Flax variables"),
         "sweep": ("audfer_jax.sweep", "run folds and tabulate UAR/WAR mean and std"),
-        "bench": ("audfer_jax.bench", "benchmarks: input, model, train"),
+        "bench": ("audfer_jax.cli.bench", "benchmarks: input, model, train"),
         "compile": ("audfer_jax.compile_check",
                     "compile the train step for a TPU slice here; FLOPs, HBM, fits"),
 }
@@ -55,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     name, rest = argv[0], argv[1:]
     if name not in SUBCOMMANDS:
-        print(f"audfer-jax: error: {cli_errors.unknown_choice('command', name, SUBCOMMANDS)} "
+        print(f"audfer-jax: error: {hints.unknown_choice('command', name, SUBCOMMANDS)} "
               "(see audfer-jax --help)", file=sys.stderr)
         return 2
     prog = f"audfer-jax {name}"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-from audfer_jax import cli_errors
+from audfer_jax import hints
 
 _KINDS = {
         "input": "audfer_jax.data.bench",
@@ -17,7 +17,7 @@ _KINDS = {
 def main(argv: list[str]) -> int:
     if not argv or argv[0] not in _KINDS:
         given = argv[0] if argv else ""
-        hint = cli_errors.did_you_mean(given, _KINDS) if given else ""
+        hint = hints.did_you_mean(given, _KINDS) if given else ""
         print(f"audfer-jax bench: error: expected a benchmark, one of {', '.join(_KINDS)} "
               f"(got {given!r}{hint}); usage: audfer-jax bench KIND [flags]",
               file=sys.stderr)

@@ -1,0 +1,171 @@
+"""One config -> model, abstract variables, optimizer: the assembly every job shares.
+
+`build(config, num_classes, steps_per_epoch=...)` is the single place where a
+config's backbone is built (`models.get_model` with the config's accelerator
+fields), its input shape resolved, its variables traced (shapes only, no
+memory) and its optimizer and schedule made (`optim.make_optimizer`). Training
+(`experiment.Experiment`), evaluation, `predict`, `compile` and `bench train`
+all call it, so a recipe change reaches every job at once.
+
+Steps per epoch is a parameter: the schedule's length depends on it, the
+structure of the optimizer state does not, so jobs that only need that
+structure (restoring a checkpoint, compiling a program) may pass any value
+>= 1 and say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from audfer_jax import au as au_lib
+from audfer_jax import optim
+from audfer_jax import steps as steps_lib
+
+PyTree = Any
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelState:
+    """A config's model and optimizer, with abstract variables.
+
+    Attributes:
+        model: the Flax module (`model.apply(variables, clips [B, T, H, W, 3]
+            uint8, train=...)` -> `ModelOutput`).
+        input_shape: `(T, H, W)` of the clips the model takes.
+        variables: the `model.init` collections as `jax.ShapeDtypeStruct`s
+            (`params`, and `batch_stats` for models with BatchNorm).
+        tx: the optimizer (`optim.make_optimizer` of `config.optim`).
+        schedule: learning rate per optimizer step (`optax.Schedule`).
+        steps_per_epoch: the value the schedule was built with.
+    """
+    model: Any
+    input_shape: tuple[int, int, int]
+    variables: PyTree
+    tx: optax.GradientTransformation
+    schedule: Callable
+    steps_per_epoch: int
+
+    @property
+    def params(self) -> PyTree:
+        """The abstract `params` collection."""
+        return self.variables["params"]
+
+    def init_state(self, seed: int, mesh: jax.sharding.Mesh) -> steps_lib.TrainState:
+        """A freshly initialised `TrainState`, replicated over `mesh` (jitted init)."""
+        return steps_lib.create_train_state(self.model, self.tx, self.input_shape, seed, mesh)
+
+    def abstract_state(self, seed: int = 0,
+                       mesh: Optional[jax.sharding.Mesh] = None) -> steps_lib.TrainState:
+        """The `TrainState` as `ShapeDtypeStruct`s, nothing computed.
+
+        With `mesh`, each leaf carries the replicated sharding over it (for
+        `jit(...).lower` on devices this process cannot reach); without, the
+        leaves carry no sharding (a restore target for the current devices).
+        """
+        if mesh is not None:
+            return steps_lib.abstract_train_state(self.model, self.tx, self.input_shape,
+                                                  seed, mesh)
+        params = self.params
+        key = jax.eval_shape(lambda: jax.random.PRNGKey(seed))
+        return steps_lib.TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=params,
+                                    batch_stats=self.variables.get("batch_stats", {}),
+                                    opt_state=jax.eval_shape(self.tx.init, params), rng=key)
+
+
+def build(config: ml_collections.ConfigDict, num_classes: int, *, steps_per_epoch: int,
+          global_batch: Optional[int] = None, data_config=None, model=None) -> ModelState:
+    """Assembles the model, its abstract variables and its optimizer.
+
+    Args:
+        config: an experiment config (`configs/*.py`), or the partial config a
+            variables checkpoint carries (`model`, `model_overrides`, `data`;
+            the optimizer then comes from `optim`'s defaults).
+        num_classes: expression classes C.
+        steps_per_epoch: optimizer steps per epoch (>= 1) for the schedule.
+        global_batch: clips per optimizer step (the lr scaling rules of
+            `optim`); default `config.batch_size`.
+        data_config: the run's data config, for an import-path backbone whose
+            module does not state its clip size.
+        model: an already built module to use instead of `config.model`.
+
+    Returns:
+        A `ModelState`.
+
+    Raises:
+        ValueError: a bad model name or override, or `steps_per_epoch` < 1.
+    """
+    if int(steps_per_epoch) < 1:
+        raise ValueError(f"steps_per_epoch must be >= 1, got {steps_per_epoch}")
+    if model is None:
+        model = build_model(config, num_classes)
+    input_shape = tuple(model_input_shape(model, config.model, data_config))
+    variables = _variables_shape(model, input_shape)
+    batch = int(global_batch if global_batch is not None else config.get("batch_size", 1))
+    optim_config = config.get("optim") or ml_collections.ConfigDict()
+    tx, schedule = optim.make_optimizer(
+            optim_config, variables["params"], steps_per_epoch=int(steps_per_epoch),
+            num_epochs=int(config.get("num_epochs", 1)), global_batch_size=batch,
+            num_layers=model_depth(model))
+    return ModelState(model=model, input_shape=input_shape, variables=variables, tx=tx,
+                      schedule=schedule, steps_per_epoch=int(steps_per_epoch))
+
+
+def _variables_shape(model, input_shape) -> PyTree:
+    """`model.init`'s collections as `ShapeDtypeStruct`s (no memory used)."""
+    rng = jax.random.PRNGKey(0)
+    return jax.eval_shape(lambda: model.init({"params": rng, "dropout": rng}, jnp.zeros(
+            (1, *input_shape, 3), jnp.uint8), train=False))
+
+
+def build_model(config: ml_collections.ConfigDict, num_classes: int):
+    """`audfer_jax.models.get_model(config.model, num_classes, **config.model_overrides)`.
+
+    The accelerator fields `dtype`, `remat` and `scan_blocks` of the config are
+    passed to registered backbones.
+
+    Raises:
+        ValueError: `config.scan_blocks` is true for a model without a
+            `scan_blocks` attribute (every backbone but MAE-DFER).
+    """
+    from audfer_jax import models  # pylint: disable=g-import-not-at-top
+    overrides = dict(config.model_overrides or {})
+    # The accelerator fields reach the registered backbones (an import-path
+    # backbone's factory takes only its own `model_overrides`). `get` because
+    # `predict` rebuilds models from the partial configs of converted weights.
+    if not models.is_import_path(config.model):
+        if config.get("dtype", "float32") != "float32":
+            overrides.setdefault("dtype", config.dtype)
+        if config.get("remat", False):
+            overrides.setdefault("remat", True)
+    model = models.get_model(config.model, num_classes=num_classes,
+                             num_aus=au_lib.NUM_AUS, **overrides)
+    if config.get("scan_blocks", False) and not overrides.get("scan_blocks", False):
+        # Only MAE-DFER has the attribute; asked of another model, say so
+        # instead of silently compiling the unrolled program.
+        try:
+            model = models.with_scan_blocks(model, config.model)
+        except ValueError as e:
+            raise ValueError(f"config.scan_blocks=True: {e}") from None
+    return model
+
+
+def model_input_shape(model, name: str, data_config=None) -> tuple[int, int, int]:
+    """`(T, H, W)` the built model expects: its attributes, else the registry
+    (for an import-path backbone without them, `data_config`'s clip size)."""
+    side = getattr(model, "image_size", None) or getattr(model, "img_size", None)
+    frames = getattr(model, "num_frames", None)
+    if side and frames:
+        return int(frames), int(side), int(side)
+    from audfer_jax import models  # pylint: disable=g-import-not-at-top
+    return tuple(models.default_input_shape(name, data_config))
+
+
+def model_depth(model) -> int | None:
+    """Transformer depth for MAE-DFER's layer-wise rules (None for others)."""
+    return int(model.depth) if hasattr(model, "depth") and hasattr(model, "embed_dim") else None
