@@ -20,19 +20,19 @@ from audfer_jax import hints
 from audfer_jax.cli import errors as cli_errors
 
 SUBCOMMANDS = {
-        "prepare": ("audfer_jax.data.prepare",
+        "prepare": ("audfer_jax.cli.prepare",
                                 "prepare a dataset fold into TFRecords (TFDS, offline)"),
-        "demo": ("audfer_jax.data.demo",
+        "demo": ("audfer_jax.cli.demo",
                           "write the synthetic demo set in the DFEW release layout"),
         "train": ("audfer_jax.cli.train", "train and evaluate a config"),
-        "evaluate": ("audfer_jax.evaluate", "evaluate a checkpoint"),
-        "predict": ("audfer_jax.predict",
+        "evaluate": ("audfer_jax.cli.evaluate", "evaluate a checkpoint"),
+        "predict": ("audfer_jax.cli.predict",
                                 "class and AU probabilities for a video or frame folder"),
-        "convert": ("audfer_jax.models.convert",
+        "convert": ("audfer_jax.cli.convert",
                                 "PyTorch checkpoint -> Orbax checkpoint of Flax variables"),
-        "sweep": ("audfer_jax.sweep", "run folds and tabulate UAR/WAR mean and std"),
+        "sweep": ("audfer_jax.cli.sweep", "run folds and tabulate UAR/WAR mean and std"),
         "bench": ("audfer_jax.cli.bench", "benchmarks: input, model, train"),
-        "compile": ("audfer_jax.compile_check",
+        "compile": ("audfer_jax.cli.compile",
                     "compile the train step for a TPU slice here; FLOPs, HBM, fits"),
 }
 

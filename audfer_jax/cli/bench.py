@@ -8,9 +8,9 @@ import sys
 from audfer_jax import hints
 
 _KINDS = {
-        "input": "audfer_jax.data.bench",
-        "model": "audfer_jax.models.bench",
-        "train": "audfer_jax.train_bench",
+        "input": "audfer_jax.cli.bench_input",
+        "model": "audfer_jax.cli.bench_model",
+        "train": "audfer_jax.cli.bench_train",
 }
 
 

@@ -1,0 +1,3 @@
+"""TEMPORARY stub during the layout move: to be replaced by the thin command module."""
+
+from audfer_jax.models.convert import main  # noqa: F401
