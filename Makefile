@@ -42,12 +42,11 @@ test-slow: $(STAMP_TEST)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # The main job on the embedded, synthetic demo set: generate it, prepare it,
-# train the demo config (tiny Former-DFER with the AU loss) on the CPU, evaluate.
-# The demo is a CPU job: JAX_PLATFORMS=cpu (unless set) keeps JAX from probing
-# libtpu, which `make test` installs for `audfer-jax compile` and which prints
-# TPU start-up errors on a host without a TPU.
+# train the demo config (tiny Former-DFER with the AU loss), evaluate. (On a
+# host without a TPU, `audfer-jax` itself keeps the libtpu that `make test`
+# installs from probing for one: audfer_jax/host.py.)
 train: $(STAMP_TRAIN)
-	JAX_PLATFORMS=$${JAX_PLATFORMS-cpu} $(VENV)/bin/audfer-jax train --config configs/demo.py --workdir $(WORKDIR)
+	$(VENV)/bin/audfer-jax train --config configs/demo.py --workdir $(WORKDIR)
 
 clean:
 	rm -rf $(VENV) workdir data/demo data/prepared

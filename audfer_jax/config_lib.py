@@ -180,6 +180,19 @@ def apply_variant(c: ml_collections.ConfigDict, dataset: str, fold: int, loss: s
 # Configs: `path.py:arg` files and `--config.x=y` overrides.
 # ---------------------------------------------------------------------------
 
+def _split_spec(spec: str) -> tuple[str, str | None]:
+    """`"configs/x.py:a=1"` -> `("configs/x.py", "a=1")`; no argument -> `(spec, None)`."""
+    if ".py:" in spec:
+        cut = spec.index(".py:") + 3
+        return spec[:cut], spec[cut + 1:]
+    return spec, None
+
+
+def config_file_path(spec: str) -> str:
+    """The file part of a `path/to/config.py[:arg]` spec."""
+    return _split_spec(spec)[0]
+
+
 def load_config_file(spec: str):
     """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`.
 
@@ -197,10 +210,7 @@ def load_config_file(spec: str):
         FileNotFoundError: the file does not exist.
         ValueError: the file has no `get_config`.
     """
-    path, arg = spec, None
-    if ".py:" in spec:
-        cut = spec.index(".py:") + 3
-        path, arg = spec[:cut], spec[cut + 1:]
+    path, arg = _split_spec(spec)
     # A config is Python to import: a local file, never a URL.
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} not found (from --config {spec!r})")

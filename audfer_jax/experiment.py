@@ -21,6 +21,7 @@ import ml_collections
 import numpy as np
 
 from audfer_jax import au as au_lib
+from audfer_jax import classes
 from audfer_jax import config_lib
 from audfer_jax import metrics as metrics_lib
 from audfer_jax import model_state
@@ -192,6 +193,13 @@ class Experiment:
         self.data = data
         self.mesh = parallel.make_mesh()
         data_config = make_data_config(config, data)
+        expected_classes = None
+        if model is None:
+            # Errors that need no data (an unknown model, an import path that
+            # does not import, a bad override) come before the demo set is
+            # written or a fold prepared.
+            expected_classes = classes.num_classes(data_config.name)
+            model = model_state.build_model(config, expected_classes)
         if for_training:
             data_config = prepare_data_if_needed(config, data, data_config)
         self.data_config = data_config
@@ -200,6 +208,8 @@ class Experiment:
         self.info = data.dataset_info(self.data_config)
         self.class_names = list(self.info.class_names)
         self.num_classes = len(self.class_names)
+        if expected_classes not in (None, self.num_classes):
+            model = model_state.build_model(config, self.num_classes)
         self.dataset = str(self.data_config.name)
         self.global_batch = int(config.batch_size)
         parallel.local_batch_size(self.global_batch, self.mesh)

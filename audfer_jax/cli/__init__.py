@@ -16,6 +16,7 @@ import os
 import sys
 
 from audfer_jax import hints
+from audfer_jax import host
 
 from audfer_jax.cli import errors as cli_errors
 
@@ -49,6 +50,9 @@ def _usage() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `audfer-jax` console script."""
+    # Before any command imports JAX: keep a libtpu install from probing for a
+    # TPU (and printing its start-up errors) on a host that has none.
+    host.quiet_tpu_probe()
     argv, debug = cli_errors.pop_debug_flag(sys.argv[1:] if argv is None else argv)
     if debug:
         os.environ[cli_errors.DEBUG_ENV] = "1"

@@ -157,3 +157,24 @@ class ArgumentParser(argparse.ArgumentParser):
         print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr,
               flush=True)
         sys.exit(2)
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def add_bool_flag(parser: argparse.ArgumentParser, name: str, help_text: str) -> None:
+    """A boolean flag in absl's spellings: `--name`, `--name=true|false`, `--noname`.
+
+    The commands kept absl's forms when they moved to argparse, so that
+    launch scripts written for the earlier `train` command still work.
+    """
+    parser.add_argument(f"--{name}", dest=name, nargs="?", const=True, default=False,
+                        type=_parse_bool, metavar="true|false", help=help_text)
+    parser.add_argument(f"--no{name}", dest=name, action="store_false",
+                        help=argparse.SUPPRESS)

@@ -5,8 +5,7 @@
     python -m audfer_jax train --config configs/demo.py --workdir runs/demo
 
 `--config` is a big_vision-style config file with an optional `:arg` variant
-(`get_config(arg)`), `--config.x=y` overrides any field
-(`ml_collections.config_flags`). A workdir that already holds checkpoints is
+(`get_config(arg)`), `--config.x=y` overrides any field (`config_lib`). A workdir that already holds checkpoints is
 resumed. Prints the final metrics as JSON.
 """
 
@@ -17,25 +16,30 @@ import os
 import shlex
 import sys
 
-from absl import flags
-from ml_collections import config_flags
+from audfer_jax import config_lib
 
 from audfer_jax.cli import errors as cli_errors
 
 _PROG = "audfer-jax train"
 _USAGE = "audfer-jax train --config FILE[:ARG] --workdir DIR [--config.FIELD=VALUE ...]"
-_FLAGS = flags.FlagValues()
-config_flags.DEFINE_config_file("config", None, "experiment config file[:variant]",
-                                flag_values=_FLAGS, lock_config=True)
-flags.DEFINE_string("workdir", None, "run directory (checkpoints, logs, metrics); "
-                    "local or gs://...",
-                    flag_values=_FLAGS)
-flags.DEFINE_bool("evaluate_only", False, "evaluate the workdir's newest checkpoint "
-                  "instead of training", flag_values=_FLAGS)
-flags.DEFINE_bool("best", False, "with --evaluate_only: the best checkpoint",
-                  flag_values=_FLAGS)
-flags.DEFINE_integer("verbosity", -1, "library log messages shown: -1 WARNING and above "
-                     "(default), 0 INFO, 1 DEBUG (absl's convention)", flag_values=_FLAGS)
+
+
+def _parser() -> cli_errors.ArgumentParser:
+    """The flags of `audfer-jax train` (besides `--config.FIELD=VALUE` overrides)."""
+    parser = cli_errors.ArgumentParser(
+            prog=_PROG, usage=_USAGE,
+            description="Train and evaluate one config; a workdir that already holds "
+                        "checkpoints is resumed. --config.FIELD=VALUE overrides any field.")
+    parser.add_argument("--config", default=None, help="experiment config file[:variant]")
+    parser.add_argument("--workdir", default=None, help="run directory (checkpoints, logs, "
+                        "metrics); local or gs://...")
+    cli_errors.add_bool_flag(parser, "evaluate_only", "evaluate the workdir's newest "
+                             "checkpoint instead of training")
+    cli_errors.add_bool_flag(parser, "best", "with --evaluate_only: the best checkpoint")
+    parser.add_argument("--verbosity", type=int, default=-1,
+                        help="library log messages shown: -1 WARNING and above (default), "
+                             "0 INFO, 1 DEBUG (absl's convention)")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,19 +51,18 @@ def main(argv: list[str] | None = None) -> int:
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        _parse_flags(argv)
+        args, config = _parse_flags(argv)
     except cli_errors.UsageError as e:
         return cli_errors.report(_PROG, e)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from audfer_jax import reporting
-    reporting.configure_logging(_FLAGS.verbosity)
+    reporting.configure_logging(args.verbosity)
     from audfer_jax import train
-    config = _FLAGS.config
     try:
-        if _FLAGS.evaluate_only:
-            result = train.evaluate_checkpoint(config, _FLAGS.workdir, best=_FLAGS.best)
+        if args.evaluate_only:
+            result = train.evaluate_checkpoint(config, args.workdir, best=args.best)
         else:
-            result = train.train_and_evaluate(config, _FLAGS.workdir)
+            result = train.train_and_evaluate(config, args.workdir)
     except (OSError, ValueError, FloatingPointError) as e:
         return cli_errors.report(_PROG, e)
     import jax
@@ -68,68 +71,46 @@ def main(argv: list[str] | None = None) -> int:
         # scheduler sees one preempted job, not one failed process.
         return int(result.get("exit_code", 1))
     if jax.process_index() == 0:
-        print(_summary(result, _FLAGS.workdir, config))
+        print(_summary(result, args.workdir, config))
     return 0
 
 
-def _parse_flags(argv: list[str]) -> None:
-    """Parses the flags into `_FLAGS`.
+def _parse_flags(argv: list[str]):
+    """Parses the flags and loads the config with its overrides.
+
+    Returns:
+        `(args, config)`: the argparse namespace and the locked
+        `ml_collections.ConfigDict`.
 
     Raises:
         cli_errors.UsageError: one line naming the bad flag, config argument or
             config field (and the closest valid choice where there is one).
     """
-    spec = _flag_value(argv, "--config")
-    path = spec.split(":", 1)[0]
-    if path and not os.path.isfile(path):
-        raise cli_errors.UsageError(f"--config {spec}: no such config file {path!r}; "
+    try:
+        rest, overrides = config_lib.split_config_overrides(argv)
+    except ValueError as e:
+        raise cli_errors.UsageError(str(e)) from None
+    args = _parser().parse_args(rest)
+    if not args.config or not args.workdir:
+        raise cli_errors.UsageError(f"--config and --workdir are required; usage: {_USAGE}")
+    path = config_lib.config_file_path(args.config)
+    if not os.path.isfile(path):
+        raise cli_errors.UsageError(f"--config {args.config}: no such config file {path!r}; "
                                     "expected e.g. configs/former_dfer.py[:ARG]")
     try:
-        _FLAGS([_PROG] + argv)
-    except (flags.Error, AttributeError, KeyError, ValueError, TypeError) as e:
-        # absl wraps a `get_config` ValueError (dataset=nope) in a flag error
-        # whose text is a traceback; an unknown `--config.field` surfaces as
-        # ml_collections' AttributeError. Either way the message that matters
-        # is the innermost one, or our own override check's.
-        raise cli_errors.UsageError(_explain(e, argv)) from e
-    if _FLAGS.config is None or not _FLAGS.workdir:
-        raise cli_errors.UsageError(f"--config and --workdir are required; usage: {_USAGE}")
+        config = config_lib.load_config_file(args.config)
+    except (ValueError, TypeError, OSError) as e:
+        # A `get_config` error (dataset=nope, fold=9): its own message, with
+        # the argument it came from.
+        raise cli_errors.UsageError(f"{cli_errors.one_line(e)} (in --config {args.config})"
+                                    ) from e
     try:
-        _FLAGS.config.get("model")
-    except OSError as e:  # ml_collections defers a config-file load error to here
-        raise cli_errors.UsageError(f"--config {spec}: {cli_errors.one_line(e)}") from e
-
-
-def _explain(error: BaseException, argv: list[str]) -> str:
-    """One line for a flag-parsing error (see `_parse_flags`)."""
-    cause = cli_errors.root_cause(error)
-    if isinstance(cause, (AttributeError, KeyError)) or "flag --config." in str(cause):
-        # Redo the override step with the sweep's checker, which names the
-        # field and the closest existing one.
-        from audfer_jax import config_lib  # pylint: disable=g-import-not-at-top
-        spec = _flag_value(argv, "--config")
-        try:
-            rest, overrides = config_lib.split_config_overrides(argv)
-            del rest
-            if spec:
-                config_lib.apply_overrides(config_lib.load_config_file(spec), overrides)
-        except (KeyError, ValueError, OSError) as e:
-            return cli_errors.one_line(e)
-    text = cli_errors.one_line(cause)
-    if cause is not error and isinstance(cause, ValueError):
-        spec = _flag_value(argv, "--config")
-        return f"{text} (in --config {spec})" if spec else text
-    return text
-
-
-def _flag_value(argv: list[str], name: str) -> str:
-    """The value of `name=...` or `name ...` in `argv`, or ''."""
-    for i, a in enumerate(argv):
-        if a.startswith(name + "="):
-            return a.split("=", 1)[1]
-        if a == name and i + 1 < len(argv):
-            return argv[i + 1]
-    return ""
+        config_lib.apply_overrides(config, overrides)
+    except (KeyError, ValueError) as e:
+        raise cli_errors.UsageError(cli_errors.one_line(e)) from e
+    if hasattr(config, "lock"):
+        config.lock()       # a typo'd field assignment in the library is an error
+    return args, config
 
 
 def _summary(result: dict, workdir: str, config=None) -> str:
