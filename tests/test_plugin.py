@@ -332,7 +332,8 @@ def _state_params(workdir, step):
 
 
 def test_sweep_resume_evaluate_predict_in_memory(tmp_path):
-    from audfer_jax import evaluate, predict, sweep
+    from audfer_jax import evaluate, predict
+    from audfer_jax.experiments import folds as sweep_folds
 
     def make_config(fold):
         c = fakes.micro_config(checkpoint_every_steps=1, keep_checkpoints=10, num_epochs=1,
@@ -342,7 +343,7 @@ def test_sweep_resume_evaluate_predict_in_memory(tmp_path):
     def runner(cfg, workdir):
         return train.train_and_evaluate(cfg, workdir, data=fakes)
 
-    _, rows = sweep.run_sweep(make_config, [1], str(tmp_path / "sweep"), runner=runner)
+    _, rows = sweep_folds.run_sweep(make_config, [1], str(tmp_path / "sweep"), runner=runner)
     full = str(tmp_path / "sweep" / "fold_1")
     with open(os.path.join(full, "config.json"), encoding="utf-8") as f:
         assert json.load(f)["model"] == PATH

@@ -1,4 +1,5 @@
-"""Tests of `audfer_jax.sweep`: fold tables, resumption and the CLI (fake runner)."""
+"""Tests of `audfer-jax sweep`: fold tables (`experiments.tables`), resumption
+(`experiments.folds`) and the command (`cli.sweep`), with a fake runner."""
 
 from __future__ import annotations
 
@@ -12,7 +13,9 @@ import ml_collections
 import pytest
 
 from audfer_jax import config_lib
-from audfer_jax import sweep
+from audfer_jax.cli import sweep as sweep_cli
+from audfer_jax.experiments import folds
+from audfer_jax.experiments import tables
 
 # Per-fold figures (%) chosen so that the sample and the population std differ.
 LAST_UAR = {1: 50.0, 2: 52.0, 3: 54.0, 4: 56.0, 5: 58.0}
@@ -40,8 +43,8 @@ def _row(rows, table, fold):
 
 
 def test_summarize_folds_hand_computed():
-    per_fold = {k: sweep.fold_record(_result(k)) for k in (3, 1, 2, 5, 4)}
-    rows = sweep.summarize_folds(per_fold)
+    per_fold = {k: folds.fold_record(_result(k)) for k in (3, 1, 2, 5, 4)}
+    rows = tables.summarize_folds(per_fold)
     # Last epoch: UAR 50..58 step 2 -> mean 54, sample std sqrt(40 / 4) = sqrt(10)
     # (population std would be sqrt(8)); WAR 60..64 -> mean 62, std sqrt(10 / 4).
     mean, std = _row(rows, "last", "mean"), _row(rows, "last", "std")
@@ -64,36 +67,36 @@ def test_summarize_folds_hand_computed():
 
 
 def test_single_fold_std_is_nan_and_empty_is_an_error():
-    rows = sweep.summarize_folds({1: sweep.fold_record(_result(1))})
+    rows = tables.summarize_folds({1: folds.fold_record(_result(1))})
     assert math.isnan(_row(rows, "last", "std")["uar"])
     assert _row(rows, "last", "mean")["uar"] == 50.0
     with pytest.raises(ValueError):
-        sweep.summarize_folds({})
+        tables.summarize_folds({})
     with pytest.raises(ValueError, match="best"):
-        sweep.fold_record({"last": {"uar": 1.0, "war": 2.0}})
+        folds.fold_record({"last": {"uar": 1.0, "war": 2.0}})
 
 
 def test_markdown_and_csv_are_labelled():
-    per_fold = {k: sweep.fold_record(_result(k)) for k in (1, 2)}
-    rows = sweep.summarize_folds(per_fold)
-    md = sweep.to_markdown(rows, per_fold)
+    per_fold = {k: folds.fold_record(_result(k)) for k in (1, 2)}
+    rows = tables.summarize_folds(per_fold)
+    md = tables.to_markdown(rows, per_fold)
     assert "## Last epoch" in md and "## Best epoch (criterion: war+uar)" in md
     assert "std (sample, ddof=1)" in md
     # UAR 50, 52: mean 51.00, sample std sqrt(2) = 1.41.
     assert "| last | mean |  | 51.00 |" in md
     assert "| last | std (sample, ddof=1) |  | 1.41 |" in md
-    table = list(csv.DictReader(io.StringIO(sweep.to_csv(rows))))
+    table = list(csv.DictReader(io.StringIO(tables.to_csv(rows))))
     assert {r["table"] for r in table} == {"last", "best"}
     std_row = [r for r in table if r["table"] == "last" and r["fold"] == "std_sample_ddof1"]
     assert float(std_row[0]["uar"]) == pytest.approx(math.sqrt(2.0))
 
 
 def test_parse_folds_and_with_fold():
-    assert sweep.parse_folds("1-5") == [1, 2, 3, 4, 5]
-    assert sweep.parse_folds("3,1") == [3, 1]
+    assert sweep_cli.parse_folds("1-5") == [1, 2, 3, 4, 5]
+    assert sweep_cli.parse_folds("3,1") == [3, 1]
     for bad in ("", "0", "2-1", "1,1", "a"):
         with pytest.raises(ValueError):
-            sweep.parse_folds(bad)
+            sweep_cli.parse_folds(bad)
     assert config_lib.with_fold("c/x.py:dataset=dfew,fold=2,loss=au", 4) == \
         "c/x.py:dataset=dfew,loss=au,fold=4"
     assert config_lib.with_fold("c/x.py", 1) == "c/x.py:fold=1"
@@ -126,10 +129,10 @@ def test_sweep_resumes_without_rerunning_finished_folds(tmp_path):
     calls = []
     runner = _fake_runner(calls, fail_on={3})
     with pytest.raises(KeyboardInterrupt):
-        sweep.run_sweep(_config, [1, 2, 3, 4, 5], str(tmp_path), runner=runner, log=lambda m: None)
+        folds.run_sweep(_config, [1, 2, 3, 4, 5], str(tmp_path), runner=runner, log=lambda m: None)
     assert calls == [1, 2, 3]
     assert not (tmp_path / "results.md").exists()
-    per_fold, rows = sweep.run_sweep(_config, [1, 2, 3, 4, 5], str(tmp_path), runner=runner,
+    per_fold, rows = folds.run_sweep(_config, [1, 2, 3, 4, 5], str(tmp_path), runner=runner,
                                      log=lambda m: None)
     assert calls == [1, 2, 3, 3, 4, 5]          # folds 1 and 2 were not rerun
     assert sorted(per_fold) == [1, 2, 3, 4, 5]
@@ -139,7 +142,7 @@ def test_sweep_resumes_without_rerunning_finished_folds(tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["std"] == "sample (ddof=1)"
     # A third run reads everything back and trains nothing.
-    sweep.run_sweep(_config, [1, 2, 3, 4, 5], str(tmp_path), runner=runner, log=lambda m: None)
+    folds.run_sweep(_config, [1, 2, 3, 4, 5], str(tmp_path), runner=runner, log=lambda m: None)
     assert calls == [1, 2, 3, 3, 4, 5]
 
 
@@ -148,7 +151,7 @@ def test_unfinished_run_stops_the_sweep(tmp_path):
         return {"stopped_at_step": 3, "class_names": ["a"]}
 
     with pytest.raises(RuntimeError, match="did not finish"):
-        sweep.run_sweep(_config, [1], str(tmp_path), runner=stopped, log=lambda m: None)
+        folds.run_sweep(_config, [1], str(tmp_path), runner=stopped, log=lambda m: None)
 
 
 def test_overrides_are_typed_and_checked():
@@ -186,7 +189,7 @@ def test_cli_with_config_file(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(train, "train_and_evaluate", fake_train)
     work = tmp_path / "sweep"
-    rc = sweep.main(["--config", f"{cfg}:dataset=mafw", "--folds", "1-3",
+    rc = sweep_cli.main(["--config", f"{cfg}:dataset=mafw", "--folds", "1-3",
                      "--workdir", str(work), "--config.lr=0.02"])
     assert rc == 0
     assert [(f, d, lr) for f, d, lr, _ in seen] == [(1, "mafw", 0.02), (2, "mafw", 0.02),
@@ -194,7 +197,7 @@ def test_cli_with_config_file(tmp_path, monkeypatch, capsys):
     assert [os.path.basename(w) for *_, w in seen] == ["fold_1", "fold_2", "fold_3"]
     out = capsys.readouterr().out
     assert "## Last epoch" in out and (work / "results.csv").exists()
-    assert sweep.main(["--config", f"{cfg}", "--folds", "1", "--workdir", str(work),
+    assert sweep_cli.main(["--config", f"{cfg}", "--folds", "1", "--workdir", str(work),
                        "--config.nope=1"]) == 2
 
 

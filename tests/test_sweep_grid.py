@@ -18,11 +18,14 @@ import numpy as np
 import pytest
 
 from audfer_jax import config_lib
-from audfer_jax import comparison
-from audfer_jax import grid
-from audfer_jax import published
-from audfer_jax import stats
-from audfer_jax import sweep
+from audfer_jax.cli import sweep as sweep_cli
+from audfer_jax.experiments import comparison
+from audfer_jax.experiments import folds as folds_lib
+from audfer_jax.experiments import grid
+from audfer_jax.experiments import grid_runner
+from audfer_jax.experiments import published
+from audfer_jax.experiments import stats
+from audfer_jax.experiments import variants as variants_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 M3DFEL = os.path.join(REPO, "configs", "m3dfel.py") + ":dataset=dfew"
@@ -82,8 +85,8 @@ def test_variant_names_are_stable_and_safe():
     # of the real m3dfel config (fresh config objects each time).
     names = []
     for _ in range(2):
-        axes = sweep.classify_axes(M3DFEL, grid.parse_axes(["loss=ce,au", "au.lam=0.1,0.25"]))
-        variants, _ = grid.expand(axes, lambda a, axes=axes: sweep.variant_config(
+        axes = variants_lib.classify_axes(M3DFEL, grid.parse_axes(["loss=ce,au", "au.lam=0.1,0.25"]))
+        variants, _ = grid.expand(axes, lambda a, axes=axes: variants_lib.variant_config(
                 M3DFEL, axes, [], a, 1))
         names.append([(v.name, v.fingerprint) for v in variants])
     assert names[0] == names[1]
@@ -93,9 +96,9 @@ def test_variant_names_are_stable_and_safe():
 
 
 def test_argument_and_field_axes_on_a_recipe_config():
-    axes = sweep.classify_axes(M3DFEL, grid.parse_axes(["loss=ce,au_distinct", "optim.lr=1e-4"]))
+    axes = variants_lib.classify_axes(M3DFEL, grid.parse_axes(["loss=ce,au_distinct", "optim.lr=1e-4"]))
     assert [(a.key, a.is_argument) for a in axes] == [("loss", True), ("optim.lr", False)]
-    c = sweep.variant_config(M3DFEL, axes, [("batch_size", "8")],
+    c = variants_lib.variant_config(M3DFEL, axes, [("batch_size", "8")],
                              (("loss", "au_distinct"), ("optim.lr", "1e-4")), 3)
     assert (c.loss, c.optim.lr, c.batch_size, c.data.fold) == ("au_distinct", 1e-4, 8, 3)
 
@@ -163,7 +166,7 @@ def _result(f):
 
 
 def _per_variant():
-    return {n: {k: sweep.fold_record(_result(f)) for k, f in folds.items()}
+    return {n: {k: folds_lib.fold_record(_result(f)) for k, f in folds.items()}
             for n, folds in FIGS.items()}
 
 
@@ -215,7 +218,7 @@ def test_published_row_for_a_recipe_and_not_for_the_demo(tmp_path):
     # A sweep without a grid gets the row in its results.md too; the demo does not.
     for spec, expect in ((M3DFEL, True), (DEMO + ":loss=au", False)):
         work = tmp_path / os.path.basename(spec.split(":")[0])
-        sweep.run_sweep(lambda fold, spec=spec: config_lib.load_config_file(
+        folds_lib.run_sweep(lambda fold, spec=spec: config_lib.load_config_file(
                 config_lib.with_fold(spec, fold)), [1, 2], str(work),
                 runner=_grid_runner([]), log=lambda m: None)
         md = (work / "results.md").read_text()
@@ -283,13 +286,13 @@ def _grid_runner(calls, fail_on=()):
 
 
 def _run(tmp_path, grids, calls, runner=None, folds=(1, 2, 3)):
-    axes = sweep.classify_axes(M3DFEL, grid.parse_axes(grids))
+    axes = variants_lib.classify_axes(M3DFEL, grid.parse_axes(grids))
 
     def make(v, fold):
-        return sweep.variant_config(M3DFEL, axes, [], v.assignments, fold)
+        return variants_lib.variant_config(M3DFEL, axes, [], v.assignments, fold)
 
-    variants, _ = grid.expand(axes, lambda a: sweep.variant_config(M3DFEL, axes, [], a, 1))
-    return sweep.run_grid(variants, make, list(folds), str(tmp_path), baseline=variants[0],
+    variants, _ = grid.expand(axes, lambda a: variants_lib.variant_config(M3DFEL, axes, [], a, 1))
+    return grid_runner.run_grid(variants, make, list(folds), str(tmp_path), baseline=variants[0],
                           runner=runner or _grid_runner(calls), log=lambda m: None)
 
 
@@ -332,7 +335,7 @@ def test_cli_grid_with_fake_training(tmp_path, monkeypatch, capsys):
     from audfer_jax import train
     calls = []
     monkeypatch.setattr(train, "train_and_evaluate", _grid_runner(calls))
-    rc = sweep.main(["--config", M3DFEL, "--folds", "1-3", "--grid", "loss=ce,au",
+    rc = sweep_cli.main(["--config", M3DFEL, "--folds", "1-3", "--grid", "loss=ce,au",
                      "--grid", "au.lam=0.1,0.25", "--baseline", "loss=ce",
                      "--workdir", str(tmp_path)])
     assert rc == 0
@@ -363,7 +366,7 @@ def test_cli_errors_are_one_line_before_training(tmp_path, monkeypatch, capsys, 
     from audfer_jax import train
     calls = []
     monkeypatch.setattr(train, "train_and_evaluate", _grid_runner(calls))
-    rc = sweep.main(["--config", M3DFEL, "--folds", "1-2", "--workdir", str(tmp_path), *extra])
+    rc = sweep_cli.main(["--config", M3DFEL, "--folds", "1-2", "--workdir", str(tmp_path), *extra])
     err = capsys.readouterr().err
     assert rc == 2 and calls == [] and not os.listdir(tmp_path)
     assert message in err and len(err.strip().splitlines()) == 1, err

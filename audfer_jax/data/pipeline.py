@@ -214,6 +214,24 @@ def _builder(path: str):
     return tfds.builder_from_directory(path)
 
 
+@functools.lru_cache(maxsize=1)
+def _skip_decoding() -> type:
+    """`tfds.decode.SkipDecoding` for a sequence feature, without its deprecated path.
+
+    TFDS maps the identity over the frames with `tf.map_fn(dtype=decoder.dtype)`,
+    which reads `TensorInfo.dtype`: two deprecation warnings per dataset read
+    (twice a fold in a sweep). Skipping the decoding of a sequence is the
+    identity on the sequence.
+    """
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+    class SkipSequenceDecoding(tfds.decode.SkipDecoding):
+        def decode_batch_example(self, serialized_example):
+            return serialized_example
+
+    return SkipSequenceDecoding
+
+
 def _read(data_config, split: str, start: int, end: int, *, shuffle_seed=None):
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     builder = _builder(_require_prepared(data_config))
@@ -221,7 +239,7 @@ def _read(data_config, split: str, start: int, end: int, *, shuffle_seed=None):
                                   add_tfds_id=False)
     return builder.as_dataset(
         split=f"{split}[{start}:{end}]", shuffle_files=shuffle_seed is not None,
-        read_config=read_config, decoders={"frames": tfds.decode.SkipDecoding()})
+        read_config=read_config, decoders={"frames": _skip_decoding()()})
 
 
 def _num_examples(data_config, split: str) -> int:

@@ -17,7 +17,7 @@ import io
 import math
 from typing import Any, Mapping, Optional, Sequence
 
-from audfer_jax import stats
+from audfer_jax.experiments import stats
 
 EPOCH_CHOICES = ("last", "best")
 METRICS = ("uar", "war")
@@ -30,7 +30,7 @@ def build_tables(per_variant: Mapping[str, Mapping[int, Mapping]],
     """The four comparison tables.
 
     Args:
-        per_variant: `{variant name: {fold: sweep.fold_record(...)}}`, in the
+        per_variant: `{variant name: {fold: folds.fold_record(...)}}`, in the
             order the tables list the variants; every variant has the same folds.
         labels: `{variant name: "loss=au, au.lam=0.25"}`.
         baseline: the baseline's variant name, or None (no comparison columns).

@@ -35,7 +35,7 @@ def table() -> tuple[dict, ...]:
     Raises:
         RuntimeError: an entry lacks a figure or its source (corrupt package data).
     """
-    text = _files("audfer_jax").joinpath("reference_data", "published_results.json").read_text()
+    text = _files("audfer_jax.experiments").joinpath("reference_data", "published_results.json").read_text()
     entries = tuple(json.loads(text)["results"])
     for e in entries:
         if not e.get("source") or not isinstance(e.get("uar"), (int, float)) \
