@@ -26,7 +26,6 @@ from audfer_jax import config_lib
 from audfer_jax import metrics as metrics_lib
 from audfer_jax import model_state
 from audfer_jax import parallel
-from audfer_jax import paths
 from audfer_jax import steps as steps_lib
 
 # The arrays of a batch that go to the device (`index` stays on the host).
@@ -64,28 +63,23 @@ def make_data_config(config: ml_collections.ConfigDict, data):
 def prepare_data_if_needed(config: ml_collections.ConfigDict, data, data_config):
     """Writes the demo set and prepares the fold when `config.prepare_data` is set.
 
-    Process 0 does the work (`data.ensure_prepared`); the others wait at a
-    barrier. For `name == 'demo'` without `raw_dir`, the synthetic set is first
-    written to `<data_dir>/demo_raw` with `config.demo.num_clips` clips of
-    `config.demo.image_size` pixels (`audfer_jax.data.demo.write_demo_dataset`).
+    Process 0 does the work (`data.ensure_prepared`, which writes the demo
+    set, with `config.demo`'s clips, seed and frame size, when a demo config
+    without `raw_dir` finds none); the others wait at a barrier.
 
     Returns:
-        The data config, with `raw_dir` set to the demo set's folder when it
-        was written here.
+        The data config, with `raw_dir` set to the demo set's folder when the
+        config names the demo set without one (`data.with_demo_raw_dir`).
     """
     if not config.prepare_data or not hasattr(data, "ensure_prepared"):
         return data_config
-    from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
-    write_demo = data_config.name == "demo" and not data_config.raw_dir
-    if write_demo:
-        # A local folder also for a gs:// data_dir (the readers are local).
-        data_config = data_config.replace(raw_dir=demo.raw_dir_for(data_config.data_dir))
     if jax.process_index() == 0:
-        raw = data_config.raw_dir
-        if write_demo and not paths.isdir(paths.join(raw, "DFEW")):
-            demo.write_demo_dataset(raw, int(config.demo.num_clips), int(config.demo.seed),
-                                    int(config.demo.image_size))
-        data.ensure_prepared(data_config, log=print, progress_bar=sys.stderr.isatty())
+        data.ensure_prepared(data_config, log=print, demo_clips=int(config.demo.num_clips),
+                             progress_bar=sys.stderr.isatty(),
+                             demo_seed=int(config.demo.seed),
+                             demo_image_size=int(config.demo.image_size),
+                             keep_demo_release=True)
+    data_config = data.with_demo_raw_dir(data_config)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
         multihost_utils.sync_global_devices("audfer_jax.prepare_data")

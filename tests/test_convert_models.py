@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from audfer_jax.cli import convert as convert_cli
 from audfer_jax.models import convert, default_input_shape, get_model
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "state_dicts"
@@ -579,10 +580,10 @@ def test_cli_converts_and_saves(tmp_path, monkeypatch, capsys):
         saved.update(directory=directory, variables=variables, metadata=metadata)
         return directory
 
-    monkeypatch.setattr(convert, "_get_saver", lambda: fake_save)
+    monkeypatch.setattr(convert_cli, "_get_saver", lambda: fake_save)
     out = tmp_path / "out"
-    rc = convert.main(["--model", "former_dfer_tiny", "--checkpoint", str(path),
-                       "--out", str(out), "--num_classes", "7"])
+    rc = convert_cli.main(["--model", "former_dfer_tiny", "--checkpoint", str(path),
+                           "--out", str(out), "--num_classes", "7"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "0 leaves fresh, 0 errors" in printed
@@ -596,16 +597,16 @@ def test_cli_converts_and_saves(tmp_path, monkeypatch, capsys):
     np.testing.assert_array_equal(params["fc"]["kernel"], sd["fc.weight"].T)
     np.testing.assert_array_equal(params["AU_fc"]["bias"], sd["AU_fc.bias"])
     # A 6-class model with --strict fails and names the head.
-    rc = convert.main(["--model", "former_dfer_tiny", "--checkpoint", str(path),
-                       "--out", str(tmp_path / "out2"), "--num_classes", "6", "--strict"])
+    rc = convert_cli.main(["--model", "former_dfer_tiny", "--checkpoint", str(path),
+                           "--out", str(tmp_path / "out2"), "--num_classes", "6", "--strict"])
     assert rc == 1
     assert "fc.weight" in capsys.readouterr().err
-    assert convert.main(["--model", "former_dfer_tiny", "--checkpoint",
-                         str(tmp_path / "absent.pth"), "--out", str(tmp_path / "o3")]) == 1
+    assert convert_cli.main(["--model", "former_dfer_tiny", "--checkpoint",
+                             str(tmp_path / "absent.pth"), "--out", str(tmp_path / "o3")]) == 1
     assert "no such checkpoint" in capsys.readouterr().err
     (tmp_path / "exists").mkdir()
-    assert convert.main(["--model", "former_dfer_tiny", "--checkpoint", str(path),
-                         "--out", str(tmp_path / "exists")]) == 1
+    assert convert_cli.main(["--model", "former_dfer_tiny", "--checkpoint", str(path),
+                             "--out", str(tmp_path / "exists")]) == 1
     assert "already exists" in capsys.readouterr().err
 
 
@@ -635,8 +636,8 @@ def test_cli_writes_orbax_checkpoint(tmp_path):
     torch.save({"state_dict": {k: torch.from_numpy(np.ascontiguousarray(v))
                                for k, v in sd.items()}}, path)
     out = tmp_path / "flax"
-    assert convert.main(["--model", "former_dfer_tiny", "--checkpoint", str(path),
-                         "--out", str(out)]) == 0
+    assert convert_cli.main(["--model", "former_dfer_tiny", "--checkpoint", str(path),
+                             "--out", str(out)]) == 0
     variables, metadata = checkpoint.restore_variables(str(out))
     assert metadata["model"] == "former_dfer_tiny"
     assert metadata["report"]["fresh"] == []

@@ -10,6 +10,7 @@ import pytest
 
 from audfer_jax.au import AU_NAMES
 from audfer_jax.classes import DFEW_CLASSES
+from audfer_jax.cli import demo as demo_cli
 from audfer_jax.data import demo
 from audfer_jax.data.readers import au_labels, read_split
 from audfer_jax.data.records import Report
@@ -40,8 +41,8 @@ def demo_dir(tmp_path_factory):
 
 def test_deterministic_given_seed(demo_dir, tmp_path):
     out, _ = demo_dir
-    assert demo.main(["--out", str(tmp_path / "a"), "--num_clips", str(NUM_CLIPS),
-                      "--seed", "3", "--size", str(SIZE), "--workers", "1"]) == 0
+    assert demo_cli.main(["--out", str(tmp_path / "a"), "--num_clips", str(NUM_CLIPS),
+                          "--seed", "3", "--size", str(SIZE), "--workers", "1"]) == 0
     same = _tree_digest(str(tmp_path / "a"))
     assert same == _tree_digest(out)
     assert len(same) > NUM_CLIPS * 16

@@ -10,6 +10,7 @@ import pytest
 pytest.importorskip("tensorflow_datasets")
 
 import audfer_jax.data.readers as readers_pkg  # noqa: E402
+from audfer_jax.cli import prepare as prepare_cli  # noqa: E402
 from audfer_jax.data import prepare as prepare_lib  # noqa: E402
 from audfer_jax.data import records  # noqa: E402
 
@@ -148,7 +149,7 @@ def test_cli_main_prints_summary(tmp_path, clips, monkeypatch, capsys):
     raw, by_split = clips
     monkeypatch.setattr(readers_pkg, "read_split", clip_fixtures.fake_reader(by_split),
                         raising=False)
-    rc = prepare_lib.main(["--dataset", "dfew", "--raw_dir", raw, "--data_dir",
+    rc = prepare_cli.main(["--dataset", "dfew", "--raw_dir", raw, "--data_dir",
                            str(tmp_path / "data"), "--fold", "4", "--on_error", "skip"])
     assert rc == 0
     out = capsys.readouterr().out
@@ -156,5 +157,5 @@ def test_cli_main_prints_summary(tmp_path, clips, monkeypatch, capsys):
     train_line = [l for l in out.splitlines() if l.split()[:2] == ["4", "train"]][0]
     expected = np.bincount([c.label for c in by_split["train"]], minlength=7)
     assert [int(v) for v in train_line.split()[2:9]] == expected.tolist()
-    assert prepare_lib.main(["--dataset", "dfew", "--raw_dir", str(tmp_path / "nope"),
+    assert prepare_cli.main(["--dataset", "dfew", "--raw_dir", str(tmp_path / "nope"),
                              "--data_dir", str(tmp_path / "d")]) == 1

@@ -118,6 +118,17 @@ def test_demo_through_real_readers(tmp_path):
     config = pipeline.default_data_config()
     config.update(name="demo", data_dir=str(tmp_path / "data"), image_size=32)
     assert pipeline.ensure_prepared(config) == res[0].path
+    # `ensure_prepared` writes the demo set (config.data.raw_dir unset) only when
+    # the fold must be prepared from it, or, for the trainer
+    # (`keep_demo_release`), whenever it is missing; with the given set options.
+    release = tmp_path / "data" / "demo_raw" / "DFEW"
+    assert not release.exists()
+    assert pipeline.ensure_prepared(config, demo_clips=35, demo_seed=1, demo_image_size=32,
+                                    keep_demo_release=True) == res[0].path
+    frame = os.path.join("Clip", "clip_224x224", "00001", "1.jpg")
+    with open(release / frame, "rb") as f, open(os.path.join(raw, "DFEW", frame), "rb") as g:
+        assert f.read() == g.read()
+    assert pipeline.with_demo_raw_dir(config).raw_dir == str(release.parent)
     batches, steps = pipeline.create_eval_dataset(config, global_batch_size=4,
                                                   process_index=0, process_count=1)
     batches = list(batches)

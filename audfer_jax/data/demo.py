@@ -67,6 +67,7 @@ matter). CLI: `audfer-jax demo --out DIR [--num_clips N --seed S --size 112]`.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -74,12 +75,11 @@ import os
 import re
 import tempfile
 import time
-from typing import Optional, Sequence
+from typing import Optional
 
 import cv2
 import numpy as np
 
-from audfer_jax.cli import errors as cli_errors
 from audfer_jax import paths
 from audfer_jax.au import AU_NAMES
 from audfer_jax.classes import DFEW_CLASSES
@@ -372,29 +372,72 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
         `[T, S, S, 3] float32` RGB frames, values 0-255, before head roll and
         sensor noise; and the pose `(cx, cy, degrees)` for `_roll`.
     """
-    T = intensities.shape[0]
     a = {name: intensities[:, i] / 5.0 for i, name in enumerate(RENDER_AUS)}
     idn = _identity(rng)
+    pose = _draw_pose(rng, intensities.shape[0], image_size)
+    cv = _draw_head(idn, pose, a, image_size)
+    # Features shift with pseudo-yaw (parallax): nose most, eyes and mouth less.
+    _draw_brows(cv, a, idn, pose.yaw)
+    _draw_eyes(cv, a, idn, pose.yaw)
+    _draw_nose(cv, a, idn, pose.yaw)
+    _draw_mouth(cv, a, idn, pose.yaw)
+    return cv.frames(), (pose.cx, pose.cy, np.rad2deg(pose.roll))
+
+
+@dataclasses.dataclass
+class _Pose:
+    """Per-frame head pose of a clip, each `[T] float32`.
+
+    Attributes:
+        cx, cy: face centre in pixels.
+        px: pixels per face unit (half the face width).
+        roll: head roll in radians (applied to whole frames by `_roll`).
+        yaw: pseudo-yaw (features shift sideways by parallax).
+    """
+    cx: np.ndarray
+    cy: np.ndarray
+    px: np.ndarray
+    roll: np.ndarray
+    yaw: np.ndarray
+
+
+def _draw_pose(rng: np.random.Generator, num_frames: int, image_size: int) -> _Pose:
+    """Draws the clip's slowly varying pose (scale, centre, roll, yaw) from `rng`."""
     S = float(image_size)
-    t = np.arange(T, dtype=np.float32)
+    t = np.arange(num_frames, dtype=np.float32)
 
     def wave(amp, period_lo=15, period_hi=60):
         return amp * np.sin(2 * np.pi * t / rng.uniform(period_lo, period_hi)
                             + rng.uniform(0, 6.3)).astype(np.float32)
 
+    # The order of the draws is the demo set's identity: do not reorder.
     px = S * 0.34 * rng.uniform(0.94, 1.04) * (1 + wave(0.03))
     cx = S * (0.5 + rng.uniform(-0.025, 0.025)) + wave(0.01 * S)
     cy = S * (0.5 + rng.uniform(-0.025, 0.025)) + wave(0.01 * S)
     roll = np.deg2rad(rng.uniform(-4, 4) + wave(2.0))
     yaw = rng.uniform(-0.2, 0.2) + wave(0.12)
+    return _Pose(cx=cx, cy=cy, px=px, roll=roll, yaw=yaw)
 
+
+def _draw_head(idn: dict, pose: _Pose, a: dict, image_size: int) -> _Canvas:
+    """The clip's canvas with background, shirt, neck, hair, ears, face and fringe.
+
+    Args:
+        idn: `_identity` of the clip.
+        pose: `_draw_pose` of the clip.
+        a: AU name -> `[T]` intensity / 5 (0-1).
+        image_size: frame side S in pixels.
+    """
+    cx, cy, px, yaw = pose.cx, pose.cy, pose.px, pose.yaw
+    T = len(cx)
+    S = float(image_size)
     # Static layers (gradient, shirt, neck), drawn once at the mean pose.
     v = (np.arange(image_size, dtype=np.float32) / S)[:, None, None]
     bg = idn["bg0"] * (1 - v) + idn["bg1"] * v
     bg = np.broadcast_to(bg, (image_size, image_size, 3)).copy()
     ar = idn["ar"]
     still = _Canvas(image_size, [cx.mean()], [cy.mean()], [px.mean()], bg)
-    skin, dark = idn["skin"], idn["skin"] * 0.72
+    skin = idn["skin"]
     still.paint(*_ellipse(still, 0, ar + 1.25, 1.9, 0.75), idn["shirt"])
     still.paint(*_capsule(still, 0, ar * 0.4, 0, ar + 0.5, 0.42), skin * 0.85)
     cv = _Canvas(image_size, cx, cy, px, still.frames()[0])
@@ -416,10 +459,14 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
     p = _b(cv.px)
     fringe = al * np.clip((idn["hairline"] + 0.04 * np.cos(6 * X) - Y) * p + 0.5, 0, 1)
     cv.paint(win, fringe, idn["hair"])
+    return cv
 
-    # Features shift with pseudo-yaw (parallax): nose most, eyes and mouth less.
+
+def _draw_brows(cv: _Canvas, a: dict, idn: dict, yaw: np.ndarray) -> None:
+    """Forehead wrinkles, brows, glabella furrows and cheeks (AU1, AU2, AU4, AU6)."""
+    T = len(cv.cx)
+    dark = idn["skin"] * 0.72
     fx = 0.07 * yaw
-    nx = 0.13 * yaw
     ex, ey, ew = idn["ex"], idn["ey"], idn["ew"]
     # Forehead wrinkles (AU1/AU2).
     wr = np.maximum(a["AU01"], a["AU02"])
@@ -447,8 +494,15 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
         win, al = _ellipse(cv, fx + s * (ex + 0.03), ey + 0.28 - 0.07 * a["AU06"],
                            0.17 + np.zeros(T), 0.11 + np.zeros(T), soft=4.0, margin=0.05)
         cv.paint(win, al * _b(0.08 + 0.4 * a["AU06"]),
-                 np.array([215, 110, 110]) * 0.5 + skin * 0.5)
-    # Eyes: AU5 widens, AU6 and AU7 narrow (lower lid up), AU45 closes.
+                 np.array([215, 110, 110]) * 0.5 + idn["skin"] * 0.5)
+
+
+def _draw_eyes(cv: _Canvas, a: dict, idn: dict, yaw: np.ndarray) -> None:
+    """Eyes: AU5 widens, AU6 and AU7 narrow (lower lid up), AU45 closes; crow's feet."""
+    T = len(cv.cx)
+    dark = idn["skin"] * 0.72
+    fx = 0.07 * yaw
+    ex, ey, ew = idn["ex"], idn["ey"], idn["ew"]
     eh = idn["eh"] * (1 + 1.6 * a["AU05"]) * (1 - 0.45 * a["AU06"]) * (1 - 0.6 * a["AU07"])
     eh = eh * np.clip(1 - a["AU45"] * 1.1, 0, 1)
     eyc = ey - 0.015 * a["AU07"] + 0.01 * a["AU06"]
@@ -467,7 +521,14 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
             x0 = exc + s * (ew + 0.04)
             win, al = _capsule(cv, x0, eyc + 0.01 * k, x0 + s * 0.08, eyc + 0.045 * k, 0.008)
             cv.paint(win, al * _b(0.7 * a["AU06"]), dark)
-    # Nose: bridge, tip, nostrils; AU9 wrinkles and lifts, AU10 flares.
+
+
+def _draw_nose(cv: _Canvas, a: dict, idn: dict, yaw: np.ndarray) -> None:
+    """Nose: bridge, tip, nostrils; AU9 wrinkles and lifts, AU10 flares."""
+    T = len(cv.cx)
+    dark = idn["skin"] * 0.72
+    nx = 0.13 * yaw
+    ey = idn["ey"]
     ny, nw = idn["ny"], idn["nw"]
     z = np.zeros(T)
     win, al = _capsule(cv, nx * 0.6 + z, ey + 0.06 + z, nx + z, ny - 0.05 + z, 0.022, soft=2.0)
@@ -482,7 +543,16 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
         yy = ey + 0.09 + 0.04 * k + z
         win, al = _capsule(cv, nx * 0.8 - 0.11, yy, nx * 0.8 + 0.11, yy, 0.022)
         cv.paint(win, al * _b(a["AU09"]), dark * 0.7)
-    # Mouth.
+
+
+def _draw_mouth(cv: _Canvas, a: dict, idn: dict, yaw: np.ndarray) -> None:
+    """Mouth (corners, lips, teeth, opening), nasolabial folds, dimples, chin boss."""
+    z = np.zeros(len(cv.cx))
+    dark = idn["skin"] * 0.72
+    jaw = 0.1 * a["AU26"]
+    fx = 0.07 * yaw
+    nx = 0.13 * yaw
+    nw = idn["nw"]
     cw = idn["mw"] * (1 + 0.25 * a["AU12"] + 0.7 * a["AU20"] - 0.3 * a["AU23"]
                       - 0.05 * a["AU14"])
     mcy = idn["my"] + jaw * 0.4 - 0.3 * a["AU12"] + 0.22 * a["AU15"] + 0.05 * a["AU20"]
@@ -493,12 +563,31 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
     # Nasolabial folds (AU12, AU10, AU9) and dimples (AU14).
     fold = 0.12 + 0.6 * np.maximum.reduce([a["AU12"], a["AU10"], a["AU09"]])
     for s in (-1, 1):
-        win, al = _capsule(cv, nx + s * nw * 1.05 + z, ny + 0.03 + z, fx + s * (cw + 0.03),
-                           mcy + 0.02, 0.009, soft=1.5)
+        win, al = _capsule(cv, nx + s * nw * 1.05 + z, idn["ny"] + 0.03 + z,
+                           fx + s * (cw + 0.03), mcy + 0.02, 0.009, soft=1.5)
         cv.paint(win, al * _b(fold), dark)
         if _active(a["AU14"]):
             win, al = _ellipse(cv, fx + s * (cw + 0.045), mcy + z, 0.018 + z, 0.026 + z)
             cv.paint(win, al * _b(0.8 * a["AU14"]), dark)
+    _draw_lips(cv, idn, fx, cw, mcy, yum, ylm, thin)
+    # Chin boss (AU17).
+    if _active(a["AU17"]):
+        win, al = _capsule(cv, fx - 0.12, ylm + idn["ll"] + 0.09, fx + 0.12,
+                           ylm + idn["ll"] + 0.09, 0.012, soft=2.0)
+        cv.paint(win, al * _b(0.6 * a["AU17"]), dark)
+
+
+def _draw_lips(cv: _Canvas, idn: dict, fx, cw, mcy, yum, ylm, thin) -> None:
+    """Lips, lip line, mouth interior and teeth between the corners.
+
+    Args:
+        cv: the canvas.
+        idn: `_identity` of the clip.
+        fx: `[T]` horizontal shift of the face's features (yaw parallax).
+        cw: `[T]` half-width of the mouth; mcy: `[T]` height of its corners.
+        yum, ylm: `[T]` heights of the upper and lower lip at the centre.
+        thin: `[T]` lip thickness factor (AU23, AU28, AU20 thin the lips).
+    """
     win = cv.window(fx - idn["mw"] * 1.5, idn["my"] - 0.3, fx + idn["mw"] * 1.5,
                     idn["my"] + 0.45)
     X, Y, p = cv.coords(win)
@@ -518,12 +607,6 @@ def render_clip(rng: np.random.Generator, intensities: np.ndarray,
     interior = band(yui, yli)
     cv.paint(win, interior, (55, 18, 22))
     cv.paint(win, interior * np.clip((yui + 0.035 - Y) * p + 0.5, 0, 1), (235, 230, 215))
-    # Chin boss (AU17).
-    if _active(a["AU17"]):
-        win, al = _capsule(cv, fx - 0.12, ylm + idn["ll"] + 0.09, fx + 0.12,
-                           ylm + idn["ll"] + 0.09, 0.012, soft=2.0)
-        cv.paint(win, al * _b(0.6 * a["AU17"]), dark)
-    return cv.frames(), (cx, cy, np.rad2deg(roll))
 
 
 def _to_bgr_uint8(frames: np.ndarray) -> np.ndarray:
@@ -779,22 +862,3 @@ def _write_splits(dfew_dir: str, plan: dict) -> None:
                 for i in np.flatnonzero(chosen)]
             with open(os.path.join(folder, f"set_{fold}.csv"), "w", encoding="utf-8") as f:
                 f.write("\n".join(rows) + "\n")
-
-
-def main(argv: Sequence[str]) -> int:
-    """`audfer-jax demo`: writes the synthetic demo set and prints its summary."""
-    parser = cli_errors.ArgumentParser(
-        prog="audfer-jax demo",
-        description="Write the SYNTHETIC FACS-driven demo set in the DFEW release layout.")
-    parser.add_argument("--out", "--out_dir", dest="out", required=True,
-                        help="output folder (DFEW/ is made inside)")
-    parser.add_argument("--num_clips", type=int, default=2000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=112, help="frame side in pixels")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="processes (default: CPU count)")
-    args = parser.parse_args(list(argv))
-    summary = write_demo_dataset(args.out, args.num_clips, args.seed, args.size,
-                                 num_workers=args.workers)
-    print(json.dumps(summary, indent=1))
-    return 0

@@ -81,25 +81,58 @@ def prepared_path(data_config) -> str:
                                    dc.prepare_size)
 
 
+def with_demo_raw_dir(data_config) -> DataConfig:
+    """The typed config, with `raw_dir` set to the demo set's folder when it is needed.
+
+    A config that names the demo set (`name == 'demo'`) without a `raw_dir`
+    reads the release from ``<data_dir>/demo_raw`` (a local folder for a
+    ``gs://`` data_dir: `demo.raw_dir_for`); any other config is returned
+    as it is (typed).
+    """
+    dc = _typed(data_config)
+    if dc.name != "demo" or dc.raw_dir:
+        return dc
+    from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
+    return dc.replace(raw_dir=demo.raw_dir_for(dc.data_dir))
+
+
 def ensure_prepared(data_config, log=print, demo_clips: int = 2000,
-                    progress_bar: bool = True) -> str:
+                    progress_bar: bool = True, *, demo_seed: int = 0,
+                    demo_image_size: int = 112, keep_demo_release: bool = False) -> str:
     """Prepares the configured fold if needed; returns its path.
 
-    For `name == 'demo'` with no `raw_dir`, the demo set is first written to
-    ``<data_dir>/demo_raw`` (a local folder for a ``gs://`` data_dir:
-    `demo.raw_dir_for`) by `audfer_jax.data.demo.write_demo_dataset` (`demo_clips`
-    clips). Call it from one process only (process 0) before building datasets.
+    The one place that writes the demo set for a config: for `name == 'demo'`
+    with no `raw_dir`, the fold is prepared from `with_demo_raw_dir`'s folder,
+    where `audfer_jax.data.demo.write_demo_dataset` first writes the set
+    (`demo_clips` clips, `demo_seed`, frames of `demo_image_size` pixels) when
+    its `DFEW/` folder is missing. Call it from one process only (process 0)
+    before building datasets.
+
+    Args:
+        data_config: the data config (`DataConfig`, ConfigDict or mapping).
+        log: where progress lines go.
+        demo_clips, demo_seed, demo_image_size: the demo set to write.
+        progress_bar: TFDS's progress bars while writing records.
+        keep_demo_release: write a missing demo set even when the fold is
+            already prepared (the trainer: a demo run's closing lines point
+            `predict` at one of its test clips); otherwise it is written only
+            when the fold must be prepared from it.
+
+    Raises:
+        ValueError: the fold is not prepared and there is no `raw_dir` to
+            prepare it from; bad data (`prepare`).
     """
     dc = _typed(data_config)
     path = prepared_path(dc)
-    if prepare_lib.is_prepared(path):
-        return path
+    prepared = prepare_lib.is_prepared(path)
     raw = dc.raw_dir
     if not raw and dc.name == "demo":
-        from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
-        raw = demo.raw_dir_for(dc.data_dir)
-        if not paths.isdir(raw):
-            demo.write_demo_dataset(raw, num_clips=int(demo_clips))
+        raw = with_demo_raw_dir(dc).raw_dir
+        if (keep_demo_release or not prepared) and not paths.isdir(paths.join(raw, "DFEW")):
+            from audfer_jax.data import demo  # pylint: disable=g-import-not-at-top
+            demo.write_demo_dataset(raw, int(demo_clips), int(demo_seed), int(demo_image_size))
+    if prepared:
+        return path
     if not raw:
         raise ValueError(f"{path} is not prepared and config.data.raw_dir is empty; "
                          f"run `audfer-jax prepare --dataset {dc.name} ...`")

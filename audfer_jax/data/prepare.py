@@ -1,4 +1,4 @@
-"""`audfer-jax prepare`: a release on disk -> TFDS TFRecords, offline.
+"""A release on disk -> TFDS TFRecords, offline (the `audfer-jax prepare` library).
 
 One prepared dataset per fold (train and test splits), written by the TFDS
 builders of `audfer_jax.data.tfds` under
@@ -29,18 +29,18 @@ import contextlib
 import dataclasses
 import io
 import os
-import sys
 from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 
-from audfer_jax.cli import errors as cli_errors
 from audfer_jax import classes
 from audfer_jax import paths
 from audfer_jax.data import records
 
 REPORT_NAME = "prepare_report.txt"
 _FOLDED = {"dfew": 5, "mafw": 5, "demo": 5, "ferv39k": 0}
+# What `prepare` reads (the `--dataset` choices of `audfer-jax prepare`).
+DATASETS = tuple(sorted(_FOLDED))
 
 
 @dataclasses.dataclass
@@ -312,6 +312,23 @@ def prepare(dataset: str, raw_dir: str, data_dir: str,
     dataset = dataset.lower()
     # Argument checks first: they need no TensorFlow (seconds to import).
     fold_list = resolve_folds(dataset, folds)
+    _check_raw_dir(dataset, raw_dir)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], "GPU")
+    data_dir = paths.resolve(data_dir)
+    raw_dir = paths.resolve(raw_dir)
+    paths.makedirs(data_dir)
+    options = dict(frame_set=frame_set, au_source=au_source, prepare_size=prepare_size,
+                   reader_options=reader_options)
+    results = [_prepare_fold(dataset, fold, raw_dir, data_dir, options, on_error=on_error,
+                             validate=validate, log=log, progress_bar=progress_bar)
+               for fold in fold_list]
+    log(summary_table(results))
+    return results
+
+
+def _check_raw_dir(dataset: str, raw_dir: str) -> None:
+    """Raises ValueError unless `raw_dir` is a local, non-empty folder."""
     if paths.is_remote(raw_dir):
         raise ValueError(f"raw_dir {raw_dir!r}: the release must be a local folder (its "
                          "readers use local file APIs); copy it from the bucket first")
@@ -321,67 +338,72 @@ def prepare(dataset: str, raw_dir: str, data_dir: str,
     if not os.listdir(raw_dir):
         raise ValueError(f"raw_dir {raw_dir!r} is empty; expected the {dataset} "
                          "release root (see data/README.md)")
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+
+
+def _prepare_fold(dataset: str, fold: int, raw_dir: str, data_dir: str, options: dict, *,
+                  on_error: str, validate: str, log: Callable[[str], None],
+                  progress_bar: bool) -> PreparedFold:
+    """Prepares one fold (or skips it when prepared); `prepare` for the arguments.
+
+    Args:
+        options: `frame_set`, `au_source`, `prepare_size`, `reader_options`.
+    """
     from audfer_jax.data.tfds import builders, common  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], "GPU")
-    data_dir = paths.resolve(data_dir)
-    raw_dir = paths.resolve(raw_dir)
-    paths.makedirs(data_dir)
-    results = []
-    for fold in fold_list:
-        cls = builders.builder_class(dataset)
-        cfg = common.make_config(fold, frame_set, au_source, prepare_size,
-                                 reader_options=reader_options)
-        if cfg.name in cls.builder_configs:
-            cfg = cfg.name  # TFDS wants the predefined object, or its name
-        path = version_dir(data_dir, dataset, fold, frame_set, au_source,
-                           prepare_size, reader_options)
-        config_dir = paths.dirname(path)
-        report_path = paths.join(config_dir, REPORT_NAME)
-        if is_prepared(path):
-            log(f"[prepare] {dataset} fold {fold}: already prepared at {path}, skipped")
-            counts = {s: _class_counts(dataset, load_index(path, s)["label"])
-                      for s in common.SPLITS}
-            results.append(PreparedFold(dataset, fold, path, True, counts,
-                                        records.Report()))
-            continue
-        _remove_stale(config_dir)
-        log(f"[prepare] {dataset} fold {fold}: {raw_dir} -> {path}")
-        builder = cls(data_dir=data_dir, config=cfg, validate=validate,
-                      on_error=on_error)
-        try:
-            # TFDS prints "Downloading and preparing dataset Unknown size ..."
-            # on stdout although nothing is downloaded: our own log line says
-            # what happens instead.
-            with contextlib.redirect_stdout(io.StringIO()):
-                tfds.display_progress_bar(progress_bar)
-                try:
-                    builder.download_and_prepare(
-                        download_config=tfds.download.DownloadConfig(manual_dir=raw_dir))
-                finally:
-                    tfds.display_progress_bar(True)
-        except records.DatasetError as e:
-            _write_report(report_path, dataset, fold, e.report, None)
-            e.report_path = report_path  # the one-line CLI error points here
-            raise
-        except Exception:
-            _write_report(report_path, dataset, fold, builder.report, None)
-            raise
-        counts = {}
-        for split in common.SPLITS:
-            rows = builder.index_rows.get(split)
-            if rows is None:
-                rows = index_rows_from_records(path, split)
-            write_index(path, split, rows)
-            counts[split] = _class_counts(dataset, [r["label"] for r in rows])
-        _write_report(report_path, dataset, fold, builder.report, counts)
-        if builder.report.problems:
-            log(f"[prepare] {len(builder.report.problems)} clip(s) skipped; "
-                f"see {report_path}")
-        results.append(PreparedFold(dataset, fold, path, False, counts, builder.report))
-    log(summary_table(results))
-    return results
+    cls = builders.builder_class(dataset)
+    cfg = common.make_config(fold, options["frame_set"], options["au_source"],
+                             options["prepare_size"],
+                             reader_options=options["reader_options"])
+    if cfg.name in cls.builder_configs:
+        cfg = cfg.name  # TFDS wants the predefined object, or its name
+    path = version_dir(data_dir, dataset, fold, options["frame_set"], options["au_source"],
+                       options["prepare_size"], options["reader_options"])
+    config_dir = paths.dirname(path)
+    report_path = paths.join(config_dir, REPORT_NAME)
+    if is_prepared(path):
+        log(f"[prepare] {dataset} fold {fold}: already prepared at {path}, skipped")
+        counts = {s: _class_counts(dataset, load_index(path, s)["label"])
+                  for s in common.SPLITS}
+        return PreparedFold(dataset, fold, path, True, counts, records.Report())
+    _remove_stale(config_dir)
+    log(f"[prepare] {dataset} fold {fold}: {raw_dir} -> {path}")
+    builder = cls(data_dir=data_dir, config=cfg, validate=validate, on_error=on_error)
+    _write_records(builder, raw_dir, progress_bar, report_path, dataset, fold)
+    counts = {}
+    for split in common.SPLITS:
+        rows = builder.index_rows.get(split)
+        if rows is None:
+            rows = index_rows_from_records(path, split)
+        write_index(path, split, rows)
+        counts[split] = _class_counts(dataset, [r["label"] for r in rows])
+    _write_report(report_path, dataset, fold, builder.report, counts)
+    if builder.report.problems:
+        log(f"[prepare] {len(builder.report.problems)} clip(s) skipped; "
+            f"see {report_path}")
+    return PreparedFold(dataset, fold, path, False, counts, builder.report)
+
+
+def _write_records(builder, raw_dir: str, progress_bar: bool, report_path: str,
+                   dataset: str, fold: int) -> None:
+    """Runs the TFDS builder; on failure writes the report (the error names it) and re-raises."""
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    try:
+        # TFDS prints "Downloading and preparing dataset Unknown size ..."
+        # on stdout although nothing is downloaded: our own log line says
+        # what happens instead.
+        with contextlib.redirect_stdout(io.StringIO()):
+            tfds.display_progress_bar(progress_bar)
+            try:
+                builder.download_and_prepare(
+                    download_config=tfds.download.DownloadConfig(manual_dir=raw_dir))
+            finally:
+                tfds.display_progress_bar(True)
+    except records.DatasetError as e:
+        _write_report(report_path, dataset, fold, e.report, None)
+        e.report_path = report_path  # the one-line CLI error points here
+        raise
+    except Exception:
+        _write_report(report_path, dataset, fold, builder.report, None)
+        raise
 
 
 def _class_counts(dataset: str, labels) -> np.ndarray:
@@ -419,32 +441,3 @@ def summary_table(results: list[PreparedFold]) -> str:
             lines.append(f"{r.fold:>4} {split:<6}" + "".join(f"{int(v):>{width}}" for v in c)
                          + f"{int(c.sum()):>8}" + ("  (already prepared)" if r.skipped else ""))
     return "\n".join(lines)
-
-
-def main(argv: list[str]) -> int:
-    """`audfer-jax prepare`; returns the exit status."""
-    p = cli_errors.ArgumentParser(prog="audfer-jax prepare", description=__doc__.split("\n")[0])
-    p.add_argument("--dataset", required=True, choices=sorted(_FOLDED))
-    p.add_argument("--raw_dir", required=True, help="release root (TFDS manual_dir)")
-    p.add_argument("--data_dir", required=True,
-                   help="root of the prepared data (local or gs://...)")
-    p.add_argument("--fold", default="all", help="1..5 or 'all' (FERV39k: 0 or all)")
-    p.add_argument("--frame_set", default=None, help="full | 16f | path (reader default if unset)")
-    p.add_argument("--au_source", default=None, help="AU label source (reader option)")
-    p.add_argument("--prepare_size", type=int, default=None,
-                   help="resize the shorter frame side to this many pixels")
-    p.add_argument("--on_error", default="raise", choices=("raise", "skip"))
-    p.add_argument("--validate", default="full", choices=("full", "header"))
-    args = p.parse_args(argv)
-    try:
-        prepare(args.dataset, args.raw_dir, args.data_dir, args.fold,
-                frame_set=args.frame_set, au_source=args.au_source,
-                prepare_size=args.prepare_size, on_error=args.on_error,
-                validate=args.validate)
-    except (ValueError, OSError) as e:  # DatasetError is a ValueError
-        return cli_errors.report("audfer-jax prepare", e)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -23,9 +23,10 @@ their tests of key handling run without it). Three layers:
 3. `load_torch_checkpoint(path)`: torch's restricted `weights_only` unpickler
    with every unknown global (`__main__.RecorderMeter`, NumPy reconstructors,
    any function) allow-listed as an inert stub and `argparse.Namespace` as
-   itself, so no training script is imported or run; and the CLI
-   `audfer-jax convert` (`main(argv)`), which writes the converted variables
-   with `audfer_jax.checkpoint.save_variables`.
+   itself, so no training script is imported or run; `model_template` and
+   `fill_fresh` for the model's side. The command `audfer-jax convert`
+   (`audfer_jax.cli.convert`) writes the converted variables with
+   `audfer_jax.checkpoint.save_variables`.
 
 The model's Flax paths come from the module docstrings of former_dfer.py,
 m3dfel.py and mae_dfer.py (PyTorch key -> Flax path tables); the rules below
@@ -34,21 +35,16 @@ follow them, and `convert_state_dict` refuses any leaf that no rule covers.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
 import re
-import sys
 from typing import Any, Callable, Iterable, Mapping, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from audfer_jax.cli import errors as cli_errors
-from audfer_jax import paths
-from audfer_jax.models import available_models, default_input_shape, get_model
+from audfer_jax.models import default_input_shape
 
 # ---------------------------------------------------------------------------
 # 1. Layer conversions (backbones.md section 4). Inputs are NumPy arrays in
@@ -793,10 +789,46 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any],
     if src.family != family:
         raise ValueError(f"checkpoint source {source!r} does not fit model {model_name!r}")
     report.source = source
-
-    # Renames (R3D-18 stem/layerK, MAE-DFER `encoder.`), drops, then rule matching.
-    groups: dict[tuple[int, tuple[tuple[str, str], ...]], dict[str, tuple[str, np.ndarray]]] = {}
     rules = src.rules()
+    groups = _group_torch_keys(sd, src, rules, model_name, report)
+    template = _flatten(target_variables)
+    owned, covered = _own_flax_leaves(template, rules)
+    out = dict(template)
+    expected: set[_GroupId] = set()
+    for (module, i), (values, leaves) in owned.items():
+        gid = (i, tuple(sorted(values.items())))
+        expected.add(gid)
+        _load_group(rules[i], module, leaves, values, groups.get(gid, {}), src, strict,
+                    report, out)
+
+    for gid, members in groups.items():
+        if gid not in expected:
+            rule = rules[gid[0]]
+            target = _pattern_format(rule.flax, dict(gid[1]))
+            report.errors += [f"unknown key {k!r} {tuple(a.shape)}: the Flax model has no "
+                              f"{target}" for k, a in members.values()]
+    for path in sorted(set(template) - covered):
+        report.errors.append(f"Flax leaf {'/'.join(path)} has no mapping from {source} keys")
+    if report.errors:
+        raise ConversionError(report)
+    return _unflatten(out), report
+
+
+# A group of checkpoint keys that feed one Flax module: (rule index, the rule's
+# placeholder values as sorted (name, value) pairs).
+_GroupId = tuple[int, tuple[tuple[str, str], ...]]
+
+
+def _group_torch_keys(sd: Mapping[str, Any], src: _Source, rules: list[Rule],
+                      model_name: str, report: ConversionReport
+                      ) -> dict[_GroupId, dict[str, tuple[str, np.ndarray]]]:
+    """Sorts the checkpoint keys into rule groups: renames, drops, then rule matching.
+
+    Returns:
+        `{group id: {member: (checkpoint key, array)}}`; dropped keys go to
+        `report.dropped`, keys that no rule matches to `report.errors`.
+    """
+    groups: dict[_GroupId, dict[str, tuple[str, np.ndarray]]] = {}
     torch_regexes = [r.torch_regex for r in rules]
     for key, value in sd.items():
         reason = next((why for pat, why in src.drops if re.search(pat, key)), None)
@@ -817,13 +849,22 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any],
         else:
             report.errors.append(f"unknown key {key!r} {tuple(np.shape(value))}: no Flax "
                                  f"counterpart in {model_name}")
+    return groups
 
-    # The Flax side: each leaf belongs to the deepest module path a rule names
-    # (an attention's `proj` Dense is its own rule, not part of the attention).
-    template = _flatten(target_variables)
+
+def _own_flax_leaves(template: _Leaves, rules: list[Rule]
+                     ) -> tuple[dict[tuple[tuple[str, ...], int], tuple[dict[str, str], _Leaves]],
+                                set[tuple[str, ...]]]:
+    """Assigns each Flax leaf to the deepest module path a rule names.
+
+    An attention's `proj` Dense is its own rule, not part of the attention.
+
+    Returns:
+        `({(module path, rule index): (placeholder values, {relative path:
+        leaf})}, the leaf paths some rule covers)`.
+    """
     flax_regexes = [r.flax_regex for r in rules]
-    owned: dict[tuple[tuple[str, ...], int], _Leaves] = {}
-    match_values: dict[tuple[tuple[str, ...], int], dict[str, str]] = {}
+    owned: dict[tuple[tuple[str, ...], int], tuple[dict[str, str], _Leaves]] = {}
     covered: set[tuple[str, ...]] = set()
     for (collection, *path), leaf in template.items():
         for n in range(len(path), 0, -1):
@@ -833,35 +874,17 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any],
                         if (m := rx.match(mstr)) and (rules[i].kind == "param") == is_leaf),
                        None)
             if hit is not None:
+                # The same module path and rule always match with the same values.
                 owner = (tuple(path[:n]), hit[0])
-                owned.setdefault(owner, {})[(collection, *path[n:])] = leaf
-                match_values[owner] = hit[1].groupdict()
+                _, leaves = owned.setdefault(owner, (hit[1].groupdict(), {}))
+                leaves[(collection, *path[n:])] = leaf
                 covered.add((collection, *path))
                 break
-    out = dict(template)
-    expected: set[tuple[int, tuple[tuple[str, str], ...]]] = set()
-    for (module, i), leaves in owned.items():
-        values = match_values[(module, i)]
-        gid = (i, tuple(sorted(values.items())))
-        expected.add(gid)
-        _load_group(rules[i], module, leaves, values, groups.get(gid, {}), src, strict,
-                    report, out)
-
-    for gid, members in groups.items():
-        if gid not in expected:
-            rule = rules[gid[0]]
-            target = _pattern_format(rule.flax, dict(gid[1]))
-            report.errors += [f"unknown key {k!r} {tuple(a.shape)}: the Flax model has no "
-                              f"{target}" for k, a in members.values()]
-    for path in sorted(set(template) - covered):
-        report.errors.append(f"Flax leaf {'/'.join(path)} has no mapping from {source} keys")
-    if report.errors:
-        raise ConversionError(report)
-    return _unflatten(out), report
+    return owned, covered
 
 
 # ---------------------------------------------------------------------------
-# 3. Reading PyTorch checkpoint files, and the CLI.
+# 3. Reading PyTorch checkpoint files; the model's variable template.
 # ---------------------------------------------------------------------------
 
 
@@ -897,9 +920,19 @@ def _stub(full_name: str) -> type:
                 {"__module__": module, "pickled_name": full_name})
 
 
-# Harmless containers that may stay real (argparse.Namespace holds the `args` of
-# M3DFEL and MAE-DFER: attributes only, no code runs when it is rebuilt).
-_REAL_GLOBALS = {"argparse.Namespace": argparse.Namespace}
+def _real_global(name: str) -> Any:
+    """The real class for a harmless pickled container, else None.
+
+    `argparse.Namespace` holds the `args` of M3DFEL and MAE-DFER: attributes
+    only, no code runs when it is rebuilt. argparse is imported here only to
+    rebuild that object (this module parses no flags).
+    """
+    if name == "argparse.Namespace":
+        import argparse  # pylint: disable=import-outside-toplevel
+        return argparse.Namespace
+    return None
+
+
 _UNSUPPORTED_GLOBAL = re.compile(r"GLOBAL (\S+) was not an allowed global")
 
 
@@ -911,7 +944,7 @@ def _torch_load_restricted(path: str, torch) -> Any:
     except Exception:  # noqa: BLE001 - legacy (non-zip) files: found by trial below
         names = []
     for name in names:
-        allowed[name] = _REAL_GLOBALS.get(name) or _stub(name)
+        allowed[name] = _real_global(name) or _stub(name)
     for _ in range(100):
         entries = [(obj, name) for name, obj in allowed.items()]
         try:
@@ -922,7 +955,7 @@ def _torch_load_restricted(path: str, torch) -> Any:
             if not m or m.group(1) in allowed:
                 raise ValueError(f"{path}: refused by the restricted unpickler "
                                  f"(weights_only): {e}") from e
-            allowed[m.group(1)] = _REAL_GLOBALS.get(m.group(1)) or _stub(m.group(1))
+            allowed[m.group(1)] = _real_global(m.group(1)) or _stub(m.group(1))
     raise ValueError(f"{path}: too many unknown globals in the pickle")
 
 
@@ -998,11 +1031,19 @@ def load_torch_checkpoint(path: str, info: Optional[dict[str, Any]] = None
     return out
 
 
-def _model_template(model: Any, model_name: str):
-    """The model's variables as `jax.ShapeDtypeStruct`s (`jax.eval_shape` of
-    `model.init` on one uint8 clip of the default size), and a function that
-    initialises them for real (`Module.lazy_init`: no forward computation)."""
+def model_template(model: Any, model_name: str) -> tuple[Any, Callable[[], Any]]:
+    """The target of a conversion: the model's variables, abstract, and their initialiser.
 
+    Args:
+        model: the Flax module (`audfer_jax.models.get_model(model_name, ...)`).
+        model_name: its `get_model` name (for `default_input_shape`).
+
+    Returns:
+        `(template, init)`: the variables as `jax.ShapeDtypeStruct`s
+        (`jax.eval_shape` of `model.init` on one `[1, T, H, W, 3] uint8` clip
+        of the default size), and `() -> variables` that initialises them for
+        real (`Module.lazy_init`: no forward computation; see `fill_fresh`).
+    """
     t, h, w = default_input_shape(model_name)
     clips = jax.ShapeDtypeStruct((1, t, h, w, 3), jnp.uint8)
     key = jax.random.key(0)
@@ -1043,81 +1084,3 @@ def fill_fresh(variables: Mapping[str, Any], init: Callable[[], Any]) -> dict[st
         raise ValueError(f"the initialiser gives no value for {', '.join(map('/'.join, missing))}")
     return _unflatten({p: np.asarray(real[p]) if p in abstract else np.asarray(v)
                        for p, v in flat.items()})
-
-
-def _get_saver() -> Callable[[str, Any, dict], Any]:
-    """`audfer_jax.checkpoint.save_variables` (the only Orbax user)."""
-    from audfer_jax import checkpoint  # pylint: disable=import-outside-toplevel
-    return checkpoint.save_variables
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """`audfer-jax convert`: PyTorch checkpoint -> Orbax checkpoint of Flax variables.
-
-    Flags: `--model` (a `get_model` name), `--checkpoint X.pth`, `--out DIR`
-    (must not exist), `--num_classes` (7), `--num_aus` (18), `--source`
-    (`auto` or a `SOURCES` name), `--strict`, `--verbose`. Builds the model's
-    variable template with `jax.eval_shape`, converts (the model's own
-    initialisers fill the fresh leaves, if any: `fill_fresh`), prints the
-    report and writes the variables with
-    metadata `{model, num_classes, num_aus, source_file, source, checkpoint_info,
-    report}` through `audfer_jax.checkpoint.save_variables`.
-
-    Returns:
-        0 on success, 1 when the conversion fails (the report names every
-        problem), 2 on bad flags.
-    """
-
-    parser = cli_errors.ArgumentParser(
-        prog="audfer-jax convert",
-        description="Convert a PyTorch checkpoint of Former-DFER, M3DFEL (or torchvision "
-                    "R3D-18 Kinetics-400) or MAE-DFER (fine-tuned or VoxCeleb2 pre-training) "
-                    "into Flax variables.")
-    parser.add_argument("--model", required=True, choices=available_models())
-    parser.add_argument("--checkpoint", required=True, help="the .pth file")
-    parser.add_argument("--out", required=True,
-                        help="output directory, local or gs://... (must not exist)")
-    parser.add_argument("--num_classes", type=int, default=7)
-    parser.add_argument("--num_aus", type=int, default=18)
-    parser.add_argument("--source", default="auto", choices=["auto"] + sorted(SOURCES))
-    parser.add_argument("--strict", action="store_true",
-                        help="a head of another class count is an error, not re-initialised")
-    parser.add_argument("--verbose", action="store_true", help="list every loaded leaf")
-    args = parser.parse_args(list(argv) if argv is not None else None)
-
-    if paths.exists(args.out):
-        print(f"audfer-jax convert: error: {args.out} already exists; choose a new --out",
-              file=sys.stderr)
-        return 1
-    info: dict[str, Any] = {}
-    try:
-        state_dict = load_torch_checkpoint(args.checkpoint, info)
-    except (ValueError, OSError, ImportError) as e:
-        return cli_errors.report("audfer-jax convert", e)
-    model = get_model(args.model, num_classes=args.num_classes, num_aus=args.num_aus)
-    template, real_init = _model_template(model, args.model)
-    try:
-        variables, report = convert_state_dict(args.model, state_dict, template,
-                                               source=args.source, strict=args.strict)
-    except ConversionError as e:
-        # The full report is the command's output; the error is one line.
-        print(e.report.summary(args.verbose))
-        errors = e.report.errors
-        more = f" (and {len(errors) - 1} more, listed above)" if len(errors) > 1 else ""
-        print(f"audfer-jax convert: error: {len(errors)} conversion error(s): "
-              f"{cli_errors.one_line(ValueError(errors[0]))}{more}", file=sys.stderr)
-        return 1
-    print(report.summary(args.verbose))
-    variables = fill_fresh(variables, real_init)
-    metadata = {"model": args.model, "num_classes": args.num_classes,
-                "num_aus": args.num_aus, "source_file": paths.resolve(args.checkpoint),
-                "source": report.source,
-                "checkpoint_info": json.loads(json.dumps(info, default=str)),
-                "report": report.to_dict()}
-    written = _get_saver()(args.out, variables, metadata)
-    print(f"wrote {written or args.out}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

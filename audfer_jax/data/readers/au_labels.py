@@ -85,14 +85,7 @@ def read_openface_csv(path: str, num_frames_or_frame_files: Union[int, Sequence[
             `confidence`, `success` or any of the 18 `AUxx_c` columns.
         FileNotFoundError: when the file does not exist.
     """
-    if isinstance(num_frames_or_frame_files, (int, np.integer)):
-        n = int(num_frames_or_frame_files)
-        position = None
-    else:
-        files = list(num_frames_or_frame_files)
-        n = len(files)
-        where = {p: i for i, p in enumerate(files)}
-        position = [where[p] for p in common.lexicographic(files)]
+    n, position = _openface_positions(num_frames_or_frame_files)
     with open(path, "rb") as f:
         data = f.read()
     if data.startswith(b"\xef\xbb\xbf"):
@@ -101,6 +94,43 @@ def read_openface_csv(path: str, num_frames_or_frame_files: Union[int, Sequence[
     header = next(reader, None)
     if header is None:
         raise AULabelError(f"{path}: empty OpenFace CSV (expected a header line)")
+    columns = _openface_columns(header, path)
+    au, valid, bad_rows, outside = _openface_rows(reader, columns, n, position,
+                                                  confidence_threshold)
+    if report is not None:
+        report.count("au/openface_csvs")
+        if bad_rows:
+            report.count("au/openface_bad_rows", len(bad_rows))
+            report.warn(f"{path}:{bad_rows[0]}", "unparsable OpenFace row",
+                        f"{len(bad_rows)} row(s), lines {bad_rows[:_QUOTED_LINES]}")
+        if outside:
+            report.count("au/openface_rows_beyond_clip", outside)
+            report.warn(path, "OpenFace frame outside the clip",
+                        f"{outside} row(s) with frame not in 1..{n}")
+    return au, valid
+
+
+def _openface_positions(num_frames_or_frame_files: Union[int, Sequence[str]]
+                        ) -> tuple[int, Optional[list[int]]]:
+    """`(num_frames, position)`: OpenFace frame k - 1 -> temporal index `position[k - 1]`.
+
+    `position` is None for a video (an int frame count: frame k is index k - 1);
+    for an image folder it maps the lexicographic file order back to the
+    temporal order of the given frame paths.
+    """
+    if isinstance(num_frames_or_frame_files, (int, np.integer)):
+        return int(num_frames_or_frame_files), None
+    files = list(num_frames_or_frame_files)
+    where = {p: i for i, p in enumerate(files)}
+    return len(files), [where[p] for p in common.lexicographic(files)]
+
+
+def _openface_columns(header: list[str], path: str) -> tuple[int, int, int, list[int]]:
+    """`(frame, confidence, success, [18 AUxx_c])` column indices, found by name.
+
+    Raises:
+        AULabelError: a required column is missing.
+    """
     names = [h.strip() for h in header]
     col = {name: i for i, name in enumerate(names)}
     missing = [c for c in ("frame", "confidence", "success") + PRESENCE_COLUMNS
@@ -108,8 +138,19 @@ def read_openface_csv(path: str, num_frames_or_frame_files: Union[int, Sequence[
     if missing:
         raise AULabelError(f"{path}:1: not an OpenFace 2.0 CSV; missing columns "
                            f"{missing} (found {len(names)} columns)")
-    i_frame, i_conf, i_succ = col["frame"], col["confidence"], col["success"]
-    i_au = [col[c] for c in PRESENCE_COLUMNS]
+    return col["frame"], col["confidence"], col["success"], [col[c] for c in PRESENCE_COLUMNS]
+
+
+def _openface_rows(reader, columns: tuple[int, int, int, list[int]], n: int,
+                   position: Optional[list[int]], confidence_threshold: float
+                   ) -> tuple[np.ndarray, np.ndarray, list[int], int]:
+    """Reads the data rows of an OpenFace CSV (`read_openface_csv` for the rules).
+
+    Returns:
+        `(au [n, 18] uint8, valid [n] bool, line numbers of unparsable rows,
+        count of rows whose frame is outside 1..n)`.
+    """
+    i_frame, i_conf, i_succ, i_au = columns
     width = max([i_frame, i_conf, i_succ] + i_au) + 1
     au = np.zeros((n, NUM_AUS), np.uint8)
     valid = np.zeros((n,), bool)
@@ -139,17 +180,7 @@ def read_openface_csv(path: str, num_frames_or_frame_files: Union[int, Sequence[
         ok = success and conf >= confidence_threshold
         valid[idx] = ok
         au[idx] = values if ok else 0
-    if report is not None:
-        report.count("au/openface_csvs")
-        if bad_rows:
-            report.count("au/openface_bad_rows", len(bad_rows))
-            report.warn(f"{path}:{bad_rows[0]}", "unparsable OpenFace row",
-                        f"{len(bad_rows)} row(s), lines {bad_rows[:_QUOTED_LINES]}")
-        if outside:
-            report.count("au/openface_rows_beyond_clip", outside)
-            report.warn(path, "OpenFace frame outside the clip",
-                        f"{outside} row(s) with frame not in 1..{n}")
-    return au, valid
+    return au, valid, bad_rows, outside
 
 
 # --------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from typing import Optional
+from typing import Callable, Optional
 
 from audfer_jax import classes as classes_lib
 from audfer_jax.data.readers import clips as clips_lib
@@ -170,15 +170,7 @@ def read_mafw(root: str, split: str, fold: Optional[int], *, frame_set: Optional
         FileNotFoundError: no MAFW layout, fold list or frame set.
         DatasetError: with on_error="raise", listing every problem.
     """
-    common.check_on_error(on_error)
-    if split not in ("train", "test"):
-        raise ValueError(f"MAFW split must be 'train' or 'test', got {split!r}")
-    if fold not in FOLDS:
-        raise ValueError(f"MAFW needs fold in {FOLDS}, got {fold!r}")
-    if label_type not in LABEL_TYPES:
-        raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {label_type!r}")
-    if caption not in CAPTIONS:
-        raise ValueError(f"caption must be one of {CAPTIONS}, got {caption!r}")
+    _check_arguments(on_error, split, fold, label_type, caption)
     report = Report() if report is None else report
     first = len(report.problems)
     markers = (split_root, "Labels", "data", "frames_crop_align_224")
@@ -205,22 +197,8 @@ def read_mafw(root: str, split: str, fold: Optional[int], *, frame_set: Optional
                                         os.path.join(frame_root, str(int(k)))])
                for k, y, m, o in parse_fold_list(path, report, label_type=label_type)]
     entries = clips_lib.drop_duplicates(entries, report)
-
-    def keys(p: Optional[str]) -> dict[str, str]:
-        if p is None:
-            return {}
-        return {k: o for k, _, _, o in parse_fold_list(p, Report(), label_type=label_type)}
-
     if check_leakage and split_file is None:
-        other = "test" if split == "train" else "train"
-        entries = clips_lib.check_disjoint(entries, keys(list_path(other, fold)),
-                                           f"in train and test of fold {fold}", report)
-        if split == "test":
-            for f in FOLDS:
-                if f != fold:
-                    entries = clips_lib.check_disjoint(
-                        entries, keys(list_path("test", f)),
-                        f"in the test sets of folds {fold} and {f}", report)
+        entries = _drop_leaked(entries, list_path, split, fold, label_type, report)
     au = None
     if au_source is not None:
         au = AUSource(au_source, "mafw", report, confidence_threshold=confidence_threshold,
@@ -230,3 +208,45 @@ def read_mafw(root: str, split: str, fold: Optional[int], *, frame_set: Optional
                                    report=report, check_frames=check_frames, au=au)
     common.finish(report, first, on_error, path, report_file)
     return result
+
+
+def _check_arguments(on_error: str, split: str, fold: Optional[int], label_type: str,
+                     caption: str) -> None:
+    """Raises ValueError for an argument of `read_mafw` outside its choices."""
+    common.check_on_error(on_error)
+    if split not in ("train", "test"):
+        raise ValueError(f"MAFW split must be 'train' or 'test', got {split!r}")
+    if fold not in FOLDS:
+        raise ValueError(f"MAFW needs fold in {FOLDS}, got {fold!r}")
+    if label_type not in LABEL_TYPES:
+        raise ValueError(f"label_type must be one of {LABEL_TYPES}, got {label_type!r}")
+    if caption not in CAPTIONS:
+        raise ValueError(f"caption must be one of {CAPTIONS}, got {caption!r}")
+
+
+def _drop_leaked(entries: list, list_path: Callable[[str, int], Optional[str]], split: str,
+                 fold: int, label_type: str, report: Report) -> list:
+    """Drops (and reports) clips listed in another split as well.
+
+    The other split of the fold, and for a test split every other fold's test
+    split.
+
+    Args:
+        entries: the split's `clips_lib.Entry` list.
+        list_path: `(split, fold) -> path of its list, or None`.
+    """
+    def keys(p: Optional[str]) -> dict[str, str]:
+        if p is None:
+            return {}
+        return {k: o for k, _, _, o in parse_fold_list(p, Report(), label_type=label_type)}
+
+    other = "test" if split == "train" else "train"
+    entries = clips_lib.check_disjoint(entries, keys(list_path(other, fold)),
+                                       f"in train and test of fold {fold}", report)
+    if split == "test":
+        for f in FOLDS:
+            if f != fold:
+                entries = clips_lib.check_disjoint(
+                    entries, keys(list_path("test", f)),
+                    f"in the test sets of folds {fold} and {f}", report)
+    return entries

@@ -23,6 +23,7 @@ Formats (../shared/spec/datasets.md section 5), detected from the first line:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -138,6 +139,8 @@ def read_manifest(path: str, dataset: str, frame_root: str, *,
     if labels_from is not None:
         official = (dict(labels_from) if isinstance(labels_from, Mapping)
                     else {c.key: c.label for c in labels_from})
+    labels = _Labels(dataset=dataset, key_dataset=key_dataset, names=names,
+                     source_order=source_order, mapping=mapping, official=official)
     report = Report() if report is None else report
     first = len(report.problems)
     lines = common.read_lines(path, report)
@@ -148,86 +151,12 @@ def read_manifest(path: str, dataset: str, frame_root: str, *,
     fmt = format or detect_format(lines[0].text)
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
-
-    body = lines
-    i_clip, i_label, i_frames = 0, -1, None
-    if fmt == "header_csv":
-        header = [h.strip().lower() for h in lines[0].text.split(",")]
-        i_clip = next((header.index(c) for c in _CLIP_COLUMNS if c in header), None)
-        i_label = next((header.index(c) for c in _LABEL_COLUMNS
-                        if c in header and header.index(c) != i_clip), None)
-        if i_clip is None or i_label is None:
-            raise ValueError(f"{path}:{lines[0].number}: header {header} lacks a clip "
-                             f"column {_CLIP_COLUMNS} and a label column {_LABEL_COLUMNS}")
-        body = lines[1:]
-    elif fmt == "three_field":
-        i_frames, i_label = 1, 2
-    else:
-        i_label = 1
-    width = 3 if fmt == "three_field" else 2
-
+    layout = _layout(fmt, lines, path)
     entries = []
-    for line in body:
-        origin = f"{path}:{line.number}"
-        fields = ([f.strip() for f in line.text.split(",")] if fmt == "header_csv"
-                  else line.text.split())
-        if len(fields) < width or (fmt != "header_csv" and len(fields) != width):
-            report.add(origin, f"expected {width} fields ({fmt})", repr(line.text))
-            continue
-        written = fields[i_clip]
-        key = normalise_clip_key(written, key_dataset)
-        if key is None:
-            report.add(origin, "bad clip path", f"{written!r}")
-            continue
-        raw = fields[i_label]
-        if re.fullmatch(r"-?\d+", raw):
-            if mapping is None and official is None:
-                raise ValueError(
-                    f"{origin}: integer label {raw} for {dataset} needs source_order, one "
-                    f"of {sorted(k for k, v in SOURCE_ORDERS.items() if key_dataset in v)}")
-            value = int(raw)
-            if mapping is not None and not 0 <= value < len(mapping):
-                report.add(origin, "label out of range",
-                           f"{value}; allowed 0..{len(mapping) - 1} ({source_order})")
-                continue
-            label = mapping[value] if mapping is not None else None
-        else:
-            try:
-                label = classes_lib.label_from_name(raw, dataset)
-            except ValueError:
-                report.add(origin, "unknown label", f"{raw!r}; allowed {list(names)}")
-                continue
-        if key_dataset == "ferv39k" and label is not None:
-            emotion = key.split("/")[1]
-            try:
-                folder_label = classes_lib.label_from_name(emotion, dataset)
-            except ValueError:
-                folder_label = None
-            if folder_label != label:
-                report.add(origin, "emotion folder disagrees with label",
-                           f"{written!r} is in {emotion!r}, label maps to "
-                           f"{names[label]!r} ({source_order or 'name'})")
-                continue
-        if official is not None:
-            if key not in official:
-                report.add(origin, "clip not in the official split", key)
-                continue
-            if label is not None and official[key] != label:
-                report.add(origin, "label disagrees with the official split",
-                           f"{key}: manifest {names[label]!r}, official "
-                           f"{names[official[key]]!r}")
-                continue
-            label = official[key]
-        hint = None
-        if i_frames is not None:
-            if not fields[i_frames].isdigit():
-                report.add(origin, "num_frames not an integer", repr(fields[i_frames]))
-                continue
-            hint = int(fields[i_frames])
-        entries.append(clips_lib.Entry(key=key, label=label, origin=origin,
-                                       folders=_folders(frame_root, key, written,
-                                                        key_dataset),
-                                       num_frames_hint=hint))
+    for line in lines[layout.skip:]:
+        entry = _entry(line, f"{path}:{line.number}", layout, labels, frame_root, report)
+        if entry is not None:
+            entries.append(entry)
     entries = clips_lib.drop_duplicates(entries, report)
     au = None
     if au_source is not None:
@@ -239,6 +168,163 @@ def read_manifest(path: str, dataset: str, frame_root: str, *,
                                    check_frames=check_frames, au=au)
     common.finish(report, first, on_error, path, report_file)
     return result
+
+
+@dataclasses.dataclass(frozen=True)
+class _Layout:
+    """Where a manifest's fields are.
+
+    Attributes:
+        fmt: one of `FORMATS`.
+        skip: header lines before the first clip line.
+        width: fields per line (at least this many for a header CSV).
+        clip, label: field indices of the clip path and the label.
+        frames: field index of the frame count, or None.
+    """
+    fmt: str
+    skip: int
+    width: int
+    clip: int
+    label: int
+    frames: Optional[int]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Labels:
+    """How a manifest's label fields become canonical labels.
+
+    Attributes:
+        dataset: the dataset read ("demo" included); `key_dataset` its key
+            conventions ("dfew" for "demo").
+        names: canonical class names.
+        source_order: `SOURCE_ORDERS` name of integer labels, or None.
+        mapping: canonical index per integer label (`label_map`), or None.
+        official: `{key: label}` of the official split, when it supplies labels.
+    """
+    dataset: str
+    key_dataset: str
+    names: tuple[str, ...]
+    source_order: Optional[str]
+    mapping: Optional[list[int]]
+    official: Optional[dict[str, int]]
+
+
+def _layout(fmt: str, lines: list, path: str) -> _Layout:
+    """The field positions of format `fmt` (a header CSV's from its header line).
+
+    Raises:
+        ValueError: a header CSV without a clip column and a label column.
+    """
+    if fmt == "header_csv":
+        header = [h.strip().lower() for h in lines[0].text.split(",")]
+        i_clip = next((header.index(c) for c in _CLIP_COLUMNS if c in header), None)
+        i_label = next((header.index(c) for c in _LABEL_COLUMNS
+                        if c in header and header.index(c) != i_clip), None)
+        if i_clip is None or i_label is None:
+            raise ValueError(f"{path}:{lines[0].number}: header {header} lacks a clip "
+                             f"column {_CLIP_COLUMNS} and a label column {_LABEL_COLUMNS}")
+        return _Layout(fmt, skip=1, width=2, clip=i_clip, label=i_label, frames=None)
+    if fmt == "three_field":
+        return _Layout(fmt, skip=0, width=3, clip=0, label=2, frames=1)
+    return _Layout(fmt, skip=0, width=2, clip=0, label=1, frames=None)
+
+
+def _entry(line, origin: str, layout: _Layout, labels: _Labels, frame_root: str,
+           report: Report) -> Optional[clips_lib.Entry]:
+    """One manifest line -> a clip entry, or None (the problem goes to `report`).
+
+    Raises:
+        ValueError: an integer label without `source_order` or official labels.
+    """
+    fmt = layout.fmt
+    fields = ([f.strip() for f in line.text.split(",")] if fmt == "header_csv"
+              else line.text.split())
+    if len(fields) < layout.width or (fmt != "header_csv" and len(fields) != layout.width):
+        report.add(origin, f"expected {layout.width} fields ({fmt})", repr(line.text))
+        return None
+    written = fields[layout.clip]
+    key = normalise_clip_key(written, labels.key_dataset)
+    if key is None:
+        report.add(origin, "bad clip path", f"{written!r}")
+        return None
+    label = _parse_label(fields[layout.label], origin, labels, report)
+    if label is _SKIP:
+        return None
+    label = _check_label(label, key, written, origin, labels, report)
+    if label is _SKIP:
+        return None
+    hint = None
+    if layout.frames is not None:
+        if not fields[layout.frames].isdigit():
+            report.add(origin, "num_frames not an integer", repr(fields[layout.frames]))
+            return None
+        hint = int(fields[layout.frames])
+    return clips_lib.Entry(key=key, label=label, origin=origin,
+                           folders=_folders(frame_root, key, written, labels.key_dataset),
+                           num_frames_hint=hint)
+
+
+# Returned by the label checks for a line that was reported and is skipped.
+_SKIP = object()
+
+
+def _parse_label(raw: str, origin: str, labels: _Labels, report: Report):
+    """A label field -> canonical label, None (the official split gives it) or `_SKIP`.
+
+    Raises:
+        ValueError: an integer label without `source_order` or official labels.
+    """
+    if re.fullmatch(r"-?\d+", raw):
+        mapping = labels.mapping
+        if mapping is None and labels.official is None:
+            raise ValueError(
+                f"{origin}: integer label {raw} for {labels.dataset} needs source_order, "
+                f"one of {sorted(k for k, v in SOURCE_ORDERS.items() if labels.key_dataset in v)}")
+        value = int(raw)
+        if mapping is not None and not 0 <= value < len(mapping):
+            report.add(origin, "label out of range",
+                       f"{value}; allowed 0..{len(mapping) - 1} ({labels.source_order})")
+            return _SKIP
+        return mapping[value] if mapping is not None else None
+    try:
+        return classes_lib.label_from_name(raw, labels.dataset)
+    except ValueError:
+        report.add(origin, "unknown label", f"{raw!r}; allowed {list(labels.names)}")
+        return _SKIP
+
+
+def _check_label(label: Optional[int], key: str, written: str, origin: str,
+                 labels: _Labels, report: Report):
+    """Cross-checks a label with FERV39k's emotion folder and the official split.
+
+    Returns:
+        The label (the official one when `labels.official` is set), or `_SKIP`
+        after reporting a disagreement.
+    """
+    names = labels.names
+    if labels.key_dataset == "ferv39k" and label is not None:
+        emotion = key.split("/")[1]
+        try:
+            folder_label = classes_lib.label_from_name(emotion, labels.dataset)
+        except ValueError:
+            folder_label = None
+        if folder_label != label:
+            report.add(origin, "emotion folder disagrees with label",
+                       f"{written!r} is in {emotion!r}, label maps to "
+                       f"{names[label]!r} ({labels.source_order or 'name'})")
+            return _SKIP
+    official = labels.official
+    if official is not None:
+        if key not in official:
+            report.add(origin, "clip not in the official split", key)
+            return _SKIP
+        if label is not None and official[key] != label:
+            report.add(origin, "label disagrees with the official split",
+                       f"{key}: manifest {names[label]!r}, official "
+                       f"{names[official[key]]!r}")
+            return _SKIP
+        label = official[key]
+    return label
 
 
 def _folders(frame_root: str, key: str, written: str, dataset: str) -> list[str]:
