@@ -11,6 +11,10 @@ Two kinds of checkpoint live here:
   batch_stats, optimizer state, RNG key) and a JSON `meta` item with the data
   position (epoch, batch in epoch), class names and the best criterion so far;
   a second manager over `workdir/best` holds the single best-criterion state.
+* **Run directories** (`resolve_checkpoint`, `newest_step_dir`,
+  `load_run_config`, ...): the one place that knows where a run keeps its
+  config and which of its steps is the newest or the best, for the readers of
+  a run (`evaluate`, `predict`).
 
 Restoring always goes through an abstract target whose leaves are
 `jax.ShapeDtypeStruct(shape, dtype, sharding=...)` carrying the *current*
@@ -44,11 +48,13 @@ metadata and the final rename).
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as ocp_managers
@@ -56,6 +62,14 @@ from orbax.checkpoint import checkpoint_managers as ocp_managers
 from audfer_jax import paths
 
 PyTree = Any
+
+# A run directory's layout (see "Run directories" below).
+RUN_CONFIG = "config.json"
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+
+# Where `newest_step_dir` looks, in order, for each `which`.
+STEP_SEARCH = {"best": (BEST_DIR, LATEST_DIR), "last": (LATEST_DIR,)}
 
 _VARIABLES = "variables"
 _METADATA = "metadata"
@@ -336,7 +350,7 @@ class TrainCheckpointer:
         if save_every_steps:
             policies.append(ocp_managers.FixedIntervalPolicy(int(save_every_steps)))
         self.latest = ocp.CheckpointManager(
-                paths.join(workdir, "checkpoints"),
+                paths.join(workdir, LATEST_DIR),
                 options=ocp.CheckpointManagerOptions(
                         save_decision_policy=ocp_managers.AnySavePolicy(policies),
                         preservation_policy=ocp_managers.LatestN(max(1, int(keep))),
@@ -345,7 +359,7 @@ class TrainCheckpointer:
                         create=True),
                 item_names=(_STATE, _META))
         self.best = ocp.CheckpointManager(
-                paths.join(workdir, "best"),
+                paths.join(workdir, BEST_DIR),
                 options=ocp.CheckpointManagerOptions(
                         save_decision_policy=ocp_managers.FixedIntervalPolicy(1),
                         preservation_policy=ocp_managers.LatestN(1),
@@ -477,3 +491,135 @@ def restore_state_from_directory(path: str | os.PathLike, abstract_state: PyTree
                 _STATE: ocp.args.StandardRestore(abstract_like(abstract_state)),
                 _META: ocp.args.JsonRestore()}))
     return out[_STATE], dict(out[_META] or {})
+
+
+# ---------------------------------------------------------------------------
+# Run directories: what a reader (evaluate, predict) finds in one.
+# ---------------------------------------------------------------------------
+#
+# A training run directory holds `config.json` (the run's config, written by
+# `train.py`), `checkpoints/<step>/{state,meta}` (the latest states) and
+# `best/<step>/{state,meta}` (the best state), both written by
+# `TrainCheckpointer`. These functions only list and read the directory: they
+# never open a `CheckpointManager`, so they work on a run another process is
+# still writing and on cloud storage URLs alike.
+
+def is_variables_checkpoint(path: str | os.PathLike) -> bool:
+    """Whether `path` is a `save_variables` directory (`variables/` and `metadata/`)."""
+    return (paths.isdir(paths.join(path, _VARIABLES))
+            and paths.isdir(paths.join(path, _METADATA)))
+
+
+def is_state_step(path: str | os.PathLike) -> bool:
+    """Whether `path` is one `TrainCheckpointer` step directory (holds a `state` item)."""
+    return paths.isdir(paths.join(path, _STATE))
+
+
+def saved_steps(directory: str | os.PathLike, *, with_state: bool = False) -> list[int]:
+    """Integer-named step directories of an Orbax manager directory, ascending.
+
+    In-progress saves (`<step>.orbax-checkpoint-tmp-*`) are not integers and
+    are skipped.
+
+    Args:
+        directory: `RUN/checkpoints` or `RUN/best` (may not exist: no steps).
+        with_state: keep only steps holding a `state` item (`is_state_step`).
+
+    Returns:
+        The steps, oldest first.
+    """
+    if not paths.isdir(directory):
+        return []
+    steps = []
+    for name in paths.listdir(directory):
+        step_dir = paths.join(directory, name)
+        if name.isdigit() and (is_state_step(step_dir) if with_state
+                               else paths.isdir(step_dir)):
+            steps.append(int(name))
+    return sorted(steps)
+
+
+def newest_step_dir(run_dir: str, which: str = "best") -> str | None:
+    """The step directory a reader of a run takes, or None when there is none.
+
+    Args:
+        run_dir: training run directory.
+        which: `best` (the newest complete step of `best/`, else of
+            `checkpoints/` for a run without a best state yet) or `last` (the
+            newest complete step of `checkpoints/`); see `STEP_SEARCH`.
+
+    Returns:
+        `RUN/<best|checkpoints>/<step>`, or None.
+    """
+    for sub in STEP_SEARCH[which]:
+        directory = paths.join(run_dir, sub)
+        steps = saved_steps(directory, with_state=True)
+        if steps:
+            return paths.join(directory, str(steps[-1]))
+    return None
+
+
+def run_dir_of_step(step_dir: str) -> str:
+    """The run directory `RUN` of a step directory `RUN/<checkpoints|best>/<step>`."""
+    return paths.dirname(paths.dirname(step_dir))
+
+
+def run_config_path(run_dir: str) -> str:
+    """`RUN/config.json`, where `train.py` saves a run's config."""
+    return paths.join(run_dir, RUN_CONFIG)
+
+
+def load_run_config(run_dir: str):
+    """The config a run saved in `run_dir/config.json`, as a `ConfigDict`.
+
+    Raises:
+        FileNotFoundError: no `config.json` there (names the path and the
+            `--config` alternative).
+    """
+    path = run_config_path(run_dir)
+    if not paths.isfile(path):
+        raise FileNotFoundError(
+                f"{path}: not found; is {run_dir} a training run directory? Pass the run's "
+                "config with --config configs/<backbone>.py:... otherwise")
+    return ml_collections.ConfigDict(json.loads(paths.read_text(path)))
+
+
+def resolve_checkpoint(workdir: str, checkpoint: str = "best") -> tuple[str, str, int | None]:
+    """Finds the step directory a `--checkpoint` value names.
+
+    Args:
+        workdir: run directory (holds `checkpoints/` and `best/`).
+        checkpoint: `best`, `last`, an integer step, or a directory path.
+
+    Returns:
+        `(path, choice, step)`: the step directory, the label (`best`, `last`,
+        `step`, or `path`) and the step (None when unknown).
+
+    Raises:
+        FileNotFoundError: no such checkpoint (lists the steps there are).
+        ValueError: a value that is none of the above.
+    """
+    ckpt_dir = paths.join(workdir, LATEST_DIR)
+    best_dir = paths.join(workdir, BEST_DIR)
+    latest, best = saved_steps(ckpt_dir), saved_steps(best_dir)
+    available = (f"checkpoints/ has steps {latest or 'none'}, best/ has steps "
+                 f"{best or 'none'}")
+    if checkpoint == "best":
+        if not best:
+            raise FileNotFoundError(f"{best_dir}: no best checkpoint ({available})")
+        return paths.join(best_dir, str(best[-1])), "best", best[-1]
+    if checkpoint == "last":
+        if not latest:
+            raise FileNotFoundError(f"{ckpt_dir}: no checkpoint ({available})")
+        return paths.join(ckpt_dir, str(latest[-1])), "last", latest[-1]
+    if checkpoint.isdigit():
+        step = int(checkpoint)
+        for directory, steps in ((ckpt_dir, latest), (best_dir, best)):
+            if step in steps:
+                return paths.join(directory, str(step)), "step", step
+        raise FileNotFoundError(f"{workdir}: no checkpoint at step {step} ({available})")
+    if paths.isdir(checkpoint):
+        base = paths.basename(checkpoint)
+        return paths.resolve(checkpoint), "path", int(base) if base.isdigit() else None
+    raise ValueError(f"--checkpoint {checkpoint!r}: expected best, last, a step number "
+                     "or a checkpoint directory")

@@ -105,3 +105,36 @@ def test_restore_from_8_devices_onto_1(run_multidevice, tmp_path):
     script = HERE / "multidevice" / "checkpoint_reshard.py"
     assert "OK save" in run_multidevice(script, "save", tmp_path, num_devices=8)
     assert "OK restore" in run_multidevice(script, "restore", tmp_path, num_devices=1)
+
+
+def test_run_directory_lookup(tmp_path):
+    """The reader's view of a run: complete steps, newest best/last, config.json."""
+    run = tmp_path / "run"
+    for sub, step in (("checkpoints", 4), ("checkpoints", 10), ("best", 6)):
+        (run / sub / str(step) / "state").mkdir(parents=True)
+    (run / "checkpoints" / "12").mkdir()                 # no `state` item: incomplete
+    (run / "checkpoints" / "14.orbax-checkpoint-tmp-3").mkdir()
+    assert ckpt_lib.saved_steps(run / "checkpoints") == [4, 10, 12]
+    assert ckpt_lib.saved_steps(run / "checkpoints", with_state=True) == [4, 10]
+    assert ckpt_lib.saved_steps(run / "absent") == []
+    assert ckpt_lib.newest_step_dir(str(run)) == str(run / "best" / "6")
+    assert ckpt_lib.newest_step_dir(str(run), "last") == str(run / "checkpoints" / "10")
+    assert ckpt_lib.is_state_step(run / "best" / "6")
+    assert not ckpt_lib.is_state_step(run / "checkpoints" / "12")
+    assert ckpt_lib.run_dir_of_step(str(run / "best" / "6")) == str(run)
+    no_best = tmp_path / "no_best"
+    (no_best / "checkpoints" / "3" / "state").mkdir(parents=True)
+    assert ckpt_lib.newest_step_dir(str(no_best)) == str(no_best / "checkpoints" / "3")
+    assert ckpt_lib.newest_step_dir(str(tmp_path / "empty")) is None
+
+    with pytest.raises(FileNotFoundError, match="config.json: not found"):
+        ckpt_lib.load_run_config(str(run))
+    (run / "config.json").write_text('{"model": "former_dfer", "data": {"fold": 2}}')
+    assert ckpt_lib.run_config_path(str(run)) == str(run / "config.json")
+    config = ckpt_lib.load_run_config(str(run))
+    assert config.model == "former_dfer" and config.data.fold == 2
+
+    variables = tmp_path / "vars"
+    ckpt_lib.save_variables(variables, _variables(), {"model": "former_dfer"})
+    assert ckpt_lib.is_variables_checkpoint(variables)
+    assert not ckpt_lib.is_variables_checkpoint(run)

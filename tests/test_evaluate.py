@@ -1,4 +1,4 @@
-"""Tests of `audfer_jax.evaluate`.
+"""Tests of `audfer_jax.evaluate`, its command and the run-directory lookup it uses.
 
 The end-to-end test trains the trainer's micro model on the in-memory data of
 `tests/_train_fakes.py` (compiles in seconds) and checks that evaluating its
@@ -19,8 +19,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import _train_fakes as fakes  # noqa: E402
 
+from audfer_jax import checkpoint as ckpt_lib  # noqa: E402
 from audfer_jax import evaluate  # noqa: E402
 from audfer_jax import metrics  # noqa: E402
+from audfer_jax.cli import evaluate as evaluate_cli  # noqa: E402
 
 
 def _tree(tmp_path, latest=(8, 16), best=(12,), config=True):
@@ -40,18 +42,18 @@ def _tree(tmp_path, latest=(8, 16), best=(12,), config=True):
 
 def test_resolve_checkpoint(tmp_path):
     run = str(_tree(tmp_path))
-    assert evaluate.resolve_checkpoint(run, "best") == (f"{run}/best/12", "best", 12)
-    assert evaluate.resolve_checkpoint(run, "last") == (f"{run}/checkpoints/16", "last", 16)
-    assert evaluate.resolve_checkpoint(run, "8") == (f"{run}/checkpoints/8", "step", 8)
-    assert evaluate.resolve_checkpoint(run, "12") == (f"{run}/best/12", "step", 12)
+    assert ckpt_lib.resolve_checkpoint(run, "best") == (f"{run}/best/12", "best", 12)
+    assert ckpt_lib.resolve_checkpoint(run, "last") == (f"{run}/checkpoints/16", "last", 16)
+    assert ckpt_lib.resolve_checkpoint(run, "8") == (f"{run}/checkpoints/8", "step", 8)
+    assert ckpt_lib.resolve_checkpoint(run, "12") == (f"{run}/best/12", "step", 12)
     with pytest.raises(FileNotFoundError, match=r"step 24 .*\[8, 16\]"):
-        evaluate.resolve_checkpoint(run, "24")
+        ckpt_lib.resolve_checkpoint(run, "24")
     with pytest.raises(ValueError, match="expected best, last"):
-        evaluate.resolve_checkpoint(run, "newest")
+        ckpt_lib.resolve_checkpoint(run, "newest")
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no best checkpoint"):
-        evaluate.resolve_checkpoint(str(empty), "best")
+        ckpt_lib.resolve_checkpoint(str(empty), "best")
 
 
 # A hand-made confusion matrix: 3 classes, rows = true.
@@ -89,7 +91,7 @@ def test_cli_prints_and_writes_json(tmp_path, monkeypatch, capsys):
     from audfer_jax import train
     run = _tree(tmp_path)
     monkeypatch.setattr(train, "evaluate_checkpoint", _fake_eval([]))
-    assert evaluate.main(["--workdir", str(run), "--checkpoint", "last"]) == 0
+    assert evaluate_cli.main(["--workdir", str(run), "--checkpoint", "last"]) == 0
     out = capsys.readouterr().out
     assert "[last] UAR 79.44 %   WAR 80.00 %" in out
     assert "last checkpoint" in out and "step 16" in out
@@ -102,15 +104,15 @@ def test_cli_prints_and_writes_json(tmp_path, monkeypatch, capsys):
 
 
 def test_cli_errors(tmp_path, capsys):
-    assert evaluate.main(["--workdir", str(tmp_path / "missing")]) == 1
+    assert evaluate_cli.main(["--workdir", str(tmp_path / "missing")]) == 1
     assert "no such run directory" in capsys.readouterr().err
     run = _tree(tmp_path, best=())
-    assert evaluate.main(["--workdir", str(run)]) == 1
+    assert evaluate_cli.main(["--workdir", str(run)]) == 1
     err = capsys.readouterr().err
     assert "no best checkpoint" in err and "[8, 16]" in err
     bare = tmp_path / "bare"
     (bare / "best" / "3").mkdir(parents=True)
-    assert evaluate.main(["--workdir", str(bare)]) == 1
+    assert evaluate_cli.main(["--workdir", str(bare)]) == 1
     assert "config.json" in capsys.readouterr().err
 
 

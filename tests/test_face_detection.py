@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from audfer_jax import predict
+from audfer_jax.inference import faces
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -31,14 +31,14 @@ def _centre_and_side(box_xywh):
 @pytest.mark.parametrize("size", [512, 256])   # 256 < UPSAMPLE_BELOW: upsampled path
 def test_finds_the_face_in_a_photograph(size):
     scale = size / 512
-    box = predict.largest_face(_astronaut(size))
+    box = faces.largest_face(_astronaut(size))
     assert box is not None
     (cx, cy), side = _centre_and_side(box)
     assert abs(cx - FACE_CENTRE[0] * scale) < CENTRE_TOLERANCE * scale
     assert abs(cy - FACE_CENTRE[1] * scale) < CENTRE_TOLERANCE * scale
     assert SIDE_RANGE[0] * scale <= side <= SIDE_RANGE[1] * scale
     # The mirrored photograph: the face is found at the mirrored place.
-    mirrored = predict.largest_face(np.ascontiguousarray(_astronaut(size)[:, ::-1]))
+    mirrored = faces.largest_face(np.ascontiguousarray(_astronaut(size)[:, ::-1]))
     (mx, my), _ = _centre_and_side(mirrored)
     assert abs(mx - (size - cx)) < 10 * scale + 2 and abs(my - cy) < 10 * scale + 2
 
@@ -49,12 +49,12 @@ def test_no_face_in_sky_title_card_or_other_photographs():
         img = getattr(skimage_data, name)()
         frames.append(np.asarray(Image.fromarray(img).convert("RGB").resize((640, 360))))
     clip = np.stack(frames)
-    found = predict.detect_faces(clip, range(len(frames)))
+    found = faces.detect_faces(clip, range(len(frames)))
     assert found.box is None and found.num_with_face == 0
     assert found.frames_without_face == list(range(len(frames)))
     # A small video (shorter side < UPSAMPLE_BELOW) is upsampled: still no face.
     small = np.stack([np.asarray(Image.fromarray(f).resize((320, 240))) for f in frames])
-    assert predict.detect_faces(small, range(len(frames))).num_with_face == 0
+    assert faces.detect_faces(small, range(len(frames))).num_with_face == 0
 
 
 @pytest.mark.parametrize("name", ["moon", "coins"])
@@ -62,7 +62,7 @@ def test_no_face_where_the_haar_cascade_saw_one(name):
     """The lunar surface and a tray of coins at their own size: OpenCV's
     frontal-face Haar cascade (as `predict` used it) reports a face in both."""
     frame = np.asarray(Image.fromarray(getattr(skimage_data, name)()).convert("RGB"))
-    assert predict.largest_face(frame) is None
+    assert faces.largest_face(frame) is None
 
 
 def test_mixed_clip_counts_frames_without_face():
@@ -70,7 +70,7 @@ def test_mixed_clip_counts_frames_without_face():
     sky = np.asarray(Image.fromarray(_sky()).resize((512, 512)))
     card = np.asarray(Image.fromarray(_title_card()).resize((512, 512)))
     clip = np.stack([face, sky, face, card, face])
-    found = predict.detect_faces(clip, range(5), margin=0.0)
+    found = faces.detect_faces(clip, range(5), margin=0.0)
     assert found.num_checked == 5 and found.num_with_face == 3
     assert found.frames_without_face == [1, 3]
     assert found.summary()["frames_without_face"] == [1, 3]

@@ -332,8 +332,9 @@ def _state_params(workdir, step):
 
 
 def test_sweep_resume_evaluate_predict_in_memory(tmp_path):
-    from audfer_jax import evaluate, predict
+    from audfer_jax import evaluate
     from audfer_jax.experiments import folds as sweep_folds
+    from audfer_jax.inference import predict, predictor as predictor_lib, preprocess
 
     def make_config(fold):
         c = fakes.micro_config(checkpoint_every_steps=1, keep_checkpoints=10, num_epochs=1,
@@ -365,11 +366,11 @@ def test_sweep_resume_evaluate_predict_in_memory(tmp_path):
     assert summary["confusion_matrix"] == result["last"]["confusion_matrix"]
 
     # predict: the eval-mode forward pass of the restored parameters.
-    pred = predict.load_predictor(part, "last")
+    pred = predictor_lib.load_predictor(part, "last")
     assert (pred.spec.num_frames, pred.image_size) == (T, S)
     frames = np.asarray(_clips(1, t=9, s=24)[0])
     got = predict.predict_clip(frames, pred)
-    clip, _ = predict.prepare_clip(frames, pred)                  # [1, T, S, S, 3]
+    clip, _ = preprocess.prepare_clip(frames, pred)                  # [1, T, S, S, 3]
     model = model_state.build_model(cfg, 7)
     logits = model.apply({"params": _state_params(part, 2)}, clip, train=False).logits
     np.testing.assert_allclose([got["probabilities"][c] for c in pred.class_names],
@@ -399,7 +400,8 @@ def test_demo_set_train_evaluate_predict(tmp_path):
     pytest.importorskip("tensorflow")
     from PIL import Image
 
-    from audfer_jax import evaluate, predict
+    from audfer_jax import evaluate
+    from audfer_jax.inference import predict, predictor as predictor_lib, video
     sys.path.insert(0, REPO)
     from configs import demo
     cfg = demo.get_config(f"model={PATH},num_clips=35,epochs=1,size=32,"
@@ -425,8 +427,8 @@ def test_demo_set_train_evaluate_predict(tmp_path):
     rng = np.random.default_rng(0)
     for k in range(1, 13):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), np.uint8)).save(frames / f"{k}.png")
-    in_process = predict.predict_clip(predict.read_clip(str(frames)),
-                                      predict.load_predictor(run, "last"))
+    in_process = predict.predict_clip(video.read_clip(str(frames)),
+                                      predictor_lib.load_predictor(run, "last"))
     # A fresh process re-imports plugin_backbone from the run's config.json.
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([REPO, TESTS]), JAX_PLATFORMS="cpu")
     out_json = tmp_path / "pred.json"

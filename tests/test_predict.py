@@ -1,4 +1,4 @@
-"""Tests of `audfer_jax.predict` on a tiny Former-DFER checkpoint.
+"""Tests of `audfer_jax.inference` and `audfer-jax predict` on a tiny Former-DFER checkpoint.
 
 The variables are drawn with NumPy over the shapes of `jax.eval_shape(init)`
 (the model's own jitted init costs minutes of XLA compilation on a loaded
@@ -11,7 +11,6 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,7 +19,12 @@ from audfer_jax import steps
 from audfer_jax import checkpoint as ckpt_lib
 from audfer_jax import classes
 from audfer_jax import models
-from audfer_jax import predict
+from audfer_jax.cli import predict as predict_cli
+from audfer_jax.inference import faces
+from audfer_jax.inference import predict
+from audfer_jax.inference import predictor as predictor_lib
+from audfer_jax.inference import preprocess
+from audfer_jax.inference import video
 
 import predict_fixtures  # pylint: disable=g-bad-import-order
 
@@ -63,7 +67,7 @@ def var_ckpt(tmp_path_factory, variables):
 
 @pytest.fixture(scope="module")
 def predictor(var_ckpt):
-    return predict.load_predictor(var_ckpt)
+    return predictor_lib.load_predictor(var_ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +92,7 @@ def _softmax(z):
 
 
 def test_frame_folder_matches_direct_apply(frame_dir, predictor, direct_apply, variables):
-    frames = predict.read_clip(str(frame_dir))
+    frames = video.read_clip(str(frame_dir))
     assert frames.shape == (12, 40, 48, 3)
     result = predict.predict_clip(frames, predictor, top_k=3)
 
@@ -114,7 +118,7 @@ def test_frame_folder_matches_direct_apply(frame_dir, predictor, direct_apply, v
 
 
 def test_lexicographic_order_is_not_used(frame_dir, predictor):
-    frames, paths = predict.read_frame_folder(str(frame_dir))
+    frames, paths = video.read_frame_folder(str(frame_dir))
     assert [os.path.basename(p) for p in paths] == [f"{k}.jpg" for k in range(1, 13)]
     # Frame k (0-based k - 1) is k.jpg: its blue channel is about 20 * k
     # (lexicographic order would put 10.jpg second).
@@ -134,7 +138,7 @@ def test_mp4_video(tmp_path, predictor):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    frames = predict.read_clip(path)
+    frames = video.read_clip(path)
     assert frames.shape == (10, 48, 64, 3) and frames.dtype == np.uint8
     # Lossy codec: the decoded frames are close to what was written.
     assert np.abs(frames.astype(int) - np.stack(written).astype(int)).mean() < 12
@@ -146,7 +150,7 @@ def test_mp4_video(tmp_path, predictor):
 
 def test_cli_json(frame_dir, var_ckpt, tmp_path, capsys):
     out = tmp_path / "out.json"
-    rc = predict.main(["--checkpoint", var_ckpt, str(frame_dir), "--top_k", "2",
+    rc = predict_cli.main(["--checkpoint", var_ckpt, str(frame_dir), "--top_k", "2",
                        "--json", str(out)])
     text = capsys.readouterr().out
     assert rc == 0
@@ -162,68 +166,68 @@ def test_cli_json(frame_dir, var_ckpt, tmp_path, capsys):
 def test_errors(tmp_path, var_ckpt, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert predict.main(["--checkpoint", var_ckpt, str(empty)]) == 1
+    assert predict_cli.main(["--checkpoint", var_ckpt, str(empty)]) == 1
     err = capsys.readouterr().err
     assert "no images" in err and str(empty) in err
 
     missing = tmp_path / "no_such_run"
-    assert predict.main(["--checkpoint", str(missing), str(empty)]) == 1
+    assert predict_cli.main(["--checkpoint", str(missing), str(empty)]) == 1
     assert "no images" in capsys.readouterr().err     # the input is checked first
-    with pytest.raises(predict.PredictError, match="checkpoint not found"):
-        predict.load_predictor(str(missing))
+    with pytest.raises(video.PredictError, match="checkpoint not found"):
+        predictor_lib.load_predictor(str(missing))
 
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"this is not a video")
-    with pytest.raises(predict.PredictError, match="broken.mp4"):
-        predict.read_clip(str(bad))
-    with pytest.raises(predict.PredictError, match="no such file"):
-        predict.read_clip(str(tmp_path / "absent.mp4"))
+    with pytest.raises(video.PredictError, match="broken.mp4"):
+        video.read_clip(str(bad))
+    with pytest.raises(video.PredictError, match="no such file"):
+        video.read_clip(str(tmp_path / "absent.mp4"))
 
     run = tmp_path / "run"
     run.mkdir()
-    with pytest.raises(predict.PredictError, match="no checkpoint found"):
-        predict.load_predictor(str(run))
+    with pytest.raises(video.PredictError, match="no checkpoint found"):
+        predictor_lib.load_predictor(str(run))
 
 
 def test_bad_frames_array(predictor):
-    with pytest.raises(predict.PredictError, match="uint8"):
+    with pytest.raises(video.PredictError, match="uint8"):
         predict.predict_clip(np.zeros((4, 8, 8, 3), np.float32), predictor)
-    with pytest.raises(predict.PredictError, match=r"\[N, H, W, 3\]"):
+    with pytest.raises(video.PredictError, match=r"\[N, H, W, 3\]"):
         predict.predict_clip(np.zeros((8, 8, 3), np.uint8), predictor)
 
 
 def test_combine_face_boxes():
     # Centres (30, 40), (34, 44), (100, 100 outlier); sides max(w, h) = 20, 24, 60.
     boxes = [(20, 30, 20, 20), (22, 32, 24, 24), None, (70, 70, 60, 60)]
-    box = predict.combine_face_boxes(boxes, height=200, width=300, margin=0.25)
+    box = faces.combine_face_boxes(boxes, height=200, width=300, margin=0.25)
     # Median centre (34, 44), median side 24 * (1 + 2 * 0.25) = 36.
     assert box == (16, 26, 52, 62)
     # Near the border the square is shifted inside the frame.
-    assert predict.combine_face_boxes([(0, 0, 20, 20)], 100, 100, 0.5) == (0, 0, 40, 40)
-    assert predict.combine_face_boxes([None, None], 100, 100) is None
+    assert faces.combine_face_boxes([(0, 0, 20, 20)], 100, 100, 0.5) == (0, 0, 40, 40)
+    assert faces.combine_face_boxes([None, None], 100, 100) is None
 
 
 def test_detect_face_without_a_face_gives_no_expression(predictor):
     # Issue 10: a clip without a face is never given an expression (the old
     # behaviour, a prediction on the whole frame, is gone).
     frames = np.full((6, 64, 64, 3), 128, np.uint8)
-    assert predict.detect_face_box(frames) is None
-    with pytest.raises(predict.NoFaceError, match="no face in any of the 6 frames"):
+    assert faces.detect_face_box(frames) is None
+    with pytest.raises(faces.NoFaceError, match="no face in any of the 6 frames"):
         predict.predict_clip(frames, predictor, detect_face=True)
 
 
 def test_cli_video_without_a_face(tmp_path, var_ckpt, capsys):
     face_fixtures = pytest.importorskip("face_fixtures")
-    video = tmp_path / "sky.mp4"
-    face_fixtures.write_mp4(video, [face_fixtures.sky(120, 160, seed=k) for k in range(10)])
+    mp4 = tmp_path / "sky.mp4"
+    face_fixtures.write_mp4(mp4, [face_fixtures.sky(120, 160, seed=k) for k in range(10)])
     # Detection is on by default for a video file: one line, status 3.
-    assert predict.main(["--checkpoint", var_ckpt, str(video)]) == predict.NO_FACE_STATUS
+    assert predict_cli.main(["--checkpoint", var_ckpt, str(mp4)]) == predict_cli.NO_FACE_STATUS
     out, err = capsys.readouterr()
     assert len(err.strip().splitlines()) == 1 and "no face in any of the 8 frames" in err
     assert "top class" not in out
     # With --json: an explicit "no face" result and status 0.
     out_json = tmp_path / "r.json"
-    assert predict.main(["--checkpoint", var_ckpt, str(video), "--json", str(out_json)]) == 0
+    assert predict_cli.main(["--checkpoint", var_ckpt, str(mp4), "--json", str(out_json)]) == 0
     result = json.loads(out_json.read_text())
     assert result["face_found"] is False and result["top_class"] is None
     assert result["probabilities"] is None
@@ -239,10 +243,10 @@ def test_cli_face_video_and_frame_folder(tmp_path, var_ckpt, capsys):
     # 12 frames; the eval indices [1, 2, 4, 5, 6, 7, 9, 10] (see above) hold
     # two sky frames (4 and 9).
     frames = [sky if k in (4, 9) else face for k in range(12)]
-    video = tmp_path / "face.mp4"
-    face_fixtures.write_mp4(video, frames)
+    mp4 = tmp_path / "face.mp4"
+    face_fixtures.write_mp4(mp4, frames)
     out_json = tmp_path / "v.json"
-    assert predict.main(["--checkpoint", var_ckpt, str(video), "--json", str(out_json)]) == 0
+    assert predict_cli.main(["--checkpoint", var_ckpt, str(mp4), "--json", str(out_json)]) == 0
     text = capsys.readouterr().out
     result = json.loads(out_json.read_text())
     det = result["face_detection"]
@@ -259,9 +263,9 @@ def test_cli_face_video_and_frame_folder(tmp_path, var_ckpt, capsys):
     folder.mkdir()
     for k, f in enumerate(frames):
         Image.fromarray(f).save(folder / f"{k + 1}.png")
-    assert predict.main(["--checkpoint", var_ckpt, str(folder), "--json", str(out_json)]) == 0
+    assert predict_cli.main(["--checkpoint", var_ckpt, str(folder), "--json", str(out_json)]) == 0
     assert json.loads(out_json.read_text())["face_detection"] is None
-    assert predict.main(["--checkpoint", var_ckpt, str(folder), "--json", str(out_json),
+    assert predict_cli.main(["--checkpoint", var_ckpt, str(folder), "--json", str(out_json),
                          "--detect_face"]) == 0
     assert json.loads(out_json.read_text())["face_detection"]["frames_with_face"] == 6
 
@@ -291,7 +295,7 @@ def test_training_run_directory(tmp_path, model, variables):
     ckpt.save_best(3, state, {"class_names": NAMES, "step": 3})
     ckpt.close()
 
-    loaded = predict.load_predictor(str(run))
+    loaded = predictor_lib.load_predictor(str(run))
     assert loaded.class_names == NAMES and "step 3" in loaded.source
     assert (loaded.spec.num_frames, loaded.image_size) == (T, S)
     leaf = ("s_former", "conv1", "kernel")
@@ -301,7 +305,7 @@ def test_training_run_directory(tmp_path, model, variables):
         got, want = got[k], want[k]
     np.testing.assert_array_equal(np.asarray(got), want)
     # The same checkpoint through its step directory.
-    step_dir = predict.load_predictor(str(run / "best" / "3"))
+    step_dir = predictor_lib.load_predictor(str(run / "best" / "3"))
     assert step_dir.class_names == NAMES
 
 
@@ -311,24 +315,24 @@ def test_converted_checkpoint_metadata(tmp_path):
     path = tmp_path / "converted"
     ckpt_lib.save_variables(path, _random_variables(model11),
                             {"model": MODEL, "num_classes": 11, "num_aus": 18})
-    loaded = predict.load_predictor(str(path))
+    loaded = predictor_lib.load_predictor(str(path))
     assert loaded.class_names == list(classes.MAFW_CLASSES)
     # No data settings: sample as many frames as the model takes (T = 8).
     assert loaded.spec.num_frames == T and loaded.image_size == S
     bad = tmp_path / "nameless"
     ckpt_lib.save_variables(bad, _random_variables(model11), {"num_classes": 11})
-    with pytest.raises(predict.PredictError, match="names no model"):
-        predict.load_predictor(str(bad))
+    with pytest.raises(video.PredictError, match="names no model"):
+        predictor_lib.load_predictor(str(bad))
 
 
 def test_prepare_clip_multi_view():
     """MAE-DFER-style evaluation: 2 temporal x 2 spatial views, view order t-major."""
     from audfer_jax.data import sampling
     spec = sampling.SamplingSpec(scheme="fixed_rate", num_frames=4, rate=4)
-    stub = predict.Predictor(model=None, variables=None, class_names=NAMES, spec=spec,
+    stub = predictor_lib.Predictor(model=None, variables=None, class_names=NAMES, spec=spec,
                              temporal_views=2, spatial_views=2, image_size=20, source="")
     frames = np.stack([_frame(k, 40, 60) for k in range(20)])
-    clips, idx = predict.prepare_clip(frames, stub)
+    clips, idx = preprocess.prepare_clip(frames, stub)
     # Every 4th frame: 0 4 8 12 16 (5 >= T); windows start at 0 and 5 - 4 = 1.
     assert idx.tolist() == [[0, 4, 8, 12], [4, 8, 12, 16]]
     assert clips.shape == (4, 4, 20, 20, 3) and clips.dtype == np.uint8

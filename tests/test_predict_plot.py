@@ -10,9 +10,11 @@ from PIL import Image
 import predict_fixtures as pf
 from audfer_jax import au
 from audfer_jax import models
-from audfer_jax import predict
-from audfer_jax import timeline
-from audfer_jax import video
+from audfer_jax.cli import predict as predict_cli
+from audfer_jax.inference import predict
+from audfer_jax.inference import predictor as predictor_lib
+from audfer_jax.inference import timeline
+from audfer_jax.inference import video
 from audfer_jax.figures import predict as predict_figure
 
 FPS = 10.0
@@ -30,7 +32,7 @@ def var_ckpt(tmp_path_factory, variables):
 
 @pytest.fixture(scope="module")
 def predictor(var_ckpt):
-    return predict.load_predictor(var_ckpt)
+    return predictor_lib.load_predictor(var_ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -49,17 +51,17 @@ def drawn(predictor):
 
 
 def test_run_prior(tmp_path, variables):
-    w, label = predict.run_prior(_cfg(), len(pf.NAMES))
+    w, label = predictor_lib.run_prior(_cfg(), len(pf.NAMES))
     np.testing.assert_array_equal(w, au.prior("dfew"))          # demo set -> DFEW's matrix
     assert "'dfew'" in label
-    w, label = predict.run_prior(_cfg(dataset="ferv39k"), 7)
+    w, label = predictor_lib.run_prior(_cfg(dataset="ferv39k"), 7)
     np.testing.assert_array_equal(w, au.prior("ferv39k"))
-    w, label = predict.run_prior(_cfg(prior="dfew_v1"), 7)
+    w, label = predictor_lib.run_prior(_cfg(prior="dfew_v1"), 7)
     np.testing.assert_array_equal(w, au.prior("dfew_v1"))
-    assert predict.run_prior(_cfg(prior="from_data"), 7)[0] is None
-    assert "from_data" in predict.run_prior(_cfg(prior="from_data"), 7)[1]
-    assert predict.run_prior(_cfg(loss="ce"), 7)[0] is None
-    assert predict.run_prior({}, 7) == (None, "no AU prior: the checkpoint holds no run "
+    assert predictor_lib.run_prior(_cfg(prior="from_data"), 7)[0] is None
+    assert "from_data" in predictor_lib.run_prior(_cfg(prior="from_data"), 7)[1]
+    assert predictor_lib.run_prior(_cfg(loss="ce"), 7)[0] is None
+    assert predictor_lib.run_prior({}, 7) == (None, "no AU prior: the checkpoint holds no run "
                                               "config")
 
 
@@ -135,7 +137,7 @@ def test_cli_writes_png_of_expected_size(tmp_path, var_ckpt, capsys):
     for k in range(1, 13):
         Image.fromarray(pf.frame(k)).save(folder / f"{k}.png")
     out = tmp_path / "p.png"
-    assert predict.main(["--checkpoint", var_ckpt, str(folder), "--plot", str(out),
+    assert predict_cli.main(["--checkpoint", var_ckpt, str(folder), "--plot", str(out),
                          "--fps", "25"]) == 0
     assert f"wrote {out}" in capsys.readouterr().out
     with Image.open(out) as im:

@@ -15,9 +15,12 @@ import pytest
 
 import predict_fixtures as pf
 from audfer_jax import models
-from audfer_jax import predict
-from audfer_jax import timeline
-from audfer_jax import video
+from audfer_jax.cli import predict as predict_cli
+from audfer_jax.inference import faces
+from audfer_jax.inference import predict
+from audfer_jax.inference import predictor as predictor_lib
+from audfer_jax.inference import timeline
+from audfer_jax.inference import video
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +32,7 @@ def var_ckpt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def predictor(var_ckpt):
-    return predict.load_predictor(var_ckpt)
+    return predictor_lib.load_predictor(var_ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +87,7 @@ def test_check_seconds_rejects(value):
 @pytest.mark.parametrize("value", ["0", "-1", "-0.5", "abc", "nan"])
 def test_bad_window_flags_one_line(flag, value, var_ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
-        predict.main(["--checkpoint", var_ckpt, str(tmp_path), flag, value])
+        predict_cli.main(["--checkpoint", var_ckpt, str(tmp_path), flag, value])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
@@ -131,11 +134,11 @@ def test_face_in_second_half_only(tmp_path, var_ckpt, monkeypatch, capsys):
     video_path = tmp_path / "half.mp4"
     face_fixtures.write_mp4(video_path, [sky] * 15 + [face] * 15)     # 10 fps
     calls = []
-    real = predict.largest_face
-    monkeypatch.setattr(predict, "largest_face",
+    real = faces.largest_face
+    monkeypatch.setattr(faces, "largest_face",
                         lambda f, d=None: calls.append(1) or real(f, d))
     out = {k: tmp_path / f"out.{k}" for k in ("csv", "json", "png")}
-    rc = predict.main(["--checkpoint", var_ckpt, str(video_path), "--window_seconds", "1",
+    rc = predict_cli.main(["--checkpoint", var_ckpt, str(video_path), "--window_seconds", "1",
                        "--timeline", str(out["csv"]), "--json", str(out["json"]),
                        "--window_batch", "1"])
     assert rc == 0
@@ -156,7 +159,7 @@ def test_face_in_second_half_only(tmp_path, var_ckpt, monkeypatch, capsys):
     assert [w["face_found"] for w in result["timeline"]["windows"]] == [
             False, False, True, True, True]
     # Each frame any window or the whole clip samples is checked once.
-    spec = predict.load_predictor(var_ckpt).spec
+    spec = predictor_lib.load_predictor(var_ckpt).spec
     win = video.window_bounds(30, 10, 1, 0.5)
     sampled = set(np.unique(video.window_indices(win, spec)).tolist())
     sampled |= set(result["frame_indices"][0])

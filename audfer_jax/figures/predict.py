@@ -55,8 +55,8 @@ def prediction_figure(result: Mapping[str, Any], clips: np.ndarray, *, fps: floa
     """Draws one prediction (see the module docstring).
 
     Args:
-        result: a `predict.predict_clip` result (class and AU probabilities,
-            frame indices, face-detection summary).
+        result: an `inference.predict.predict_clip` result (class and AU
+            probabilities, frame indices, face-detection summary).
         clips: `[V, T, S, S, 3] uint8`, the model's input; view 0 is drawn.
         fps: frames per second, for the frames' times.
         source: the input file or folder (title).
@@ -64,7 +64,7 @@ def prediction_figure(result: Mapping[str, Any], clips: np.ndarray, *, fps: floa
         prior: the run's AU-expression prior `[C, 18]` (rows in the order of
             `result["class_names"]`), or None; the predicted class's row is drawn.
         prior_label: what the prior is, or why there is none (legend / note).
-        timeline: an optional `predict.predict_timeline` result.
+        timeline: an optional `inference.timeline.predict_timeline` result.
 
     Returns:
         The figure (WIDTH_INCHES wide; height by the panels present).

@@ -2,26 +2,33 @@
 
 A video of any length is cut into windows of W seconds every S seconds
 (`video.window_bounds`); each window is sampled, face-cropped and resized as
-one clip (`predict.prepare_indices`) and classified, windows `batch_size` at
-a time in one compiled shape. `timeline_csv` and `format_timeline` turn the
-result into the CSV of `audfer-jax predict --timeline` and its console lines.
+one clip (`preprocess.prepare_indices`) and classified, windows `batch_size`
+at a time in one compiled shape. The face detector's result for a frame is
+reused by every window that samples it. `timeline_csv` and `format_timeline`
+turn the result into the CSV of `audfer-jax predict --timeline` and its
+console lines.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from audfer_jax import predict
-from audfer_jax import video
+from audfer_jax.inference import faces
+from audfer_jax.inference import predict
+from audfer_jax.inference import predictor as predictor_lib
+from audfer_jax.inference import preprocess
+from audfer_jax.inference import video
 
 # Windows per model call of a timeline: every call has this one shape, so the
 # model compiles once whatever the video's length.
 DEFAULT_WINDOW_BATCH = 8
 
 
-def predict_timeline(frames_uint8: np.ndarray, predictor: predict.Predictor, fps: float, *,
+def predict_timeline(frames_uint8: np.ndarray, predictor: predictor_lib.Predictor,
+                     fps: float, *,
                      window_seconds: float = video.DEFAULT_WINDOW_SECONDS,
                      stride_seconds: float = video.DEFAULT_STRIDE_SECONDS,
                      batch_size: int = DEFAULT_WINDOW_BATCH, detect_face: bool = False,
@@ -42,7 +49,7 @@ def predict_timeline(frames_uint8: np.ndarray, predictor: predict.Predictor, fps
         window_seconds, stride_seconds: W and S, seconds > 0.
         batch_size: windows per model call (>= 1).
         detect_face: crop each window's face (detector once per frame).
-        face_margin: see `predict.combine_face_boxes`.
+        face_margin: see `faces.combine_face_boxes`.
         face_cache: per-frame detections to reuse and fill (shared with
             `predict.predict_clip` on the same frames).
 
@@ -59,31 +66,78 @@ def predict_timeline(frames_uint8: np.ndarray, predictor: predict.Predictor, fps
     Raises:
         PredictError: bad frames, W, S, fps or batch size.
     """
-    import time  # pylint: disable=g-import-not-at-top
     t0 = time.perf_counter()
-    frames = predict.check_frames(frames_uint8)
+    frames = preprocess.check_frames(frames_uint8)
     if int(batch_size) < 1:
         raise video.PredictError(f"--window_batch {batch_size}: expected at least 1 window "
                                  "per call")
     batch_size = int(batch_size)
     windows = video.window_bounds(frames.shape[0], fps, window_seconds, stride_seconds)
     idx = video.window_indices(windows, predictor.spec, predictor.temporal_views)  # [K,Vt,T]
-    k_all = len(windows)
-    boxes, found = [None] * k_all, [None] * k_all
     cache = {} if face_cache is None else face_cache
+    boxes, found = _window_faces(frames, idx, detect_face, face_margin, cache)
+    t_faces = time.perf_counter() - t0
+    probs, t_model, t_first = _window_probabilities(frames, idx, boxes, found, predictor,
+                                                    batch_size)
+    names = list(predictor.class_names)
+    rows = _timeline_rows(windows, probs, found, names)
+    total = time.perf_counter() - t0
+    k_all = len(windows)
+    return {"window_seconds": float(window_seconds), "stride_seconds": float(stride_seconds),
+            "fps": float(fps), "num_windows": k_all, "batch_size": batch_size,
+            "class_names": names, "windows": rows,
+            "frames_checked": len(cache) if detect_face else 0,
+            "seconds": {"faces": t_faces, "model": t_model, "first_call": t_first,
+                        "total": total},
+            "windows_per_second": k_all / total if total > 0 else float("inf")}
+
+
+def _window_faces(frames: np.ndarray, idx: np.ndarray, detect_face: bool,
+                  face_margin: float, cache: dict) -> tuple[list, list]:
+    """Each window's face box from the detections on the frames it samples.
+
+    Args:
+        frames: `[N, H, W, 3] uint8`.
+        idx: `[K, Vt, T]` frame indices of the windows.
+        detect_face: whether to detect; without, every box and flag is None.
+        face_margin: see `faces.combine_face_boxes`.
+        cache: per-frame detections, read and filled (`faces.detect_faces`).
+
+    Returns:
+        `(boxes, found)`: K crops `(x0, y0, x1, y1)` or None, and K flags
+        (True / False with detection, None without).
+    """
+    k_all = idx.shape[0]
+    boxes, found = [None] * k_all, [None] * k_all
     if detect_face:
         for k in range(k_all):
-            boxes[k] = predict.detect_faces(frames, np.unique(idx[k]), face_margin, cache).box
+            boxes[k] = faces.detect_faces(frames, np.unique(idx[k]), face_margin, cache).box
             found[k] = boxes[k] is not None
-    t_faces = time.perf_counter() - t0
+    return boxes, found
+
+
+def _window_probabilities(frames: np.ndarray, idx: np.ndarray, boxes: list, found: list,
+                          predictor: predictor_lib.Predictor,
+                          batch_size: int) -> tuple[np.ndarray, float, float]:
+    """Class probabilities of the windows with a face (or without detection).
+
+    Windows go through `predictor.apply` `batch_size` at a time; the last
+    batch is padded with blank clips whose outputs are dropped, so every call
+    has one shape (one compilation).
+
+    Returns:
+        `(probs [K, C] float64, NaN rows for windows without a face, seconds
+        in the model over all calls, seconds of the first call)`.
+    """
+    k_all = idx.shape[0]
     todo = [k for k in range(k_all) if found[k] is not False]
-    num_classes = len(predictor.class_names)
-    probs = np.full((k_all, num_classes), np.nan)
+    probs = np.full((k_all, len(predictor.class_names)), np.nan)
     views = predictor.temporal_views * predictor.spatial_views
     t_model = t_first = 0.0
     for b0 in range(0, len(todo), batch_size):
         chunk = todo[b0:b0 + batch_size]
-        batch = [predict.prepare_indices(frames, idx[k], predictor, boxes[k]) for k in chunk]
+        batch = [preprocess.prepare_indices(frames, idx[k], predictor, boxes[k])
+                 for k in chunk]
         clips = np.zeros((batch_size * views,) + batch[0].shape[1:], np.uint8)
         clips[:len(chunk) * views] = np.concatenate(batch)
         t1 = time.perf_counter()
@@ -92,9 +146,14 @@ def predict_timeline(frames_uint8: np.ndarray, predictor: predict.Predictor, fps
         t_model += time.perf_counter() - t1
         t_first = t_first or t_model
         probs[chunk] = p[:len(chunk)]          # the padded clips' outputs are dropped
-    names = list(predictor.class_names)
+    return probs, t_model, t_first
+
+
+def _timeline_rows(windows: video.Windows, probs: np.ndarray, found: list,
+                   names: list) -> list[dict]:
+    """One JSON-ready row per window (`predict_timeline`'s `windows`)."""
     rows = []
-    for k in range(k_all):
+    for k in range(len(windows)):
         row = {"start_s": float(windows.start_s[k]), "end_s": float(windows.end_s[k]),
                "start_frame": int(windows.start_frame[k]),
                "end_frame": int(windows.end_frame[k]), "face_found": found[k],
@@ -104,14 +163,7 @@ def predict_timeline(frames_uint8: np.ndarray, predictor: predict.Predictor, fps
             row.update(probabilities={n: float(p) for n, p in zip(names, probs[k])},
                        top_class=names[top], top_prob=float(probs[k, top]))
         rows.append(row)
-    total = time.perf_counter() - t0
-    return {"window_seconds": float(window_seconds), "stride_seconds": float(stride_seconds),
-            "fps": float(fps), "num_windows": k_all, "batch_size": batch_size,
-            "class_names": names, "windows": rows,
-            "frames_checked": len(cache) if detect_face else 0,
-            "seconds": {"faces": t_faces, "model": t_model, "first_call": t_first,
-                        "total": total},
-            "windows_per_second": k_all / total if total > 0 else float("inf")}
+    return rows
 
 
 def timeline_csv(timeline: Mapping[str, Any]) -> str:

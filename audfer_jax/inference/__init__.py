@@ -1,0 +1,20 @@
+"""Inference: a checkpoint and a video in, expression and AU probabilities out.
+
+Modules (import them directly; this package imports none of them, so that a
+command pays only for what it uses):
+
+* `video`: reading a video file or frame folder once (`read_input`), cutting
+  it into timeline windows (`window_bounds`, `window_indices`); `PredictError`.
+* `faces`: dlib face detection, one crop per clip (`detect_faces`,
+  `NoFaceError`).
+* `predictor`: a checkpoint -> a `Predictor` (model, variables, the run's
+  sampling and AU prior), built through `model_state` as training builds it.
+* `preprocess`: sampling, cropping and resizing a clip as the run's eval
+  pipeline does (`prepare_clip`, `prepare_indices`, `check_frames`).
+* `predict`: one clip's probabilities (`predict_clip`) and their text.
+* `timeline`: every window of a long video (`predict_timeline`), as CSV/text.
+
+Imports go one way: `timeline` -> `predict` -> `predictor`, `preprocess`,
+`faces` -> `video`. Nothing here imports the trainer or a command
+(`audfer_jax/cli/predict.py` is the command).
+"""
