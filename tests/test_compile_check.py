@@ -1,4 +1,4 @@
-"""`audfer-jax compile` (audfer_jax/compile_check.py) and the platform of a program.
+"""`audfer-jax compile` (audfer_jax/compilation, cli/compile.py) and the platform of a program.
 
 The command runs as users run it (a subprocess of the console script's module);
 it compiles for TPU slices that libtpu describes without hardware. XLA:TPU
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audfer_jax import compile_check
+from audfer_jax.compilation import max_batch, programs, topologies
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
@@ -36,7 +36,7 @@ TINY_MAE = ["--config", "configs/mae_dfer.py", "--config.model=mae_dfer_tiny",
             "--config.data.augment=none", "--config.mixup.enabled=False"]
 DENSE = ["--config", "configs/demo.py:model=plugin_backbone:make_dense_backbone,size=32"]
 
-needs_libtpu = pytest.mark.skipif(not compile_check.libtpu_available(),
+needs_libtpu = pytest.mark.skipif(not topologies.libtpu_available(),
                                   reason="libtpu not installed (pip install 'audfer_jax[tpu]')")
 
 
@@ -75,7 +75,7 @@ def _check_search(measure, limit, hint=8):
         calls.append(n)
         return measure(n)
 
-    s = compile_check.search_max_batch(counted, limit, hint=hint)
+    s = max_batch.search_max_batch(counted, limit, hint=hint)
     # Independent: the first size that does not fit, by brute force.
     expected = 0
     while measure(expected + 1) <= limit:
@@ -131,23 +131,23 @@ def test_search_memory_measured_for_the_dense_plugin():
 
 
 def _refused(required):
-    return compile_check.Compiled(seconds=1.0, flops=None, arguments=0, temporaries=0,
+    return programs.Compiled(seconds=1.0, flops=None, arguments=0, temporaries=0,
                                   outputs=0, aliased=0, code=0,
                                   out_of_memory="RESOURCE_EXHAUSTED: ...", required=required)
 
 
 def test_search_bytes_counts_a_refused_program_as_not_fitting():
     hbm = 16 * GIB
-    ok = compile_check.Compiled(seconds=1.0, flops=1.0, arguments=3, temporaries=10,
+    ok = programs.Compiled(seconds=1.0, flops=1.0, arguments=3, temporaries=10,
                                 outputs=2, aliased=2, code=1)
-    assert compile_check.search_bytes(ok, 5, hbm) == 3 + 10 + 2 - 2 + 1 + 5
+    assert max_batch.search_bytes(ok, 5, hbm) == 3 + 10 + 2 - 2 + 1 + 5
     # XLA:TPU's v5e limit is 15.75 GiB: a refusal at 15.76 GiB is under the
     # datasheet's 16 GiB and must still count as over it.
-    below = compile_check.search_bytes(_refused(int(15.76 * GIB)), 0, hbm)
+    below = max_batch.search_bytes(_refused(int(15.76 * GIB)), 0, hbm)
     assert below > hbm and below - hbm < 1e-6 * hbm
-    assert compile_check.search_bytes(_refused(int(21.84 * GIB)), 7, hbm) == int(
+    assert max_batch.search_bytes(_refused(int(21.84 * GIB)), 7, hbm) == int(
             21.84 * GIB) + 7
-    assert compile_check.search_bytes(_refused(0), 0, hbm) == math.inf
+    assert max_batch.search_bytes(_refused(0), 0, hbm) == math.inf
 
 
 def test_search_on_the_measured_mae_dfer_bfloat16_curve():
@@ -160,10 +160,10 @@ def test_search_on_the_measured_mae_dfer_bfloat16_curve():
 
     def measure(n):
         if n in refused:
-            return compile_check.search_bytes(_refused(int(refused[n] * GIB)), 0, hbm)
+            return max_batch.search_bytes(_refused(int(refused[n] * GIB)), 0, hbm)
         return (2.41 + (n - 1) * (15.76 - 2.41) / 16) * GIB
 
-    s = compile_check.search_max_batch(measure, hbm, hint=24)
+    s = max_batch.search_max_batch(measure, hbm, hint=24)
     assert s.largest == 16
     assert s.measured[16] <= hbm < s.measured[17]
 
@@ -180,13 +180,13 @@ def test_search_when_one_clip_does_not_fit():
 @pytest.mark.parametrize("name, gen", [("v5e:4x4", "v5e"), ("v4:2x2x2", "v4"),
                                        ("v5p:4x4x4", "v5p"), ("v6e:8x8", "v6e")])
 def test_parse_topology(name, gen):
-    assert compile_check.parse_topology(name) == gen
+    assert topologies.parse_topology(name) == gen
 
 
 @pytest.mark.parametrize("name", ["v5e", "v5e-16", "v5e:4x4x4", "v5p:4x4", "v7:2x2", "tpu"])
 def test_unknown_topology_lists_the_forms(name):
     with pytest.raises(ValueError, match="unknown topology .*v5e:AxB, v6e:AxB, v4:AxBxC"):
-        compile_check.parse_topology(name)
+        topologies.parse_topology(name)
 
 
 # ---------------------------------------------------------------------------
@@ -212,9 +212,9 @@ CPU_FORMS_OF = {
 @pytest.fixture(scope="module")
 def v5e_2x2():
     # Compile-only use of libtpu; other JAX processes of this host may hold
-    # its lock file (compile_check.main sets the same).
+    # its lock file (audfer_jax.cli.compile.main sets the same).
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    return compile_check.load_slice("v5e:2x2")
+    return topologies.load_slice("v5e:2x2")
 
 
 @needs_libtpu
@@ -228,7 +228,7 @@ def test_tpu_programs_trace_no_cpu_form(name, v5e_2x2):
     assert config.model == name
     forms = {}
     for target, devices in (("tpu", v5e_2x2.devices), ("cpu", jax.devices("cpu"))):
-        p = compile_check.build_programs(config, devices, 4 * len(devices))
+        p = programs.build_programs(config, devices, 4 * len(devices))
         # The forms are chosen while the step is traced (`jit(...).trace`,
         # what `lower` and `compile` start with); the train step's backward
         # pass holds every form there is.
@@ -357,7 +357,7 @@ def test_error_lines(tmp_path):
                               PYTHONPATH=os.pathsep.join([str(fake.parent), str(REPO)])),
                        "needs libtpu, which is not installed: pip install 'audfer_jax[tpu]'"),
     }
-    if compile_check.libtpu_available():
+    if topologies.libtpu_available():
         cases["batch"] = (_start(*TINY_MAE, "--topology", "v5e:2x2", "--batch", 6),
                           "global batch 6 is not a multiple of the 4 chips; choose a "
                           "multiple of 4")

@@ -27,8 +27,9 @@ from audfer_jax import config_lib  # noqa: E402
 from audfer_jax import model_state  # noqa: E402
 from audfer_jax import rng as rng_lib  # noqa: E402
 from audfer_jax import train  # noqa: E402
-from audfer_jax import train_bench  # noqa: E402
-from audfer_jax.models import bench as model_bench  # noqa: E402
+from audfer_jax.benchmarks import train as train_bench  # noqa: E402
+from audfer_jax.cli import bench_model as model_bench  # noqa: E402
+from audfer_jax.cli import bench_train  # noqa: E402
 from audfer_jax.models import mae_dfer as md  # noqa: E402
 
 DEPTH = 3
@@ -234,7 +235,7 @@ def test_bench_train_says_flops_not_counted_with_scan_blocks():
                               model=_ScanningMicro(num_classes=7), log=lambda m: None)
     assert r['flops_note'] == NOT_COUNTED
     assert r['flops_per_clip'] is None and r['flops_per_s'] is None and r['mfu'] is None
-    text = train_bench.format_result(r)
+    text = bench_train.format_result(r)
     assert f'efficiency of the full step: {NOT_COUNTED}' in text.splitlines()
     assert 'FLOPs/clip' not in text
 

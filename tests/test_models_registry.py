@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import pytest
 
 from audfer_jax import models
-from audfer_jax.models import bench
+from audfer_jax.benchmarks import model as model_bench
+from audfer_jax.cli import bench_model
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = ["former_dfer", "former_dfer_tiny", "m3dfel", "m3dfel_tiny", "mae_dfer", "mae_dfer_tiny"]
@@ -81,8 +82,8 @@ def test_registry_imports_backbones_lazily():
 
 def test_bench_flags_and_peak_memory():
     with pytest.raises(SystemExit):
-        bench.main(["--model", "nope"])
+        bench_model.main(["--model", "nope"])
     with pytest.raises(SystemExit):
-        bench.main(["--model", "m3dfel", "--batch", "0"])
-    peak, source = bench.peak_memory()
+        bench_model.main(["--model", "m3dfel", "--batch", "0"])
+    peak, source = model_bench.peak_memory()
     assert peak > 0 and source

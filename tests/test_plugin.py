@@ -378,8 +378,8 @@ def test_sweep_resume_evaluate_predict_in_memory(tmp_path):
 
 
 def test_bench_train_and_bench_model(capsys):
-    from audfer_jax import train_bench
-    from audfer_jax.models import bench
+    from audfer_jax.benchmarks import train as train_bench
+    from audfer_jax.cli import bench_model as bench
     cfg = _config()
     r = train_bench.run_bench(cfg, batch=2, steps=1, warmup=0, log=lambda m: None)
     assert r["model"] == PATH and r["input_shape"] == [T, S, S]

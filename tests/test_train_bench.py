@@ -1,4 +1,4 @@
-"""Tests of `audfer_jax.train_bench` (output format and wiring, never speed).
+"""Tests of `audfer-jax bench train` (output format and wiring, never speed).
 
 The fast tests use the trainer's micro model (`tests/_train_fakes.py`, compiles
 in seconds); the registry's `former_dfer_tiny` runs in a slow test.
@@ -20,7 +20,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 import _train_fakes as fakes  # noqa: E402
 
 from audfer_jax import model_state  # noqa: E402
-from audfer_jax import train_bench  # noqa: E402
+from audfer_jax.benchmarks import train as train_bench  # noqa: E402
+from audfer_jax.cli import bench_train  # noqa: E402
 
 NUM = r"-?\d+(?:\.\d+)?(?:e[-+]\d+)?"
 # The figure lines the command prints (format, not speed).
@@ -57,7 +58,7 @@ def test_run_bench_micro():
             100 * (r["full_min_ms"] - r["without_au_min_ms"]) / r["full_min_ms"])
     assert r["au_share_isolated_percent"] == pytest.approx(
             100 * r["au_loss_isolated_ms"] / r["full_ms"])
-    text = train_bench.format_result(r)
+    text = bench_train.format_result(r)
     for pattern in EXPECTED:
         assert re.search(pattern, text), pattern
 
@@ -99,22 +100,22 @@ def test_cli_prints_both_figures(tmp_path, monkeypatch, capsys):
     # The micro model stands in for the registry model (compile time).
     monkeypatch.setattr(model_state, "build_model",
                         lambda config, n: fakes.MicroModel(num_classes=n))
-    rc = train_bench.main(["--config", str(cfg), "--batch", "2", "--steps", "1",
+    rc = bench_train.main(["--config", str(cfg), "--batch", "2", "--steps", "1",
                            "--warmup", "0"])
     assert rc == 0
     out = capsys.readouterr().out
     for pattern in EXPECTED:
         assert re.search(pattern, out), pattern
-    assert train_bench.main(["--config", str(cfg), "--steps", "0"]) == 1
+    assert bench_train.main(["--config", str(cfg), "--steps", "0"]) == 1
     assert "--steps must be >= 1" in capsys.readouterr().err
-    assert train_bench.main(["--config", str(tmp_path / "nope.py")]) == 1
+    assert bench_train.main(["--config", str(tmp_path / "nope.py")]) == 1
 
 
 @pytest.mark.slow
 def test_cli_former_dfer_tiny(tmp_path, capsys):
     cfg = tmp_path / "cfg.py"
     cfg.write_text(CONFIG_FILE.format(model="former_dfer_tiny"))
-    assert train_bench.main(["--config", str(cfg), "--batch", "2", "--steps", "1",
+    assert bench_train.main(["--config", str(cfg), "--batch", "2", "--steps", "1",
                              "--warmup", "0"]) == 0
     out = capsys.readouterr().out
     for pattern in EXPECTED:

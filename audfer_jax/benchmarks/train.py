@@ -1,24 +1,20 @@
-"""`audfer-jax bench train`: train-step throughput and the cost of the AU loss.
+"""Train-step throughput and the cost of the AU loss (`audfer-jax bench train`'s library).
 
-    audfer-jax bench train --config configs/former_dfer.py:dataset=dfew,loss=au \\
-        [--batch 8] [--steps 10] [--warmup 2] [--init random|model] [--peak-flops F]
-        [--config.x=y ...]
-
-Builds the config's model, optimizer and the trainer's own train step
+`run_bench` builds the config's model, optimizer and the trainer's own train step
 (`steps.make_train_step`, jitted with the state donated as in training,
 `parallel.jit_step`) on the current backend, feeds synthetic uint8 batches
-(`clips [B, T, H, W, 3]`, random labels and AU targets) and prints:
+(`clips [B, T, H, W, 3]`, random labels and AU targets) and measures:
 
 * **train-step throughput**: clips/s = B / median step time, the median over
-  `--steps` timed steps after compilation and `--warmup` untimed steps, each
+  `steps` timed steps after compilation and `warmup` untimed steps, each
   step waited for with `block_until_ready` (so asynchronous dispatch does
   not hide work); the two variants below alternate step by step, so a
   change of the machine's load hits both alike;
 * **efficiency**: the compiled step's FLOPs per clip (XLA cost analysis),
   the achieved FLOP/s per device and, on GPU/TPU, the MFU against the
-  device's peak bfloat16 FLOP/s (`audfer_jax.flops`, `--peak-flops` to
+  device's peak bfloat16 FLOP/s (`audfer_jax.flops`, `peak_flops` to
   override; "n/a" on CPU); not counted (one line says so) with
-  `--config.scan_blocks=True`, whose loop XLA counts once;
+  `config.scan_blocks=True`, whose loop XLA counts once;
 * **share of step time spent in the AU loss**, two ways:
   1. *difference*: the same step with the AU loss (and AU head) removed (lambda = 0 and
      the AU head's output replaced by a constant, so XLA drops the AU head
@@ -39,24 +35,21 @@ The goal is under 2 % (the paper claims the AU loss needs "no additional
 arithmetic" at inference; au_dfer_method.md section 5). Timings are
 wall-clock on whatever else shares the machine; report the device with them.
 
-Parameters are by default random (`--init random`: the shapes of the model's
+Parameters are by default random (`init="random"`: the shapes of the model's
 init, values from a fan-in-scaled normal, BatchNorm statistics 0 / 1): step
 time does not depend on the values, and this skips the model's jitted init,
 whose random-number code takes minutes to compile on a small CPU.
-`--init model` uses the trainer's `create_train_state` instead.
+`init="model"` uses the trainer's jitted init (`ModelState.init_state`) instead.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
-import sys
 import time
 from typing import Any, Callable
 
 import numpy as np
-
-from audfer_jax.cli import errors as cli_errors
-from audfer_jax import config_lib
 
 GOAL_PERCENT = 2.0
 
@@ -148,8 +141,8 @@ def _loss_constants(config, dataset: str, num_classes: int):
         return lam, np.ones((num_classes, 18), np.float32), np.ones((18,), np.float32)
 
 
-def time_interleaved(steps: dict[str, Callable], states: dict[str, Any], batch,
-                     num_steps: int, warmup: int) -> tuple[dict[str, list[float]], dict[str, float]]:
+def time_interleaved(steps: dict[str, Callable], states: dict[str, Any], batch, num_steps: int,
+                     warmup: int) -> tuple[dict[str, list[float]], dict[str, float]]:
     """Times state-donating step functions, alternating them step by step.
 
     Each function is compiled (first call) and run `warmup` more times; then
@@ -219,9 +212,32 @@ def time_isolated_loss(batch: int, num_classes: int, prior, pos_weight, scale: f
     return statistics.median(times) / repeats
 
 
+@dataclasses.dataclass(frozen=True)
+class _Bench:
+    """What both variants of one `run_bench` share.
+
+    Attributes:
+        setup: the config's `model_state.ModelState` (model, variables, optimizer).
+        mesh: the data mesh over the local devices.
+        num_classes: expression classes C.
+        lam, prior, pos_weight: the AU loss constants (`_loss_constants`).
+        device_batch: the synthetic batch, sharded over `mesh`.
+        make_state: a fresh, replicated `TrainState` per call.
+    """
+    setup: Any
+    mesh: Any
+    num_classes: int
+    lam: float
+    prior: Any
+    pos_weight: Any
+    device_batch: dict
+    make_state: Callable[[], Any]
+
+
 def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "random",
               model=None, log: Callable[[str], None] = print,
-              time_augment: bool = False, peak_flops: float | None = None) -> dict:
+              time_augment: bool = False, peak_flops: float | None = None,
+              steps_per_epoch: int = 100) -> dict:
     """Times the full and the AU-free train step of `config`; see the module doc.
 
     Args:
@@ -235,184 +251,162 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
         time_augment: also time the device-side augmentation (module doc).
         peak_flops: peak FLOP/s of one device for the MFU (default: the
             `flops.PEAK_BF16_FLOPS` entry of the device kind).
+        steps_per_epoch: optimizer steps per epoch for the schedule. It sets
+            the learning rates the schedule computes, not the step's shapes
+            or work, so the default 100 stands for any dataset.
 
     Returns:
         `{"model", "backend", "devices", "batch", "input_shape", "steps",
         "full_ms", "without_au_ms" (medians), "full_min_ms", "without_au_min_ms"
         (fastest steps), "full_clips_per_s", "without_au_clips_per_s" (from the
-        medians), "au_share_diff_percent" (from the fastest steps), "au_loss_isolated_ms", "au_share_isolated_percent",
-        "compile_s_full", "compile_s_without_au", "loss", "lam", "device_kind",
-        "flops_per_clip", "flops_per_s" (per device), "mfu" (fraction; None
-        when unknown, e.g. on CPU)}`, plus "flops_note" (why the FLOPs are
-        None) when the model scans its blocks, with `time_augment` and a device recipe
-        also "augment_device_ms", "augment_device_share_percent"; times are
-        medians in ms per step.
+        medians), "au_share_diff_percent" (from the fastest steps),
+        "au_loss_isolated_ms", "au_share_isolated_percent", "compile_s_full",
+        "compile_s_without_au", "loss", "lam", "device_kind", "flops_per_clip",
+        "flops_per_s" (per device), "mfu" (fraction; None when unknown, e.g. on
+        CPU)}`, plus "flops_note" (why the FLOPs are None) when the model scans
+        its blocks, with `time_augment` and a device recipe also
+        "augment_device_ms", "augment_device_recipe",
+        "augment_device_share_percent"; times are in ms per step.
 
     Raises:
         ValueError: batch not a multiple of the device count, steps < 1, or an
             unknown `init`.
     """
     import jax  # pylint: disable=g-import-not-at-top
-    import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-    from audfer_jax import classes, model_state, optim, parallel  # pylint: disable=g-import-not-at-top
-    from audfer_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
-    from audfer_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     if init not in ("random", "model"):
         raise ValueError(f"--init must be 'random' or 'model', got {init!r}")
-    dataset = str(config.data.name)
-    num_classes = classes.num_classes(dataset)
-    if model is None:
-        model = model_state.build_model(config, num_classes)
-    input_shape = model_state.model_input_shape(model, config.model, config.data)
-    mesh = parallel.make_mesh()
-    parallel.local_batch_size(batch, mesh)            # raises when not divisible
-    rng = jax.random.PRNGKey(0)
-    shapes = jax.eval_shape(lambda: model.init(
-            {"params": rng, "dropout": rng}, jnp.zeros((1, *input_shape, 3), jnp.uint8),
-            train=False))
-    tx, schedule = optim.make_optimizer(config.optim, shapes["params"], steps_per_epoch=100,
-                                        num_epochs=int(config.num_epochs),
-                                        global_batch_size=batch,
-                                        num_layers=model_state.model_depth(model))
-    lam, prior, pos_weight = _loss_constants(config, dataset, num_classes)
-    host_batch = synthetic_batch(batch, input_shape, num_classes)
-    device_batch = parallel.global_batch(host_batch, mesh)
-
-    if init == "random":
-        host_vars = random_variables(shapes)
-
-        def make_state():
-            params = host_vars["params"]
-            state = steps_lib.TrainState(
-                    step=np.int32(0), params=params,
-                    batch_stats=host_vars.get("batch_stats", {}),
-                    opt_state=jax.jit(tx.init)(params),
-                    rng=np.asarray(jax.random.PRNGKey(int(config.seed))))
-            return jax.device_put(state, parallel.replicated(mesh))
-    else:
-        def make_state():
-            return steps_lib.create_train_state(model, tx, input_shape,
-                                            int(config.seed), mesh)
-
-    common = dict(tx=tx, schedule=schedule, prior=prior, pos_weight=pos_weight,
-                  num_classes=num_classes)
-    variants = {
-            "full": steps_lib.make_train_step(model, config, lam=lam, **common),
-            "without_au": steps_lib.make_train_step(_WithoutAUHead(model), config, lam=0.0,
-                                                **common)}
+    bench = _prepare(config, batch, model, init, steps_per_epoch)
+    variants = _variants(config, bench)
+    input_shape = bench.setup.input_shape
     out: dict[str, Any] = {"model": config.model, "backend": jax.default_backend(),
                            "devices": jax.device_count(), "batch": batch,
                            "input_shape": list(input_shape), "steps": steps,
-                           "loss": str(config.loss), "lam": float(lam)}
+                           "loss": str(config.loss), "lam": float(bench.lam)}
     log(f"compiling the full and the AU-free train step of {config.model} ...")
-    states = {k: make_state() for k in variants}
-    compiled, compile_s = {}, {}
-    for k, fn in variants.items():
-        # Compiled ahead of time so that XLA's cost analysis (FLOPs) is at hand.
-        t0 = time.perf_counter()
-        compiled[k] = parallel.jit_step(fn, mesh).lower(states[k], device_batch).compile()
-        compile_s[k] = time.perf_counter() - t0
-    times, first = time_interleaved(compiled, states, device_batch, steps, warmup)
+    states = {k: bench.make_state() for k in variants}
+    compiled, compile_s = _compile_variants(variants, states, bench)
+    times, first = time_interleaved(compiled, states, bench.device_batch, steps, warmup)
     for name in variants:
         median = statistics.median(times[name])
         out[f"{name}_ms"] = 1e3 * median
         out[f"{name}_min_ms"] = 1e3 * min(times[name])
         out[f"{name}_clips_per_s"] = batch / median
         out[f"compile_s_{name}"] = compile_s[name] + first[name]
+    out.update(_efficiency(bench.setup.model, compiled["full"], out["full_ms"], batch,
+                           peak_flops))
+    out.update(_au_shares(config, bench, batch, out))
+    if time_augment:
+        out.update(_augment_share(config, batch, out["full_ms"]))
+    return out
+
+
+def _prepare(config, batch: int, model, init: str, steps_per_epoch: int) -> _Bench:
+    """The model, optimizer, loss constants, batch and state maker of one benchmark.
+
+    Raises:
+        ValueError: a bad model, or a batch not a multiple of the device count.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    from audfer_jax import classes, model_state, parallel  # pylint: disable=g-import-not-at-top
+    from audfer_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+    dataset = str(config.data.name)
+    num_classes = classes.num_classes(dataset)
+    if model is None:
+        model = model_state.build_model(config, num_classes)
+    mesh = parallel.make_mesh()
+    parallel.local_batch_size(batch, mesh)            # raises when not divisible
+    setup = model_state.build(config, num_classes, steps_per_epoch=steps_per_epoch,
+                              global_batch=batch, data_config=config.data, model=model)
+    lam, prior, pos_weight = _loss_constants(config, dataset, num_classes)
+    host_batch = synthetic_batch(batch, setup.input_shape, num_classes)
+    device_batch = parallel.global_batch(host_batch, mesh)
+
+    if init == "random":
+        host_vars = random_variables(setup.variables)
+
+        def make_state():
+            # Random host values (no init program to compile); the optimizer
+            # state is the ModelState's optimizer's own init of them.
+            params = host_vars["params"]
+            state = steps_lib.TrainState(
+                    step=np.int32(0), params=params,
+                    batch_stats=host_vars.get("batch_stats", {}),
+                    opt_state=jax.jit(setup.tx.init)(params),
+                    rng=np.asarray(jax.random.PRNGKey(int(config.seed))))
+            return jax.device_put(state, parallel.replicated(mesh))
+    else:
+        def make_state():
+            return setup.init_state(int(config.seed), mesh)
+
+    return _Bench(setup=setup, mesh=mesh, num_classes=num_classes, lam=lam, prior=prior,
+                  pos_weight=pos_weight, device_batch=device_batch, make_state=make_state)
+
+
+def _variants(config, bench: _Bench) -> dict[str, Callable]:
+    """`{"full": step, "without_au": step}`: the trainer's step with and without the AU loss."""
+    from audfer_jax import steps as steps_lib  # pylint: disable=g-import-not-at-top
+    setup = bench.setup
+    common = dict(tx=setup.tx, schedule=setup.schedule, prior=bench.prior,
+                  pos_weight=bench.pos_weight, num_classes=bench.num_classes)
+    return {"full": steps_lib.make_train_step(setup.model, config, lam=bench.lam, **common),
+            "without_au": steps_lib.make_train_step(_WithoutAUHead(setup.model), config,
+                                                    lam=0.0, **common)}
+
+
+def _compile_variants(variants: dict[str, Callable], states: dict[str, Any],
+                      bench: _Bench) -> tuple[dict[str, Any], dict[str, float]]:
+    """Each variant jitted as in training and compiled ahead of time; its compile seconds."""
+    from audfer_jax import parallel  # pylint: disable=g-import-not-at-top
+    compiled, compile_s = {}, {}
+    for k, fn in variants.items():
+        # Compiled ahead of time so that XLA's cost analysis (FLOPs) is at hand.
+        t0 = time.perf_counter()
+        compiled[k] = parallel.jit_step(fn, bench.mesh).lower(
+                states[k], bench.device_batch).compile()
+        compile_s[k] = time.perf_counter() - t0
+    return compiled, compile_s
+
+
+def _efficiency(model, compiled_full, full_ms: float, batch: int,
+                peak_flops: float | None) -> dict[str, Any]:
+    """FLOPs per clip, FLOP/s per device and MFU of the full step (or why not counted)."""
+    import jax  # pylint: disable=g-import-not-at-top
+    from audfer_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
+    out: dict[str, Any] = {}
     device_kind = jax.devices()[0].device_kind
     note = flops_lib.uncounted_reason(model)
     if note:        # a scanned program: XLA's count would be too low
         out["flops_note"] = note
-    eff = flops_lib.efficiency(None if note else flops_lib.step_flops(compiled["full"]),
-                               out["full_ms"] / 1e3, batch, device_kind, peak_flops,
+    eff = flops_lib.efficiency(None if note else flops_lib.step_flops(compiled_full),
+                               full_ms / 1e3, batch, device_kind, peak_flops,
                                num_devices=jax.device_count())
     out.update(device_kind=device_kind, flops_per_clip=eff["flops_per_clip"],
                flops_per_s=eff["flops_per_s"], mfu=eff["mfu"])
-    # Minima: other processes only ever add time, so the fastest step is the
-    # least disturbed estimate of each variant's own cost.
-    out["au_share_diff_percent"] = (100.0 * (out["full_min_ms"] - out["without_au_min_ms"])
-                                    / out["full_min_ms"])
-    iso = time_isolated_loss(batch, num_classes, prior, pos_weight, float(config.au.scale))
-    out["au_loss_isolated_ms"] = 1e3 * iso
-    out["au_share_isolated_percent"] = 100.0 * 1e3 * iso / out["full_ms"]
-    if time_augment:
-        from audfer_jax.data import bench as input_bench  # pylint: disable=g-import-not-at-top
-        aug = input_bench.time_device_augment(config.data, batch)
-        if aug:
-            out["augment_device_ms"] = aug["ms_per_batch"]
-            out["augment_device_recipe"] = aug["recipe"]
-            out["augment_device_share_percent"] = (
-                    100.0 * aug["ms_per_batch"] / (aug["ms_per_batch"] + out["full_ms"]))
     return out
 
 
-def format_result(r: dict, config_spec: str = "") -> str:
-    """The figures of `run_bench` as the lines the command prints."""
-    t, h, w = r["input_shape"]
-    lines = [
-        f"bench train: model {r['model']}" + (f" ({config_spec})" if config_spec else ""),
-        f"backend {r['backend']}, {r['devices']} device(s); batch {r['batch']} clips of "
-        f"{t}x{h}x{w}x3 uint8 (synthetic); median of {r['steps']} timed steps after "
-        f"compile + warm-up",
-        f"full train step (loss {r['loss']}, lambda {r['lam']:g}): {r['full_ms']:.2f} ms/step, "
-        f"{r['full_clips_per_s']:.2f} clips/s (first call incl. compile "
-        f"{r['compile_s_full']:.1f} s)",
-        f"step without AU loss (lambda 0, AU head unused): {r['without_au_ms']:.2f} ms/step, "
-        f"{r['without_au_clips_per_s']:.2f} clips/s",
-        f"AU loss share of step time (difference of the two steps, fastest step each: "
-        f"{r['full_min_ms']:.2f} vs {r['without_au_min_ms']:.2f} ms): "
-        f"{r['au_share_diff_percent']:.2f} %",
-        f"AU loss share of step time (isolated jitted loss fwd+bwd, "
-        f"{r['au_loss_isolated_ms']:.3g} ms/call): {r['au_share_isolated_percent']:.3g} %",
-        f"goal: AU loss share < {GOAL_PERCENT:g} % (paper: no additional arithmetic)",
-    ]
-    if "augment_device_ms" in r:
-        lines.append(f"device-side augmentation ({r['augment_device_recipe']}, jitted, same "
-                     f"batch): {r['augment_device_ms']:.2f} ms/batch, "
-                     f"{r['augment_device_share_percent']:.2f} % of augmentation + step "
-                     f"(goal <= 10 % for MAE-DFER)")
-    if r.get("flops_note"):
-        lines.append(f"efficiency of the full step: {r['flops_note']}")
-    elif "flops_per_clip" in r:
-        from audfer_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
-        lines.append(f"efficiency of the full step on {r.get('device_kind', '?')} (XLA cost "
-                     f"analysis): " + flops_lib.format_efficiency(r))
-    return "\n".join(lines)
+def _au_shares(config, bench: _Bench, batch: int, timed: dict) -> dict[str, float]:
+    """The AU loss's share of the step: by difference of the variants and isolated."""
+    # Minima: other processes only ever add time, so the fastest step is the
+    # least disturbed estimate of each variant's own cost.
+    out = {"au_share_diff_percent": (100.0 * (timed["full_min_ms"] - timed["without_au_min_ms"])
+                                     / timed["full_min_ms"])}
+    iso = time_isolated_loss(batch, bench.num_classes, bench.prior, bench.pos_weight,
+                             float(config.au.scale))
+    out["au_loss_isolated_ms"] = 1e3 * iso
+    out["au_share_isolated_percent"] = 100.0 * 1e3 * iso / timed["full_ms"]
+    return out
 
 
-def main(argv: list[str]) -> int:
-    """`audfer-jax bench train --config FILE.py:ARGS [--batch 8 --steps 10]`."""
-    try:
-        rest, overrides = config_lib.split_config_overrides(argv)
-    except ValueError as e:
-        return cli_errors.report("audfer-jax bench train", e, status=2)
-    parser = cli_errors.ArgumentParser(
-            prog="audfer-jax bench train",
-            description="Train-step clips/s with synthetic batches, and the share of "
-                        "step time spent in the AU loss.")
-    parser.add_argument("--config", required=True, help="configs/<backbone>.py:ARGS")
-    parser.add_argument("--batch", type=int, default=8, help="global batch size (default 8)")
-    parser.add_argument("--steps", type=int, default=10, help="timed steps per variant")
-    parser.add_argument("--warmup", type=int, default=2,
-                        help="untimed steps after the compiling one (default 2)")
-    parser.add_argument("--peak-flops", type=float, default=None,
-                        help="peak FLOP/s of one device for the MFU (default: the "
-                             "bfloat16 table in audfer_jax/flops.py; none for CPUs)")
-    parser.add_argument("--init", default="random", choices=("random", "model"),
-                        help="random parameters (default, no init compile) or the "
-                             "model's own init")
-    parser.add_argument("--augment_share", default="on", choices=("on", "off"),
-                        help="also time the device-side augmentation of data.augment")
-    args = parser.parse_args(rest)
-    try:
-        config = config_lib.apply_overrides(config_lib.load_config_file(args.config), overrides)
-        result = run_bench(config, batch=args.batch, steps=args.steps, warmup=args.warmup,
-                           init=args.init, log=lambda m: print(m, file=sys.stderr),
-                           time_augment=args.augment_share == "on",
-                           peak_flops=args.peak_flops)
-    except (ValueError, KeyError, OSError) as e:
-        return cli_errors.report("audfer-jax bench train", e)
-    print(format_result(result, args.config))
-    return 0
+def _augment_share(config, batch: int, full_ms: float) -> dict[str, Any]:
+    """The device-side augmentation's time and share of augmentation + step ({} if none)."""
+    from audfer_jax.benchmarks import input as input_bench  # pylint: disable=g-import-not-at-top
+    aug = input_bench.time_device_augment(config.data, batch)
+    if not aug:
+        return {}
+    return {"augment_device_ms": aug["ms_per_batch"],
+            "augment_device_recipe": aug["recipe"],
+            "augment_device_share_percent": (
+                    100.0 * aug["ms_per_batch"] / (aug["ms_per_batch"] + full_ms))}
