@@ -1,4 +1,4 @@
-"""Hints for user errors: the closest valid choice of a mistyped name.
+"""Hints for user errors: the closest valid choice of a mistyped name, one-line messages.
 
 Imported by library modules (config checks, readers) and the commands alike;
 imports nothing but the standard library.
@@ -24,3 +24,30 @@ def unknown_choice(what: str, value, choices: Iterable) -> str:
     choices = list(choices)
     return (f"unknown {what} {value!r}; expected one of {', '.join(map(str, choices))}"
             + did_you_mean(value, choices))
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of `exc` as one line (whitespace runs, newlines included, collapsed).
+
+    A `KeyError`'s message is its argument (not its quoted repr); an OSError
+    without a message of its own reads `PATH: reason`; a dataset error
+    (`records.DatasetError`, every problem listed line by line) keeps its
+    first problem and says where the full list is (`report_path`, if set).
+    """
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    elif isinstance(exc, OSError) and exc.filename and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror.lower()}"
+    else:
+        text = str(exc)
+    report = getattr(exc, "report", None)
+    problems = getattr(report, "problems", None)
+    if problems:
+        head = text.split("\n", 1)[0].rstrip(":")
+        text = f"{head}: {problems[0]}"
+        if len(problems) > 1:
+            where = getattr(exc, "report_path", None)
+            text += (f" (and {len(problems) - 1} more"
+                     + (f"; all listed in {where})" if where else ")"))
+    text = " ".join(text.split())
+    return text or type(exc).__name__

@@ -178,9 +178,9 @@ def test_config_arguments_name_field_value_and_choices():
 
 
 def test_one_line_and_root_cause():
-    assert cli_errors.one_line(KeyError("a\n  b")) == "a b"
+    assert hints.one_line(KeyError("a\n  b")) == "a b"
     err = FileNotFoundError(2, "No such file or directory", "/x/y")
-    assert cli_errors.one_line(err) == "/x/y: no such file or directory"
+    assert hints.one_line(err) == "/x/y: no such file or directory"
     try:
         try:
             raise ValueError("the real reason")

@@ -19,6 +19,8 @@ import os
 
 from audfer_jax.compilation import report, topologies
 
+from audfer_jax import hints
+
 from audfer_jax.cli import errors as cli_errors
 
 PROG = "audfer-jax compile"
@@ -82,7 +84,7 @@ def main(argv: list[str]) -> int:
     except cli_errors.USER_ERRORS as e:
         return cli_errors.report(PROG, e)
     except KeyError as e:        # an unknown --config.FIELD
-        return cli_errors.report(PROG, cli_errors.UsageError(cli_errors.one_line(e)))
+        return cli_errors.report(PROG, cli_errors.UsageError(hints.one_line(e)))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"config": args.config, "overrides": overrides, **result}, f, indent=2)

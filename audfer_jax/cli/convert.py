@@ -13,6 +13,7 @@ import sys
 from typing import Any, Callable, Optional, Sequence
 
 from audfer_jax import paths
+from audfer_jax import hints
 from audfer_jax.cli import errors as cli_errors
 from audfer_jax.models import available_models, get_model
 from audfer_jax.models import convert
@@ -84,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         errors = e.report.errors
         more = f" (and {len(errors) - 1} more, listed above)" if len(errors) > 1 else ""
         print(f"{_PROG}: error: {len(errors)} conversion error(s): "
-              f"{cli_errors.one_line(ValueError(errors[0]))}{more}", file=sys.stderr)
+              f"{hints.one_line(ValueError(errors[0]))}{more}", file=sys.stderr)
         return 1
     print(report.summary(args.verbose))
     variables = convert.fill_fresh(variables, real_init)

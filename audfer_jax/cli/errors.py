@@ -21,7 +21,7 @@ import sys
 import traceback
 from typing import Iterable, NoReturn, Optional
 
-from audfer_jax.hints import did_you_mean
+from audfer_jax.hints import did_you_mean, one_line
 
 DEBUG_ENV = "AUDFER_JAX_DEBUG"
 DEBUG_FLAG = "--debug"
@@ -69,33 +69,6 @@ def root_cause(exc: BaseException) -> BaseException:
             break
         exc = inner
     return exc
-
-
-def one_line(exc: BaseException) -> str:
-    """The message of `exc` as one line (whitespace runs, newlines included, collapsed).
-
-    A `KeyError`'s message is its argument (not its quoted repr); an OSError
-    without a message of its own reads `PATH: reason`; a dataset error
-    (`records.DatasetError`, every problem listed line by line) keeps its
-    first problem and says where the full list is (`report_path`, if set).
-    """
-    if isinstance(exc, KeyError) and exc.args:
-        text = str(exc.args[0])
-    elif isinstance(exc, OSError) and exc.filename and exc.strerror:
-        text = f"{exc.filename}: {exc.strerror.lower()}"
-    else:
-        text = str(exc)
-    report = getattr(exc, "report", None)
-    problems = getattr(report, "problems", None)
-    if problems:
-        head = text.split("\n", 1)[0].rstrip(":")
-        text = f"{head}: {problems[0]}"
-        if len(problems) > 1:
-            where = getattr(exc, "report_path", None)
-            text += (f" (and {len(problems) - 1} more"
-                     + (f"; all listed in {where})" if where else ")"))
-    text = " ".join(text.split())
-    return text or type(exc).__name__
 
 
 def _raised_by_us(exc: BaseException) -> bool:

@@ -25,6 +25,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from audfer_jax import paths
+from audfer_jax import hints
 from audfer_jax.cli import errors as cli_errors
 from audfer_jax.inference import faces
 from audfer_jax.inference import predict
@@ -192,7 +193,7 @@ def _print_prediction(args: argparse.Namespace, done: _Prediction) -> None:
     result["fps_source"] = done.clip.fps_source
     if done.no_face is not None:
         if args.json:   # else the error line of `main` says it
-            print(f"{args.input}: {cli_errors.one_line(done.no_face)}")
+            print(f"{args.input}: {hints.one_line(done.no_face)}")
     else:
         print(f"checkpoint: {done.predictor.source}")
         print(predict.format_prediction(result, args.input))

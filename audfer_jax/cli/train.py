@@ -18,6 +18,8 @@ import sys
 
 from audfer_jax import config_lib
 
+from audfer_jax import hints
+
 from audfer_jax.cli import errors as cli_errors
 
 _PROG = "audfer-jax train"
@@ -102,12 +104,12 @@ def _parse_flags(argv: list[str]):
     except (ValueError, TypeError, OSError) as e:
         # A `get_config` error (dataset=nope, fold=9): its own message, with
         # the argument it came from.
-        raise cli_errors.UsageError(f"{cli_errors.one_line(e)} (in --config {args.config})"
+        raise cli_errors.UsageError(f"{hints.one_line(e)} (in --config {args.config})"
                                     ) from e
     try:
         config_lib.apply_overrides(config, overrides)
     except (KeyError, ValueError) as e:
-        raise cli_errors.UsageError(cli_errors.one_line(e)) from e
+        raise cli_errors.UsageError(hints.one_line(e)) from e
     if hasattr(config, "lock"):
         config.lock()       # a typo'd field assignment in the library is an error
     return args, config

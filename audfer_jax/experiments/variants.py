@@ -15,21 +15,11 @@ from typing import Any, Sequence
 
 from audfer_jax import config_lib
 from audfer_jax import hints
+from audfer_jax import hints
 from audfer_jax.experiments import grid
 
 Overrides = Sequence[tuple[str, str]]
 Assignments = Sequence[tuple[str, str]]
-
-
-def _one_line(exc: BaseException) -> str:
-    """The message of a config error as one line (a KeyError's argument, not its repr)."""
-    text = str(exc.args[0]) if isinstance(exc, KeyError) and exc.args else str(exc)
-    return " ".join(text.split()) or type(exc).__name__
-
-
-def _config_file(spec: str) -> str:
-    """The file part of `spec` (`configs/x.py:a=1` -> `configs/x.py`)."""
-    return spec.split('.py:')[0] + '.py' if '.py:' in spec else spec
 
 
 def _is_argument(spec: str, axis: grid.Axis) -> tuple[bool, str]:
@@ -41,10 +31,10 @@ def _is_argument(spec: str, axis: grid.Axis) -> tuple[bool, str]:
     if "." in axis.key:
         return False, ""
     try:
-        config_lib.load_config_file(config_lib.with_arg(spec, axis.key, axis.values[0]))
+        config_lib.loadconfig_lib.config_file_path(config_lib.with_arg(spec, axis.key, axis.values[0]))
         return True, ""
     except ValueError as e:
-        arg_error = _one_line(e)
+        arg_error = hints.one_line(e)
         if f"unknown config argument {axis.key!r}" not in arg_error:
             raise ValueError(f"--grid {axis.key}={axis.values[0]}: {arg_error}") from None
         return False, arg_error
@@ -63,11 +53,11 @@ def classify_axes(spec: str, axes: Sequence[grid.Axis]) -> list[grid.Axis]:
         is_arg, arg_error = _is_argument(spec, axis)
         if not is_arg:
             if base is None:
-                base = grid.flat_fields(config_lib.load_config_file(spec))
+                base = grid.flat_fields(config_lib.loadconfig_lib.config_file_path(spec))
             if axis.key not in base:
                 args_text = arg_error.partition("; ")[2].split("; did you mean")[0]
                 raise ValueError(
-                        f"--grid {axis.key}: neither a config argument of {_config_file(spec)}"
+                        f"--grid {axis.key}: neither a config argument of {config_lib.config_file_path(spec)}"
                         + (f" ({args_text})" if args_text else "")
                         + " nor a config field"
                         + (hints.did_you_mean(axis.key, list(base)) or
@@ -84,7 +74,7 @@ def fold_config(spec: str, overrides: Overrides, fold: int):
             `config_lib.apply_overrides`.
     """
     return config_lib.apply_overrides(
-            config_lib.load_config_file(config_lib.with_fold(spec, fold)), overrides)
+            config_lib.loadconfig_lib.config_file_path(config_lib.with_fold(spec, fold)), overrides)
 
 
 def variant_config(spec: str, axes: Sequence[grid.Axis], overrides: Overrides,
@@ -101,17 +91,17 @@ def variant_config(spec: str, axes: Sequence[grid.Axis], overrides: Overrides,
         if kinds[key]:
             spec = config_lib.with_arg(spec, key, value)
     try:
-        config = config_lib.load_config_file(config_lib.with_fold(spec, fold))
+        config = config_lib.loadconfig_lib.config_file_path(config_lib.with_fold(spec, fold))
     except ValueError as e:
         grid_args = ",".join(f"{k}={v}" for k, v in assignments if kinds[k])
-        raise ValueError(f"--grid {grid_args}: {_one_line(e)}") from None
+        raise ValueError(f"--grid {grid_args}: {hints.one_line(e)}") from None
     config_lib.apply_overrides(config, overrides)
     for key, value in assignments:
         if not kinds[key]:
             try:
                 config_lib.apply_overrides(config, [(key, value)])
             except (KeyError, ValueError) as e:
-                text = _one_line(e).partition(": ")[2]
+                text = hints.one_line(e).partition(": ")[2]
                 raise ValueError(f"--grid {key}={value}: {text}") from None
     return config
 
