@@ -31,7 +31,7 @@ def _is_argument(spec: str, axis: grid.Axis) -> tuple[bool, str]:
     if "." in axis.key:
         return False, ""
     try:
-        config_lib.loadconfig_lib.config_file_path(config_lib.with_arg(spec, axis.key, axis.values[0]))
+        config_lib.load_config_file(config_lib.with_arg(spec, axis.key, axis.values[0]))
         return True, ""
     except ValueError as e:
         arg_error = hints.one_line(e)
@@ -53,7 +53,7 @@ def classify_axes(spec: str, axes: Sequence[grid.Axis]) -> list[grid.Axis]:
         is_arg, arg_error = _is_argument(spec, axis)
         if not is_arg:
             if base is None:
-                base = grid.flat_fields(config_lib.loadconfig_lib.config_file_path(spec))
+                base = grid.flat_fields(config_lib.load_config_file(spec))
             if axis.key not in base:
                 args_text = arg_error.partition("; ")[2].split("; did you mean")[0]
                 raise ValueError(
@@ -74,7 +74,7 @@ def fold_config(spec: str, overrides: Overrides, fold: int):
             `config_lib.apply_overrides`.
     """
     return config_lib.apply_overrides(
-            config_lib.loadconfig_lib.config_file_path(config_lib.with_fold(spec, fold)), overrides)
+            config_lib.load_config_file(config_lib.with_fold(spec, fold)), overrides)
 
 
 def variant_config(spec: str, axes: Sequence[grid.Axis], overrides: Overrides,
@@ -91,7 +91,7 @@ def variant_config(spec: str, axes: Sequence[grid.Axis], overrides: Overrides,
         if kinds[key]:
             spec = config_lib.with_arg(spec, key, value)
     try:
-        config = config_lib.loadconfig_lib.config_file_path(config_lib.with_fold(spec, fold))
+        config = config_lib.load_config_file(config_lib.with_fold(spec, fold))
     except ValueError as e:
         grid_args = ",".join(f"{k}={v}" for k, v in assignments if kinds[k])
         raise ValueError(f"--grid {grid_args}: {hints.one_line(e)}") from None
