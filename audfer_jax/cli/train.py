@@ -5,8 +5,8 @@
     python -m audfer_jax train --config configs/demo.py --workdir runs/demo
 
 `--config` is a big_vision-style config file with an optional `:arg` variant
-(`get_config(arg)`), `--config.x=y` overrides any field (`config_lib`). A workdir that already holds checkpoints is
-resumed. Prints the final metrics as JSON.
+(`get_config(arg)`), `--config.x=y` overrides any field (`config_lib`). A
+workdir that already holds checkpoints is resumed. Prints the final metrics.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def classify_axes(spec: str, axes: Sequence[grid.Axis]) -> list[grid.Axis]:
             if axis.key not in base:
                 args_text = arg_error.partition("; ")[2].split("; did you mean")[0]
                 raise ValueError(
-                        f"--grid {axis.key}: neither a config argument of {config_lib.config_file_path(spec)}"
+                        f"--grid {axis.key}: neither a config argument of "
+                        f"{config_lib.config_file_path(spec)}"
                         + (f" ({args_text})" if args_text else "")
                         + " nor a config field"
                         + (hints.did_you_mean(axis.key, list(base)) or
