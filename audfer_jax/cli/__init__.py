@@ -15,10 +15,9 @@ import importlib
 import os
 import sys
 
+from audfer_jax.cli import errors as cli_errors
 from audfer_jax import hints
 from audfer_jax import host
-
-from audfer_jax.cli import errors as cli_errors
 
 SUBCOMMANDS = {
         "prepare": ("audfer_jax.cli.prepare",

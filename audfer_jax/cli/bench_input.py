@@ -26,7 +26,6 @@ import tempfile
 import time
 
 from audfer_jax.benchmarks import input as input_bench
-
 from audfer_jax.cli import errors as cli_errors
 
 

@@ -22,10 +22,9 @@ import sys
 
 import jax
 
-from audfer_jax import models
 from audfer_jax.benchmarks import model as model_bench
-
 from audfer_jax.cli import errors as cli_errors
+from audfer_jax import models
 
 _PROG = "audfer-jax bench model"
 

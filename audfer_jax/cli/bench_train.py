@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import sys
 
-from audfer_jax import config_lib
 from audfer_jax.benchmarks import train as train_bench
-
 from audfer_jax.cli import errors as cli_errors
+from audfer_jax import config_lib
 
 _PROG = "audfer-jax bench train"
 

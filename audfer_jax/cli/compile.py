@@ -17,11 +17,9 @@ from __future__ import annotations
 import json
 import os
 
-from audfer_jax.compilation import report, topologies
-
-from audfer_jax import hints
-
 from audfer_jax.cli import errors as cli_errors
+from audfer_jax.compilation import report, topologies
+from audfer_jax import hints
 
 PROG = "audfer-jax compile"
 

@@ -12,11 +12,11 @@ import json
 import sys
 from typing import Any, Callable, Optional, Sequence
 
-from audfer_jax import paths
-from audfer_jax import hints
 from audfer_jax.cli import errors as cli_errors
+from audfer_jax import hints
 from audfer_jax.models import available_models, get_model
 from audfer_jax.models import convert
+from audfer_jax import paths
 
 _PROG = "audfer-jax convert"
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 
+from audfer_jax.cli import errors as cli_errors
 from audfer_jax import config_lib
 from audfer_jax import evaluate as evaluate_lib
 from audfer_jax import paths
-from audfer_jax.cli import errors as cli_errors
 
 
 def _parser() -> cli_errors.ArgumentParser:

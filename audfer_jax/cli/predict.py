@@ -24,14 +24,14 @@ from typing import Any, Mapping, Optional
 
 import numpy as np
 
-from audfer_jax import paths
-from audfer_jax import hints
 from audfer_jax.cli import errors as cli_errors
+from audfer_jax import hints
 from audfer_jax.inference import faces
 from audfer_jax.inference import predict
 from audfer_jax.inference import predictor as predictor_lib
 from audfer_jax.inference import timeline as timeline_lib
 from audfer_jax.inference import video
+from audfer_jax import paths
 
 PROG = "audfer-jax predict"
 NO_FACE_STATUS = 3

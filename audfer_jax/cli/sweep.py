@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import argparse
 
-from audfer_jax import config_lib
-from audfer_jax import paths
 from audfer_jax.cli import errors as cli_errors
+from audfer_jax import config_lib
 from audfer_jax.experiments import comparison
 from audfer_jax.experiments import folds as folds_lib
 from audfer_jax.experiments import grid_runner
 from audfer_jax.experiments import tables
 from audfer_jax.experiments import variants
+from audfer_jax import paths
 
 _PROG = "audfer-jax sweep"
 # What resolving a config, an override or a grid can raise on bad input.

@@ -16,11 +16,9 @@ import os
 import shlex
 import sys
 
-from audfer_jax import config_lib
-
-from audfer_jax import hints
-
 from audfer_jax.cli import errors as cli_errors
+from audfer_jax import config_lib
+from audfer_jax import hints
 
 _PROG = "audfer-jax train"
 _USAGE = "audfer-jax train --config FILE[:ARG] --workdir DIR [--config.FIELD=VALUE ...]"
