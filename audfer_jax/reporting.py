@@ -167,6 +167,8 @@ class Console:
         tty = bool(getattr(self.stream, "isatty", lambda: False)())
         self.progress_bar = tty if progress_bar is None else bool(progress_bar and tty)
         self._bar = None
+        self._bar_args = None
+        self._compiled = False      # whether this session's first step is done
         self._t0 = time.time()
 
     def line(self, text: str) -> None:
@@ -179,31 +181,65 @@ class Console:
             print(text, file=self.stream, flush=True)
 
     def start_epoch(self, epoch: int, num_epochs: int, first_batch: int, steps: int) -> None:
-        if self.enabled and self.progress_bar:
-            from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
-            self._bar = tqdm(total=steps, initial=first_batch, unit="step", leave=False,
-                             desc=f"epoch {epoch + 1}/{num_epochs}", dynamic_ncols=True,
-                             file=self.stream)
+        """Opens the epoch's progress bar (on a terminal).
+
+        Until the session's first step is done (it includes XLA's compilation)
+        the bar is not drawn: a line says "compiling" instead, and the bar
+        opens after that step, so tqdm's rate and ETA count steady steps only.
+        """
+        if not (self.enabled and self.progress_bar):
+            return
+        self._bar_args = dict(total=steps, initial=first_batch,
+                              desc=f"epoch {epoch + 1}/{num_epochs}")
+        if self._compiled:
+            self._open_bar()
+        else:
+            self.line(f"epoch {epoch + 1}/{num_epochs}: compiling the train step "
+                      "(the first step includes XLA's compilation)")
+
+    def _open_bar(self) -> None:
+        from tqdm.auto import tqdm  # pylint: disable=g-import-not-at-top
+        args = self._bar_args
+        self._bar = tqdm(total=args["total"], initial=args["initial"], unit="step",
+                         leave=False, desc=args["desc"], dynamic_ncols=True, file=self.stream)
 
     def step_done(self) -> None:
-        if self._bar is not None:
+        """Counts one finished step (the first of a session opens the bar)."""
+        first = not self._compiled
+        self._compiled = True
+        if first and self._bar_args is not None and self._bar is None:
+            self._bar_args["initial"] += 1
+            self._open_bar()
+        elif self._bar is not None:
             self._bar.update(1)
 
     def end_epoch(self) -> None:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+        self._bar_args = None
 
     def progress(self, step: int, total: int, loss: float, clips_per_sec: float,
                  run_steps: int, run_seconds: float, mfu: float | None = None) -> None:
-        """Step, loss, clips/s, MFU where known, and ETA (this session's mean step time)."""
+        """Step, loss, clips/s, MFU where known, and ETA.
+
+        Args:
+            step, total: optimizer steps done and planned.
+            loss, clips_per_sec: the log window's mean loss and throughput.
+            run_steps, run_seconds: steady steps of this session (those after
+                its first, which compiles) and their wall time without
+                evaluations; the ETA is their mean step time times the steps
+                left ("compiling" while there are none yet).
+            mfu: model FLOPs utilisation in [0, 1], if known.
+        """
         if self._bar is not None:
             self._bar.set_postfix(loss=f"{loss:.4f}", clips_s=f"{clips_per_sec:.1f}")
             return
-        eta = (total - step) * run_seconds / max(run_steps, 1)
+        eta = ("compiling" if run_steps < 1 else
+               _duration((total - step) * run_seconds / run_steps))
         mfu_text = "" if mfu is None else f"MFU {100 * mfu:.1f} %  "
         self.line(f"step {step}/{total}  loss {loss:.4f}  {clips_per_sec:.1f} clips/s  "
-                  f"{mfu_text}ETA {_duration(eta)}")
+                  f"{mfu_text}ETA {eta}")
 
     def elapsed(self) -> str:
         return _duration(time.time() - self._t0)

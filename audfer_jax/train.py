@@ -72,7 +72,7 @@ class _Run:
     preempted: bool = False
     session_steps: int = 0    # steps run by this process since it started
     flops_per_step: float | None = None   # per device, XLA's count of the train step
-    t_session: float = 0.0
+    t_session: float = 0.0    # when this session's steady steps began, less evaluations
     pending: Any = None       # (step, metrics, clip indices, epoch, batch) of the last step
     window: list = dataclasses.field(default_factory=list)
     t_window: float = 0.0
@@ -381,11 +381,15 @@ def _train_epoch(run: _Run, epoch: int) -> None:
                        batch_idx)
         run.step += 1
         run.session_steps += 1
+        if run.session_steps == 1:
+            # The first step of a session includes XLA's compilation: the
+            # ETA counts the steady steps after it.
+            run.t_session = time.time()
         run.console.step_done()
         if run.step % config.log_every_steps == 0 or run.step == exp.total_steps:
             avg = _log_window(run)
             run.console.progress(run.step, exp.total_steps, avg["train/loss"],
-                                 avg["train/clips_per_sec"], run.session_steps,
+                                 avg["train/clips_per_sec"], run.session_steps - 1,
                                  time.time() - run.t_session, avg.get("train/mfu"))
         if run.step % spe:        # epoch ends are saved after their evaluation
             _save_latest(run)
