@@ -131,3 +131,20 @@ def test_end_to_end_matches_trainer(tmp_path):
         assert got["uar"] == pytest.approx(want["uar"])
         assert got["war"] == pytest.approx(want["war"])
         assert got["au_f1"] == pytest.approx(want["au_f1"])
+
+
+def test_run_directory_under_either_flag(tmp_path):
+    """`evaluate --checkpoint RUN` reads RUN as `predict --checkpoint RUN` does."""
+    from audfer_jax.cli import errors as cli_errors
+    from audfer_jax.cli import evaluate as evaluate_cli
+    run = tmp_path / "run"
+    step = run / "best" / "40"
+    (step / "state").mkdir(parents=True)
+    pick = evaluate_cli._run_and_checkpoint
+    assert pick(str(run), None) == (str(run), "best")
+    assert pick(str(run), "last") == (str(run), "last")
+    assert pick(None, str(run)) == (str(run), "best")
+    assert pick(None, str(step)) == (str(run), str(step))
+    for bad in (None, "best", "12"):
+        with pytest.raises(cli_errors.UsageError, match="--workdir RUN is required"):
+            pick(None, bad)

@@ -21,10 +21,11 @@ def _parser() -> cli_errors.ArgumentParser:
             description="Evaluate a trained run on its test split: UAR, WAR, per-class "
                         "recall, AU F1, confusion matrix. --config.key=value overrides "
                         "apply to the run's saved config.")
-    parser.add_argument("--workdir", required=True,
+    parser.add_argument("--workdir", default=None,
                         help="the training run directory (local or gs://...)")
-    parser.add_argument("--checkpoint", default="best",
-                        help="best (default), last, a step number, or a step directory")
+    parser.add_argument("--checkpoint", default=None,
+                        help="best (default), last, a step number, or a step directory; "
+                             "without --workdir, a run directory (as predict --checkpoint)")
     parser.add_argument("--config", default=None,
                         help="configs/<backbone>.py:ARGS to use instead of WORKDIR/config.json")
     parser.add_argument("--json", default=None,
@@ -33,8 +34,34 @@ def _parser() -> cli_errors.ArgumentParser:
     return parser
 
 
+def _run_and_checkpoint(workdir: str | None, checkpoint: str | None) -> tuple[str, str]:
+    """`(run directory, --checkpoint choice)` from the two flags.
+
+    `predict --checkpoint RUN` names a run directory; `evaluate --checkpoint`
+    names a checkpoint within `--workdir`. Without `--workdir`, a directory
+    given to `--checkpoint` is read the predict way: a run directory (its best
+    checkpoint) or one of its step directories.
+
+    Raises:
+        cli_errors.UsageError: neither flag names a run directory.
+    """
+    if workdir:
+        return workdir, checkpoint or "best"
+    if checkpoint is None:
+        raise cli_errors.UsageError("--workdir RUN is required: the training run directory "
+                                    "(or --checkpoint RUN)")
+    if checkpoint in ("best", "last") or checkpoint.isdigit():
+        raise cli_errors.UsageError(
+                f"--workdir RUN is required with --checkpoint {checkpoint} (or give the run "
+                "directory itself: --checkpoint RUN)")
+    from audfer_jax import checkpoint as ckpt_lib  # pylint: disable=g-import-not-at-top
+    if ckpt_lib.is_state_step(checkpoint):
+        return ckpt_lib.run_dir_of_step(checkpoint), checkpoint
+    return checkpoint, "best"
+
+
 def main(argv: list[str]) -> int:
-    """`audfer-jax evaluate --workdir DIR [--checkpoint best|last|STEP] [--config ...]`.
+    """`audfer-jax evaluate --workdir RUN [--checkpoint best|last|STEP] [--config ...]`.
 
     Returns:
         0 on success; 1 on an error (one line on stderr); 2 on bad flags.
@@ -44,6 +71,10 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         return cli_errors.report("audfer-jax evaluate", e, status=2)
     args = _parser().parse_args(rest)
+    try:
+        args.workdir, args.checkpoint = _run_and_checkpoint(args.workdir, args.checkpoint)
+    except cli_errors.UsageError as e:
+        return cli_errors.report("audfer-jax evaluate", e)
     try:
         config = config_lib.load_config_file(args.config) if args.config else None
         summary = evaluate_lib.evaluate(args.workdir, args.checkpoint, config=config,
