@@ -75,9 +75,10 @@ def _parser() -> cli_errors.ArgumentParser:
             description="Expression class probabilities (and the AU head's per-AU "
                         "probabilities) for one video or frame folder; optionally a "
                         "picture of the prediction and a timeline over windows.")
-    parser.add_argument("--checkpoint", required=True,
+    parser.add_argument("--checkpoint", "--workdir", dest="checkpoint", required=True,
                         help="training run directory, step directory or variables checkpoint "
-                             "(local or gs://...)")
+                             "(local or gs://...); --workdir is the same flag, the name "
+                             "train, evaluate and sweep use for a run directory")
     parser.add_argument("input", help="video file or folder of frames (1.jpg, 2.jpg, ...)")
     parser.add_argument("--top_k", type=int, default=3, help="classes listed as top-k")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
