@@ -101,7 +101,48 @@ def get_model(name: str, num_classes: int = 7, num_aus: int = 18, **overrides: A
     if "dtype" in overrides:
         overrides["dtype"] = compute_dtype(overrides["dtype"])
     factory = getattr(importlib.import_module(module_name), attr)
+    fields = _module_fields(factory)
+    overrides = _size_names(overrides, fields)
+    unknown = sorted(set(overrides) - fields) if fields else []
+    if unknown:
+        from audfer_jax import hints  # pylint: disable=g-import-not-at-top
+        raise ValueError(f"model {name!r} has no field(s) {unknown} (config.model_overrides)"
+                         + hints.did_you_mean(unknown[0], fields)
+                         + f"; its fields: {', '.join(sorted(fields))}")
     return factory(num_classes=num_classes, num_aus=num_aus, **overrides)
+
+
+# One name for the input side across backbones: `image_size` (the data config's
+# name). MAE-DFER's module keeps the original's `img_size`; old run configs and
+# converted checkpoints may carry either.
+_SIZE_NAMES = ("image_size", "img_size")
+
+
+def _module_fields(factory) -> set[str]:
+    """The attributes of the Flax module a registry factory returns (its return type)."""
+    import typing  # pylint: disable=g-import-not-at-top
+    cls = typing.get_type_hints(factory).get("return")
+    names = getattr(cls, "__dataclass_fields__", None) or {}
+    return set(names) - {"parent", "name", "num_classes", "num_aus"}
+
+
+def _size_names(overrides: dict[str, Any], fields: set[str]) -> dict[str, Any]:
+    """`overrides` with `image_size` / `img_size` renamed to the one the module has.
+
+    Raises:
+        ValueError: both names given with different values.
+    """
+    given = [n for n in _SIZE_NAMES if n in overrides]
+    own = next((n for n in _SIZE_NAMES if n in fields), None)
+    if not given or own is None:
+        return overrides
+    values = {overrides[n] for n in given}
+    if len(values) > 1:
+        raise ValueError(f"model overrides image_size and img_size differ ({sorted(values)}); "
+                         "give image_size only")
+    out = {k: v for k, v in overrides.items() if k not in _SIZE_NAMES}
+    out[own] = values.pop()
+    return out
 
 
 # Compute dtypes the backbones support (parameters stay float32 regardless).
