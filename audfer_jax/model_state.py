@@ -143,6 +143,7 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
             overrides.setdefault("dtype", config.dtype)
         if config.get("remat", False):
             overrides.setdefault("remat", True)
+        overrides = _data_clip_size(config, overrides)
     model = models.get_model(config.model, num_classes=num_classes,
                              num_aus=au_lib.NUM_AUS, **overrides)
     if config.get("scan_blocks", False) and not overrides.get("scan_blocks", False):
@@ -153,6 +154,24 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
         except ValueError as e:
             raise ValueError(f"config.scan_blocks=True: {e}") from None
     return model
+
+
+def _data_clip_size(config, overrides: dict) -> dict:
+    """`overrides` plus the data's clip size (`num_frames`, `image_size`) where unset.
+
+    A registered backbone then takes the clips its config's data gives (a
+    `_tiny` variant on a recipe config, a full one on the demo's 48-pixel
+    clips), and a size it cannot take is its own one-line error. The paper
+    configs' data sizes are their backbones' defaults, so their models are
+    unchanged.
+    """
+    data = config.get("data") or {}
+    out = dict(overrides)
+    if data.get("num_frames") and "num_frames" not in out:
+        out["num_frames"] = int(data["num_frames"])
+    if data.get("image_size") and not ({"image_size", "img_size"} & set(out)):
+        out["image_size"] = int(data["image_size"])
+    return out
 
 
 def model_input_shape(model, name: str, data_config=None) -> tuple[int, int, int]:
