@@ -28,6 +28,7 @@ SUBCOMMANDS = {
         "evaluate": ("audfer_jax.cli.evaluate", "evaluate a checkpoint"),
         "predict": ("audfer_jax.cli.predict",
                                 "class and AU probabilities for a video or frame folder"),
+        "export": ("audfer_jax.cli.export", "a checkpoint as jax.export and TF SavedModel"),
         "convert": ("audfer_jax.cli.convert",
                                 "PyTorch checkpoint -> Orbax checkpoint of Flax variables"),
         "sweep": ("audfer_jax.cli.sweep", "run folds and tabulate UAR/WAR mean and std"),

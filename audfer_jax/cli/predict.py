@@ -1,6 +1,6 @@
 """`audfer-jax predict`: expression and AU probabilities for one video or frame folder.
 
-    audfer-jax predict --checkpoint runs/x VIDEO_OR_FRAME_DIR [--top_k 3]
+    audfer-jax predict (--checkpoint runs/x | --model EXPORT_DIR) VIDEO_OR_FRAME_DIR [--top_k 3]
         [--json out.json] [--detect_face | --no_detect_face] [--which best|last]
         [--plot out.png] [--timeline out.csv] [--window_seconds 2]
         [--stride_seconds 0.5] [--window_batch 8] [--fps 30]
@@ -26,6 +26,7 @@ import numpy as np
 
 from audfer_jax.cli import errors as cli_errors
 from audfer_jax import hints
+from audfer_jax.inference import exported
 from audfer_jax.inference import faces
 from audfer_jax.inference import predict
 from audfer_jax.inference import predictor as predictor_lib
@@ -75,10 +76,14 @@ def _parser() -> cli_errors.ArgumentParser:
             description="Expression class probabilities (and the AU head's per-AU "
                         "probabilities) for one video or frame folder; optionally a "
                         "picture of the prediction and a timeline over windows.")
-    parser.add_argument("--checkpoint", "--workdir", dest="checkpoint", required=True,
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", "--workdir", dest="checkpoint",
                         help="training run directory, step directory or variables checkpoint "
                              "(local or gs://...); --workdir is the same flag, the name "
                              "train, evaluate and sweep use for a run directory")
+    source.add_argument("--model", metavar="DIR",
+                        help="an exported model instead (`audfer-jax export --out DIR`; "
+                             "DIR/savedmodel for its SavedModel); see docs/export.md")
     parser.add_argument("input", help="video file or folder of frames (1.jpg, 2.jpg, ...)")
     parser.add_argument("--top_k", type=int, default=3, help="classes listed as top-k")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
@@ -165,7 +170,8 @@ def _run(args: argparse.Namespace, detect: bool) -> _Prediction:
     t0 = time.perf_counter()
     clip = video.read_input(args.input, args.fps)
     t_read = time.perf_counter() - t0
-    predictor = predictor_lib.load_predictor(args.checkpoint, args.which)
+    predictor = (exported.load_exported(args.model) if args.model else
+                 predictor_lib.load_predictor(args.checkpoint, args.which))
     try:
         result, clips = predict.predict_clip(
                 clip.frames, predictor, detect_face=detect, face_margin=args.face_margin,
@@ -189,14 +195,14 @@ def _print_prediction(args: argparse.Namespace, done: _Prediction) -> None:
     """Adds the input's provenance to the result and prints the prediction."""
     result = done.result
     result["input"] = paths.resolve(args.input)
-    result["checkpoint"] = done.predictor.source
+    result["model" if args.model else "checkpoint"] = done.predictor.source
     result["fps"] = done.clip.fps
     result["fps_source"] = done.clip.fps_source
     if done.no_face is not None:
         if args.json:   # else the error line of `main` says it
             print(f"{args.input}: {hints.one_line(done.no_face)}")
     else:
-        print(f"checkpoint: {done.predictor.source}")
+        print(f"{'model' if args.model else 'checkpoint'}: {done.predictor.source}")
         print(predict.format_prediction(result, args.input))
 
 

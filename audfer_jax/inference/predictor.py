@@ -48,6 +48,9 @@ class Predictor:
             its AU loss weighs with, before the x5 scale; `run_prior`), or
             None when the checkpoint does not determine it.
         prior_label: what `prior` is, or why there is none.
+        config: the run's config (`ml_collections.ConfigDict`; partial for a
+            variables checkpoint), or None (an exported model).
+        step: the training step of a run checkpoint, else None.
     """
     model: Any
     variables: Any
@@ -60,6 +63,8 @@ class Predictor:
     apply: Callable = None
     prior: Optional[np.ndarray] = None
     prior_label: str = ""
+    config: Any = None
+    step: Optional[int] = None
 
     def __post_init__(self):
         if self.apply is None:
@@ -174,6 +179,7 @@ class _Restored(NamedTuple):
         input_shape: `(T, H, W)` the model takes.
         variables: `{'params': ..., 'batch_stats'?: ...}` as arrays.
         source: what was loaded (path, and step for a train state).
+        step: the train state's step, None for a variables checkpoint.
     """
     config: Any
     class_names: list
@@ -181,6 +187,7 @@ class _Restored(NamedTuple):
     input_shape: tuple
     variables: Any
     source: str
+    step: Optional[int] = None
 
 
 def _variables_config(path: str, meta: Mapping):
@@ -282,8 +289,10 @@ def _restore_run_checkpoint(path: str, which: str) -> _Restored:
     variables = {"params": state.params}
     if jax.tree.leaves(state.batch_stats):
         variables["batch_stats"] = state.batch_stats
-    source = f"{step_dir} (step {meta.get('step', paths.basename(step_dir))})"
-    return _Restored(config, class_names, model, built.input_shape, variables, source)
+    step = meta.get("step", paths.basename(step_dir))
+    source = f"{step_dir} (step {step})"
+    return _Restored(config, class_names, model, built.input_shape, variables, source,
+                     int(step) if str(step).isdigit() else None)
 
 
 def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
@@ -322,4 +331,5 @@ def load_predictor(checkpoint: str, which: str = "best") -> Predictor:
                      temporal_views=dc.eval_temporal_views,
                      spatial_views=dc.eval_spatial_views,
                      image_size=int(restored.input_shape[1]), source=restored.source,
-                     prior=prior, prior_label=prior_label)
+                     prior=prior, prior_label=prior_label, config=restored.config,
+                     step=restored.step)
