@@ -132,6 +132,26 @@ CASES = [
     (["bench", "input", "--batch", "x"], ["--batch", "invalid int value"]),
     # demo
     (["demo", "--out", "{out}", "--num_clips", "many"], ["--num_clips"]),
+    # every command that reads a config: a wrong key, a wrong model override, a
+    # wrong model, a wrong path (issue 32)
+    (["train", "--config", CFG, "--workdir", "{out}", "--config.model_overrides={{'dept': 2}}",
+      "--config.data.data_dir={missing}"], ["model 'former_dfer' has no field(s) ['dept']"]),
+    (["sweep", "--config", CFG, "--workdir", "{out}", "--folds", "1",
+      "--config.model_overrides={{'dept': 2}}", "--config.data.data_dir={missing}"],
+     ["has no field(s) ['dept']"]),
+    (["sweep", "--config", "configs/nope.py", "--workdir", "{out}"], ["configs/nope.py"]),
+    (["compile", "--config", CFG, "--topology", "v5e:2x2", "--config.num_epochz=3"],
+     ["did you mean 'num_epochs'"]),
+    (["compile", "--config", CFG, "--topology", "v5e:2x2",
+      "--config.model_overrides={{'dept': 2}}"], ["has no field(s) ['dept']"]),
+    (["compile", "--config", "configs/nope.py", "--topology", "v5e:2x2"], ["configs/nope.py"]),
+    (["bench", "train", "--config", CFG, "--config.num_epochz=3"],
+     ["did you mean 'num_epochs'"]),
+    (["bench", "train", "--config", CFG, "--config.model=former_dfr"],
+     ["unknown model 'former_dfr'"]),
+    (["bench", "train", "--config", CFG, "--config.model_overrides={{'dept': 2}}"],
+     ["has no field(s) ['dept']"]),
+    (["evaluate", "--workdir", "{run}", "--config.num_epochz=3"], ["{run}"]),
 ]
 
 
