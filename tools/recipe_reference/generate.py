@@ -35,6 +35,8 @@ import types
 
 import numpy as np
 
+import optimiser_cases
+
 # The recipes' DFEW fold 1 sizes: 9,356 training clips (`DFEW_set_1_train`),
 # `drop_last` batches.
 DFEW_FOLD1_TRAIN = 9356
@@ -363,13 +365,7 @@ SCHEDULES = {"former_dfer": FormerDferSchedule, "m3dfel": M3dfelSchedule,
 def run_case(torch, refs, prior, pos, case: dict,
              float64: bool = False) -> tuple[dict, dict[str, np.ndarray]]:
     recipe = case["recipe"]
-    torch.manual_seed(0)
-    if recipe == "former_dfer":
-        model, tap, au_head = build_former_dfer(torch, refs[recipe]["path"])
-    elif recipe == "m3dfel":
-        model, tap, au_head = build_m3dfel(torch, refs[recipe]["path"], case["image_size"])
-    else:
-        model, tap, au_head = build_mae_dfer(torch, refs[recipe]["path"], case["depth"])
+    model, tap, au_head = build_model(torch, refs, case)
     sd = model.state_dict()
     rng = np.random.default_rng(case["weight_seed"])
     keys = []
@@ -564,6 +560,34 @@ def mixup_cases(torch, refs) -> tuple[dict, dict[str, np.ndarray]]:
     return {"cases": meta}, arrays
 
 
+def build_model(torch, refs, case: dict):
+    """The case's original model with the AU head: `(model, feature tap, AU head)`."""
+    recipe = case["recipe"]
+    torch.manual_seed(0)
+    if recipe == "former_dfer":
+        return build_former_dfer(torch, refs[recipe]["path"])
+    if recipe == "m3dfel":
+        return build_m3dfel(torch, refs[recipe]["path"], case["image_size"])
+    return build_mae_dfer(torch, refs[recipe]["path"], case["depth"])
+
+
+def write_optim_cases(torch, refs, out: pathlib.Path, only: set, versions: dict):
+    """`<name>.json` and `<name>.npz` of each optimiser-only case (optimiser_cases.py)."""
+    for case in optimiser_cases.OPTIM_CASES:
+        if only and case["name"] not in only and case["recipe"] not in only:
+            continue
+        t = time.time()
+        case = {**case, "seed": optimiser_cases.OPTIM_SEED}
+        model, _, _ = build_model(torch, refs, case)
+        model.train()
+        sched = SCHEDULES[case["recipe"]](torch, model, refs)
+        meta, arrays = optimiser_cases.run(torch, model, sched, case)
+        meta = {**case, **meta, "generated_with": versions}
+        (out / f"{case['name']}.json").write_text(json.dumps(meta) + "\n")
+        np.savez_compressed(out / f"{case['name']}.npz", **arrays)
+        print(f"{case['name']}: {time.time() - t:.1f} s", flush=True)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--refs", required=True, type=pathlib.Path,
@@ -576,6 +600,8 @@ def main(argv=None) -> int:
     p.add_argument("--only", default="", help="comma-separated case names or recipes")
     p.add_argument("--full", action="store_true", help="also the full-size (slow) cases")
     p.add_argument("--skip-extras", action="store_true", help="no schedules or mixup")
+    p.add_argument("--skip-optim", action="store_true",
+                   help="no optimiser-only cases (optimiser_cases.py)")
     p.add_argument("--float64", action="store_true",
                    help="run the cases in float64 and write <case>.float64.json (not fixtures: "
                         "the original's float32 rounding, see the fixture README)")
@@ -614,6 +640,8 @@ def main(argv=None) -> int:
         (a.out / f"{case['name']}.json").write_text(json.dumps(out, indent=1) + "\n")
         np.savez_compressed(a.out / f"{case['name']}_bn.npz", **arrays) if arrays else None
         print(f"{case['name']}: {time.time() - t:.1f} s, loss {out['loss']}", flush=True)
+    if not (a.skip_optim or a.float64):
+        write_optim_cases(torch, refs, a.out, only, versions)
     if not (a.skip_extras or a.float64):
         np.savez_compressed(a.out / "schedules.npz", **full_schedules(torch, refs))
         meta, arrays = mixup_cases(torch, refs)
