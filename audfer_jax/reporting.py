@@ -16,6 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from audfer_jax import goodput as goodput_lib
 from audfer_jax import paths
 
 
@@ -243,6 +244,38 @@ class Console:
 
     def elapsed(self) -> str:
         return _duration(time.time() - self._t0)
+
+    def goodput(self, summary: dict) -> None:
+        """Two lines: the share of the session in train steps, and where the rest went.
+
+        Args:
+            summary: `goodput.Ledger.summary()`.
+        """
+        self.line(goodput_text(summary))
+
+
+def _seconds(s: float) -> str:
+    return f"{s:.1f} s" if s < 60 else _duration(s)
+
+
+def goodput_text(summary: dict) -> str:
+    """The console's goodput lines (see `Console.goodput`).
+
+    Example: "goodput: 47.6 % of this session's 42.1 s in train steps\\n  the rest:
+    compilation 12.0 s (21 programs compiled, 0 loaded from the cache), ...".
+    """
+    seconds = summary["seconds"]
+    rest = sorted((k for k in seconds if k != "train"), key=lambda k: -seconds[k])
+    parts = []
+    for k in rest:
+        part = f"{goodput_lib.LABELS[k]} {_seconds(seconds[k])}"
+        if k == "compile":
+            part += (f" ({summary['programs_compiled']} programs compiled, "
+                     f"{summary['programs_from_cache']} loaded from the cache)")
+        parts.append(part)
+    return (f"goodput: {100 * summary['train_share']:.1f} % of this session's "
+            f"{_seconds(summary['wall_seconds'])} in train steps\n  the rest: "
+            + ", ".join(parts))
 
 
 def configure_logging(verbosity: int = -1) -> None:

@@ -43,6 +43,7 @@ import numpy as np
 from audfer_jax import checkpoint as ckpt_lib
 from audfer_jax import experiment
 from audfer_jax import flops as flops_lib
+from audfer_jax import goodput as goodput_lib
 from audfer_jax import metrics as metrics_lib
 from audfer_jax import parallel
 from audfer_jax import paths
@@ -69,6 +70,7 @@ class _Run:
     stop_after: int
     console: reporting.Console
     guard: preemption.PreemptionGuard
+    ledger: goodput_lib.Ledger
     preempted: bool = False
     session_steps: int = 0    # steps run by this process since it started
     flops_per_step: float | None = None   # per device, XLA's count of the train step
@@ -119,7 +121,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     Returns:
         `{"class_names", "steps", "best_metric", "last": {epoch, step, uar,
         war, per_class_recall, confusion_matrix, au_f1, ...}, "best": {...,
-        "criterion", "value"}, "history": [{epoch, step, uar, war}...]}`;
+        "criterion", "value"}, "history": [{epoch, step, uar, war}...],
+        "goodput": {wall_seconds, train_share, seconds: {startup, compile,
+        input, train, eval, checkpoint_save, checkpoint_restore, other},
+        programs_compiled, programs_from_cache}}` (`goodput.Ledger`: this
+        session's wall time by category);
         also written to `workdir/metrics.json`. `last` is the final
         evaluation, `best` the evaluated epoch with the highest criterion
         (`config.best_metric`).
@@ -130,6 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         ValueError: a bad config (unknown loss or data field, batch not
             divisible by the devices, no full training batch...).
     """
+    ledger = goodput_lib.Ledger()      # the session's wall time starts here
     parallel.maybe_initialize_distributed(config)
     parallel.enable_compilation_cache(config.compile_cache_dir)
     if data is None:
@@ -138,9 +145,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     # validated (`_start`), so a bad config leaves nothing behind.
     workdir = paths.resolve(workdir)
     grace = config.get("preemption_grace_seconds", preemption.DEFAULT_GRACE_SECONDS)
-    with jax.set_mesh(parallel.make_mesh()), preemption.PreemptionGuard(
+    with ledger, jax.set_mesh(parallel.make_mesh()), preemption.PreemptionGuard(
             grace_seconds=grace) as guard:
-        run = _start(config, workdir, data, model, guard)
+        run = _start(config, workdir, data, model, guard, ledger)
         try:
             for epoch in range(run.step // run.exp.steps_per_epoch, run.exp.num_epochs):
                 _train_epoch(run, epoch)
@@ -151,13 +158,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                     break
                 _evaluate_and_checkpoint(run, epoch)
                 # One agreement per epoch end (a collective on several hosts).
+                ledger.switch("other")
                 guard.phase = f"the other processes at the stop agreement (step {run.step})"
                 run.preempted = run.preempted or guard.should_stop()
                 if run.stopped() or run.preempted:
                     break
         finally:
             guard.phase = "the pending checkpoint writes"
+            ledger.switch("checkpoint_save")
             run.ckpt.wait_until_finished()
+            ledger.switch("other")
             run.writer.flush()
         return _finish(run)
 
@@ -211,7 +221,8 @@ def evaluate_checkpoint(config: ml_collections.ConfigDict, workdir_or_checkpoint
 # The loop's parts.
 # ---------------------------------------------------------------------------
 
-def _start(config, workdir: str, data, model, guard: preemption.PreemptionGuard) -> _Run:
+def _start(config, workdir: str, data, model, guard: preemption.PreemptionGuard,
+           ledger: goodput_lib.Ledger) -> _Run:
     """Set-up: experiment, writers, checkpointer; resume or initialise; the step."""
     console = reporting.Console(enabled=jax.process_index() == 0,
                                 progress_bar=None if config.progress_bar else False)
@@ -227,7 +238,8 @@ def _start(config, workdir: str, data, model, guard: preemption.PreemptionGuard)
             extra_steps=[spe * (e + 1) for e in range(exp.num_epochs)],
             keep=int(config.keep_checkpoints), async_save=bool(config.async_checkpoints))
     guard.phase = "the restore of the newest checkpoint"
-    state, meta, start_step = _restore_or_init(config, workdir, exp, ckpt, console)
+    with ledger.phase("checkpoint_restore"):
+        state, meta, start_step = _restore_or_init(config, workdir, exp, ckpt, console)
 
     step_fn = _with_finite_flag(steps_lib.make_train_step(
             exp.model, config, tx=exp.tx, schedule=exp.schedule, prior=exp.prior,
@@ -249,7 +261,7 @@ def _start(config, workdir: str, data, model, guard: preemption.PreemptionGuard)
                 state=state, meta=meta, step=start_step, train_step=train_step,
                 strategy=strategy, best_metric=best_metric,
                 stop_after=int(config.stop_after_steps or 0), console=console, guard=guard,
-                t_window=time.time(), t_session=time.time())
+                ledger=ledger, t_window=time.time(), t_session=time.time())
 
 
 def _describe(console: reporting.Console, config, exp: experiment.Experiment) -> None:
@@ -358,6 +370,7 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     exp, config = run.exp, run.config
     spe = exp.steps_per_epoch
     first_batch = run.step - epoch * spe
+    run.ledger.switch("input")
     ds = exp.data.create_train_dataset(
             exp.data_config, global_batch_size=exp.global_batch, seed=int(config.seed),
             epoch=epoch, start_batch=first_batch, process_index=jax.process_index(),
@@ -366,11 +379,15 @@ def _train_epoch(run: _Run, epoch: int) -> None:
     batches = _on_device(run, ds, int(config.prefetch_to_device))
     for batch_idx in range(first_batch, spe):
         run.guard.phase = f"the input pipeline (epoch {epoch + 1}, batch {batch_idx + 1})"
+        run.ledger.switch("input")
         try:
             local, batch = next(batches)
         except StopIteration:
             raise ValueError(f"the training data ran out at epoch {epoch + 1}, batch "
                              f"{batch_idx} of {spe}") from None
+        if run.pending is not None and goodput_lib.step_running(run.pending[1]):
+            run.ledger.recharge("train")     # the devices were busy all along
+        run.ledger.switch("train")
         if run.session_steps == 0 and run.strategy == "jit":
             _count_flops(run, batch)
         run.guard.phase = f"train step {run.step + 1}"
@@ -396,10 +413,12 @@ def _train_epoch(run: _Run, epoch: int) -> None:
         if run.stopped():
             break
         run.guard.phase = f"the other processes at the stop agreement (step {run.step})"
+        run.ledger.switch("other")
         if run.guard.should_stop():
             run.preempted = True
             break
     run.console.end_epoch()
+    run.ledger.switch("train")       # the wait for the last step
     _flush(run)
 
 
@@ -421,8 +440,9 @@ def _save_latest(run: _Run, force: bool = False) -> bool:
         return False
     _flush(run)
     run.guard.phase = f"the checkpoint save of step {run.step}"
-    return run.ckpt.maybe_save(run.step, run.host_state(), lambda: run.make_meta(run.step),
-                               force=force)
+    with run.ledger.phase("checkpoint_save"):
+        return run.ckpt.maybe_save(run.step, run.host_state(),
+                                   lambda: run.make_meta(run.step), force=force)
 
 
 def _on_device(run: _Run, ds, prefetch: int):
@@ -541,6 +561,7 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int) -> None:
     t_eval = time.time()
     if (epoch + 1) % every == 0 or last_epoch:
         run.guard.phase = f"the evaluation of epoch {epoch + 1}"
+        run.ledger.switch("eval")
         hs = run.host_state()
         summary = exp.evaluate(hs)
         record = {"epoch": epoch + 1, "step": run.step, **summary}
@@ -555,9 +576,11 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int) -> None:
         if best is None or value > best["value"]:
             meta["best"] = {**record, "criterion": run.best_metric, "value": value}
             run.guard.phase = f"the best-checkpoint save of step {run.step}"
+            run.ledger.switch("checkpoint_save")
             run.ckpt.save_best(run.step, hs, run.make_meta(run.step))
             run.console.line(f"  best so far ({run.best_metric} {value:.2f}): saved to "
                              f"{paths.join(run.workdir, 'best', str(run.step))}")
+    run.ledger.switch("other")
     if _save_latest(run):
         run.console.line(f"  checkpoint: step {run.step} -> "
                          f"{paths.join(run.workdir, 'checkpoints', str(run.step))}")
@@ -569,6 +592,7 @@ def _evaluate_and_checkpoint(run: _Run, epoch: int) -> None:
 def _finish(run: _Run) -> dict:
     """The result dict (also `metrics.json`); closes the checkpointer and writers."""
     exp, meta = run.exp, run.meta
+    goodput = _report_goodput(run)
     if run.preempted and run.step < exp.total_steps:
         saved = run.ckpt.latest_step()
         run.ckpt.close()
@@ -586,20 +610,38 @@ def _finish(run: _Run) -> dict:
                 f"with the same command (same --config and --workdir).")
         return {"preempted_at_step": run.step, "signal": run.guard.reason(),
                 "exit_code": run.guard.exit_code(), "checkpoint_step": saved,
-                "class_names": exp.class_names}
+                "class_names": exp.class_names, "goodput": goodput}
     if run.stop_after and run.step < exp.total_steps:
         run.ckpt.close()
         run.writer.close()
-        return {"stopped_at_step": run.step, "class_names": exp.class_names}
+        return {"stopped_at_step": run.step, "class_names": exp.class_names,
+                "goodput": goodput}
     run.console.line(f"done: {run.step} steps; this session {run.console.elapsed()}")
     result = {"class_names": exp.class_names, "steps": run.step,
               "best_metric": run.best_metric, "last": _label(meta.get("last"), "last"),
-              "best": _label(meta.get("best"), "best"), "history": meta.get("history", [])}
+              "best": _label(meta.get("best"), "best"), "history": meta.get("history", []),
+              "goodput": goodput}
     if run.process0:
         paths.write_text(paths.join(run.workdir, "metrics.json"), json.dumps(result, indent=2))
     run.ckpt.close()
     run.writer.close()
     return result
+
+
+def _report_goodput(run: _Run) -> dict:
+    """This session's `goodput.Ledger.summary()`: printed, logged and returned.
+
+    The scalars `goodput/<category>_seconds`, `goodput/train_share` and
+    `goodput/wall_seconds` go to metrics.jsonl and TensorBoard at the last
+    step, so every session of a resumed run keeps its own record.
+    """
+    summary = run.ledger.summary()
+    run.console.goodput(summary)
+    scalars = {f"goodput/{k}_seconds": v for k, v in summary["seconds"].items()}
+    scalars["goodput/train_share"] = summary["train_share"]
+    scalars["goodput/wall_seconds"] = summary["wall_seconds"]
+    run.writer.write_scalars(run.step, scalars)
+    return summary
 
 
 def _label(record, label):
