@@ -24,6 +24,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import warnings
 from typing import Any, Callable, Mapping
 
 import jax
@@ -225,16 +226,89 @@ def enable_compilation_cache(directory: str) -> str | None:
     on a CPU). A cache folder set already (`JAX_COMPILATION_CACHE_DIR`, or by
     the caller's code) is kept; an empty `directory` leaves the cache off.
     Entries are only written for programs that took at least one second to
-    compile (JAX's default threshold).
+    compile (JAX's default threshold). Every process of a multi-process run
+    writes the programs it compiled (`write_cache_from_every_process`), so a
+    second launch loads them on every host; docs/pods.md says where the
+    folder belongs on a TPU pod and on Slurm.
 
     Returns:
         The cache folder in use, or None.
     """
     current = jax.config.jax_compilation_cache_dir
     if current:
+        write_cache_from_every_process()
         return current
     if not directory:
         return None
     path = os.path.expanduser(str(directory))
     jax.config.update("jax_compilation_cache_dir", path)
+    write_cache_from_every_process()
     return path
+
+
+# The arguments of JAX's `compiler._cache_write` (JAX 0.10.2, unchanged since
+# 0.4.30): the wrapper below is only installed over exactly this signature.
+_CACHE_WRITE_ARGS = ("cache_key", "compile_time_secs", "module_name", "backend", "executable",
+                     "host_callbacks")
+
+
+def write_cache_from_every_process() -> bool:
+    """Lets every process of a multi-process run write its compiled programs to the cache.
+
+    JAX writes persistent-cache entries from process 0 only
+    (`jax._src.compiler._cache_write`: "Not writing persistent cache entry
+    since process_id != 0"), to spare a shared bucket many writers of one
+    object; no config option changes that (JAX 0.10.2). The other processes
+    then compile again at every launch whenever they cannot read process 0's
+    entries: a cache folder on each host's own disk (the default
+    `~/.cache/audfer_jax/jax_cache` on a TPU pod's workers), or programs whose
+    cache key differs between processes (on CPU the key's topology
+    fingerprint is per process; pmap programs over the local devices).
+
+    After this call, a process other than 0 also writes an entry that the
+    cache does not hold yet, into a cache folder on a file system (a local or
+    mounted path). A `gs://` (or other `scheme://`) cache is left to JAX's
+    process-0 writes: there the keys of TPU and GPU programs are the same on
+    every process (JAX docs, "Caching on multiple nodes"), so process 0's
+    entries serve them all, and concurrent writers of one object meet the
+    bucket's rate limit. Writing errors are warnings, as JAX's own are.
+
+    Returns:
+        Whether the wrapper is in place (False, with a log line, when JAX's
+        function is not the one this was written against).
+    """
+    import inspect  # pylint: disable=g-import-not-at-top
+    # Private JAX modules: the hook is JAX's own cache write (see above).
+    from jax._src import compilation_cache  # pylint: disable=g-import-not-at-top
+    from jax._src import compiler  # pylint: disable=g-import-not-at-top
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+
+    original = compiler._cache_write  # pylint: disable=protected-access
+    if getattr(original, "every_process", False):
+        return True
+    if tuple(inspect.signature(original).parameters) != _CACHE_WRITE_ARGS:
+        logging.warning("compilation cache: JAX's _cache_write changed; only process 0 "
+                        "writes the cache")
+        return False
+
+    def cache_write(cache_key, compile_time_secs, module_name, backend, executable,
+                    host_callbacks):
+        folder = str(jax.config.jax_compilation_cache_dir or "")
+        if (distributed.global_state.process_id == 0 or "://" in folder or host_callbacks
+                or compile_time_secs < jax.config.jax_persistent_cache_min_compile_time_secs):
+            return original(cache_key, compile_time_secs, module_name, backend, executable,
+                            host_callbacks)
+        try:
+            if not compilation_cache.is_executable_in_cache(backend, cache_key):
+                compilation_cache.put_executable_and_time(
+                        cache_key, module_name, executable, backend, int(compile_time_secs))
+        except Exception as e:  # pylint: disable=broad-except
+            # As JAX's own writer: a cache problem must not stop a run.
+            warnings.warn(f"Error writing persistent compilation cache entry for "
+                          f"'{module_name}' from process {distributed.global_state.process_id}: "
+                          f"{type(e).__name__}: {e}")
+
+    cache_write.every_process = True
+    cache_write.original = original
+    compiler._cache_write = cache_write  # pylint: disable=protected-access
+    return True
