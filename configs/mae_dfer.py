@@ -40,7 +40,10 @@ def get_config(arg: str | None = None):
                         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
                         decay_rule="mae_dfer", layer_decay=0.75, grad_clip_norm=0.0,
                         schedule="warmup_cosine", warmup_epochs=5.0, warmup_lr_init=0.0))
-    c.label_smoothing = 0.0       # the smoothing is in the mixed targets
+    # With Mixup (the recipe) the smoothing is in the mixed targets and the CE
+    # adds none (steps._mix); without it (mixup.enabled=False) the original
+    # trains with LabelSmoothingCrossEntropy(--smoothing 0.1), this value.
+    c.label_smoothing = 0.1
     c.mixup.update(dict(enabled=True, mixup_alpha=0.8, cutmix_alpha=1.0, switch_prob=0.5,
                         prob=1.0, label_smoothing=0.1))
     return common.apply_variant(c, a.dataset, a.fold, a.loss)
