@@ -67,9 +67,10 @@ def variables_for_dtype(variables: Any, dtype: str) -> Any:
     variables = jax.tree.map(np.asarray, jax.device_get(dict(variables)))
     if dtype == "float32":
         return variables
-    cast = lambda a: a.astype(jnp.bfloat16) if np.issubdtype(a.dtype, np.floating) else a  # noqa: E731
     out = dict(variables)
-    out["params"] = jax.tree.map(cast, variables["params"])
+    out["params"] = jax.tree.map(
+            lambda a: a.astype(jnp.bfloat16) if np.issubdtype(a.dtype, np.floating) else a,
+            variables["params"])
     return out
 
 

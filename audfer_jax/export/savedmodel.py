@@ -4,13 +4,14 @@
     out = model.signatures["serving_default"](clips=tf.constant(clips))   # uint8
     out["probs"], out["au_probs"], out["logits"], out["au_logits"]        # float32
 
-Made with `jax2tf.convert` (JAX's native serialisation: the forward's
-StableHLO inside one `XlaCallModule` op; in JAX 0.10.2 it is jax2tf's only
-mode, the graph-of-TF-ops mode having been removed in jax-ml/jax PR #31404,
-and the `native_serialization=` argument is deprecated, so it is not passed) and `tf.saved_model.save`. The variables are `tf.Variable`s, stored
-in `variables/` like any SavedModel's (not constants of the graph, which
-would put the full MAE-DFER's 340 MB into `saved_model.pb`). The batch axis
-is polymorphic (`polymorphic_shapes="(b, ...)"`), the signature's input
+Made with `jax2tf.convert` and `tf.saved_model.save`. jax2tf serialises
+natively: the forward's StableHLO sits inside one `XlaCallModule` op. In JAX
+0.10.2 that is jax2tf's only mode (the graph-of-TF-ops mode was removed in
+jax-ml/jax PR #31404) and the `native_serialization=` argument is deprecated,
+so it is not passed. The variables are `tf.Variable`s, stored in `variables/`
+like any SavedModel's (not constants of the graph, which would put the full
+MAE-DFER's 340 MB into `saved_model.pb`). The batch axis is polymorphic
+(`polymorphic_shapes="(b, ...)"`), the signature's input
 `clips: [None, T, S, S, 3] uint8`. No gradient is saved (`with_gradient=False`).
 """
 
