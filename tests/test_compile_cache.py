@@ -38,6 +38,7 @@ def process_1_cache(tmp_path, monkeypatch):
     jax.config.update("jax_compilation_cache_dir", str(folder))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     compilation_cache.reset_cache()
+    jax.devices()     # the CPU client starts as process 0 (it reads the same field)
     monkeypatch.setattr(distributed.global_state, "process_id", 1)
     jax_writer = getattr(compiler._cache_write, "original", compiler._cache_write)
     monkeypatch.setattr(compiler, "_cache_write", jax_writer)
