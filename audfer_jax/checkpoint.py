@@ -227,8 +227,10 @@ def restore_variables(directory: str | os.PathLike, target: PyTree | None = None
         directory: the directory `save_variables` wrote.
         target: optional pytree (arrays or `jax.ShapeDtypeStruct`) giving the
             structure, shapes, dtypes and shardings to restore onto. Its leaves
-            must match the stored ones exactly. None restores the stored tree,
-            every leaf replicated over all devices.
+            must match the stored ones exactly (or be their MAE-DFER stacked
+            form: a per-block checkpoint is stacked on load). None restores
+            the stored tree, every leaf replicated over all devices, with
+            MAE-DFER's blocks stacked if they were stored per block.
 
     Returns:
         `(variables, metadata)`: the variables pytree of `jax.Array` and the
@@ -246,21 +248,73 @@ def restore_variables(directory: str | os.PathLike, target: PyTree | None = None
             _METADATA: ocp.JsonCheckpointHandler()})
     with ocp.Checkpointer(handler, multiprocessing_options=_multiprocessing("variables")
                           ) as ckptr:
+        def restore(tree):
+            return ckptr.restore(path, args=ocp.args.Composite(**{
+                    _VARIABLES: ocp.args.StandardRestore(tree),
+                    _METADATA: ocp.args.JsonRestore()}))
+
         if target is None:
             stored = ckptr.metadata(path).item_metadata[_VARIABLES]
             stored = getattr(stored, "tree", stored)
-            target = abstract_like(jax.tree.map(
+            stored = abstract_like(jax.tree.map(
                     lambda m: jax.ShapeDtypeStruct(tuple(m.shape), m.dtype), stored))
+            out = restore(stored)
+            out = {_VARIABLES: _stacked_if_per_block(out[_VARIABLES]), _METADATA: out[_METADATA]}
         else:
-            target = abstract_like(target)
-        try:
-            out = ckptr.restore(path, args=ocp.args.Composite(**{
-                    _VARIABLES: ocp.args.StandardRestore(target),
-                    _METADATA: ocp.args.JsonRestore()}))
-        except (ValueError, KeyError) as e:
-            raise ValueError(f"{path}: stored variables do not match the target "
-                             f"structure: {e}") from e
+            try:
+                out = _restore_any_layout(restore, abstract_like(target), _VARIABLES)
+            except (ValueError, KeyError) as e:
+                raise ValueError(f"{path}: stored variables do not match the target "
+                                 f"structure: {e}") from e
     return out[_VARIABLES], dict(out[_METADATA] or {})
+
+
+# Checkpoints written before MAE-DFER's blocks were stacked hold them per
+# block (`blocks_0` .. `blocks_15`, `mae_dfer.per_block_layout`); they are
+# restored in that layout and stacked on load, into the target's shardings.
+
+def _per_block_target(target: PyTree) -> PyTree | None:
+    """`target` in MAE-DFER's per-block layout, or None when it has no stacked blocks."""
+    from audfer_jax.models import mae_dfer  # pylint: disable=g-import-not-at-top
+    legacy = mae_dfer.per_block_layout(target)
+    if jax.tree.structure(legacy) == jax.tree.structure(target):
+        return None
+    return legacy
+
+
+def _stacked_if_per_block(tree: PyTree) -> PyTree:
+    """`tree` with MAE-DFER's per-block blocks stacked (jitted: any device layout)."""
+    from audfer_jax.models import mae_dfer  # pylint: disable=g-import-not-at-top
+    if not mae_dfer.has_per_block_layout(tree):
+        return tree
+    return jax.jit(mae_dfer.stacked_layout)(tree)
+
+
+def _restore_any_layout(restore, target: PyTree, item: str) -> dict:
+    """`restore(target)` (an Orbax composite restore; `item` names the tree in
+    it), or, when the stored tree is MAE-DFER's per-block layout and `target`
+    the stacked one, the stored tree restored in its layout and stacked into
+    `target`'s shapes and shardings.
+
+    Raises:
+        ValueError, KeyError: Orbax's error for `target`, when the per-block
+            layout does not match either.
+    """
+    try:
+        return restore(target)
+    except (ValueError, KeyError) as error:
+        legacy = _per_block_target(target)
+        if legacy is None:
+            raise
+        try:
+            out = restore(legacy)
+        except (ValueError, KeyError):
+            raise error from None
+    from audfer_jax.models import mae_dfer  # pylint: disable=g-import-not-at-top
+    shardings = jax.tree.map(lambda x: x.sharding, target)
+    out = {k: out[k] for k in out.keys()}     # Orbax's CompositeArgs is read-only
+    out[item] = jax.jit(mae_dfer.stacked_layout, out_shardings=shardings)(out[item])
+    return out
 
 
 def merge_variables(init: PyTree, loaded: PyTree) -> tuple[PyTree, list[str]]:
@@ -438,7 +492,9 @@ class TrainCheckpointer:
             abstract_state: the state pytree as arrays or `ShapeDtypeStruct`s
                 carrying the current shardings (see `abstract_like`); the
                 restored arrays get those shardings whatever the device count
-                at save time.
+                at save time. A state saved with MAE-DFER's blocks per block
+                (before they were stacked) is restored in that layout and
+                stacked into this one (`mae_dfer.stacked_layout`).
             step: step to restore; None = newest.
             best: read the best checkpoint instead of the latest.
 
@@ -450,9 +506,12 @@ class TrainCheckpointer:
             step = manager.latest_step()
         if step is None:
             raise FileNotFoundError(f"{manager.directory}: no checkpoint to restore")
-        out = manager.restore(int(step), args=ocp.args.Composite(**{
-                _STATE: ocp.args.StandardRestore(abstract_like(abstract_state)),
-                _META: ocp.args.JsonRestore()}))
+
+        def restore(tree):
+            return manager.restore(int(step), args=ocp.args.Composite(**{
+                    _STATE: ocp.args.StandardRestore(tree), _META: ocp.args.JsonRestore()}))
+
+        out = _restore_any_layout(restore, abstract_like(abstract_state), _STATE)
         return out[_STATE], dict(out[_META] or {})
 
     def read_meta(self, step: int | None = None, *, best: bool = False) -> dict | None:
@@ -482,14 +541,17 @@ def restore_state_from_directory(path: str | os.PathLike, abstract_state: PyTree
                                  ) -> tuple[PyTree, dict]:
     """Restores `(state, meta)` from one step directory `.../<step>`.
 
-    Used by evaluation given a checkpoint path instead of a workdir.
+    Used by evaluation given a checkpoint path instead of a workdir. A state
+    saved with MAE-DFER's blocks per block is stacked on load (`TrainCheckpointer.restore`).
     """
     path = paths.resolve(path)
     with ocp.Checkpointer(ocp.CompositeCheckpointHandler(),
                           multiprocessing_options=_multiprocessing("state")) as ckptr:
-        out = ckptr.restore(path, args=ocp.args.Composite(**{
-                _STATE: ocp.args.StandardRestore(abstract_like(abstract_state)),
-                _META: ocp.args.JsonRestore()}))
+        def restore(tree):
+            return ckptr.restore(path, args=ocp.args.Composite(**{
+                    _STATE: ocp.args.StandardRestore(tree), _META: ocp.args.JsonRestore()}))
+
+        out = _restore_any_layout(restore, abstract_like(abstract_state), _STATE)
     return out[_STATE], dict(out[_META] or {})
 
 

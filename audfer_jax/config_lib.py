@@ -122,15 +122,19 @@ def base_config() -> ml_collections.ConfigDict:
     c.strategy = "jit"            # or 'pmap' (explicit collectives)
     # Accelerator path (issue 9): compute dtype of the registered backbones
     # ('float32' | 'bfloat16' | 'float16'; parameters, optimizer state, softmax,
-    # losses and BatchNorm statistics stay float32), activation recomputation
-    # of their blocks, and the generator of the dropout / drop-path stream
+    # losses and BatchNorm statistics stay float32), what the blocks' backward
+    # pass recomputes, and the generator of the dropout / drop-path stream
     # ('threefry' | 'rbg' | 'unsafe_rbg', `audfer_jax.rng`).
     c.dtype = "float32"
-    c.remat = False
-    # MAE-DFER only: run its transformer blocks as one lax.scan (same params
-    # and values; the train step compiles about 2x faster). XLA's FLOP count
-    # then misses the loop, so FLOPs/MFU are not reported while it is on.
-    c.scan_blocks = False
+    # 'none' keeps every activation; 'full' keeps only each block's input and
+    # recomputes the rest (least memory, about one more forward pass);
+    # 'dots_with_no_batch_dims_saveable' / 'dots_saveable' keep the matrix
+    # products (without / with attention's) and recompute the cheap
+    # elementwise work. Old run configs' boolean `remat` reads as full/none.
+    c.remat_policy = "none"
+    # MAE-DFER's stacked blocks run as one loop (compiles ~10x faster than 16
+    # unrolled copies); False gives the same values as straight-line code.
+    c.scan_blocks = True
     c.rng_impl = "threefry"
     c.eval_every_epochs = 1
     c.best_metric = "war+uar"     # datasets.md section 8; or uar, war, au_f1_mean

@@ -1,19 +1,21 @@
-"""Compiled FLOPs, achieved FLOP/s and model FLOPs utilisation (MFU).
+"""FLOPs of a train step, achieved FLOP/s and model FLOPs utilisation (MFU).
 
-    compiled = jax.jit(step).lower(state, batch).compile()
-    flops = step_flops(compiled)                 # per device, per step
-    mfu(flops, seconds_per_step, jax.devices()[0].device_kind)
+    flops = unrolled_flops(jitted_step, state, batch)   # whole step, all devices
+    mfu(flops / jax.device_count(), seconds_per_step, jax.devices()[0].device_kind)
 
-`step_flops` reads XLA's cost analysis of the compiled program: the floating
-point operations XLA counts for the program one device runs (under SPMD
-partitioning that is the per-device share). A multiply-add counts 2. It is the
-work actually compiled, so activation recomputation (`remat`) counts again,
-and it includes the optimizer update and the losses.
-
-XLA counts the body of a loop (`lax.scan`, `while`) once, not once per
-iteration, so a program that scans its blocks (MAE-DFER's `scan_blocks`) would
-be under-counted; `uncounted_reason` says so, and callers print that instead
-of a wrong figure.
+XLA's cost analysis counts the floating point operations of a program (a
+multiply-add counts 2); it includes the optimizer update, the losses and any
+activation recomputation (`remat`) the program does. It counts the body of a
+loop (`lax.scan`, `while`) once, not once per iteration, so the count of
+MAE-DFER's train step, whose stacked blocks run as one scan, would miss 14 of
+its 15 scanned blocks. `unrolled_flops` therefore counts a twin of the step:
+the same function traced inside `models.platform.unrolled_scans()`, where the
+stacked blocks are written out as straight-line code (same parameters and
+values), and only lowered, never compiled (lowering the full-size step takes
+seconds; compiling the unrolled program took 627 s on v5e:4x4). The lowered
+program is the global computation before SPMD partitioning, so its count is
+the whole batch's. `step_flops` reads the count of an already compiled (per
+device) or lowered program as it is, for programs without scans.
 
 MFU = achieved FLOP/s per device / the device's peak dense bfloat16 FLOP/s
 (`PEAK_BF16_FLOPS`; override with `peak_flops=`). CPUs have no entry: their
@@ -62,14 +64,19 @@ PEAK_BF16_FLOPS: tuple[tuple[str, float], ...] = (
 
 
 def step_flops(compiled: Any) -> float | None:
-    """FLOPs of one call of a compiled program, from XLA's cost analysis.
+    """FLOPs of one call of a compiled or lowered program, from XLA's cost analysis.
+
+    A loop body counts once (module docstring): for a step that scans, use
+    `unrolled_flops`.
 
     Args:
-        compiled: a `jax.stages.Compiled` (`jax.jit(f).lower(...).compile()`).
+        compiled: a `jax.stages.Compiled` (`jax.jit(f).lower(...).compile()`)
+            or `jax.stages.Lowered`.
 
     Returns:
         The `flops` entry of `compiled.cost_analysis()` (per device under SPMD
-        partitioning), or None when the backend reports no cost analysis.
+        partitioning; a lowering's is the global program's), or None when the
+        backend reports no cost analysis.
     """
     try:
         analysis = compiled.cost_analysis()
@@ -83,20 +90,78 @@ def step_flops(compiled: Any) -> float | None:
     return value if value > 0 else None
 
 
+def unrolled_flops(jitted: Any, *args: Any) -> float | None:
+    """XLA's FLOPs of one call of `jitted(*args)`, counted with every scan unrolled.
+
+    Traces the function under `jitted` (a `jax.jit` of it, or the function
+    itself) inside `models.platform.unrolled_scans()` in a fresh `jax.jit`
+    (so nothing is taken from the jit cache of the program that runs) and
+    reads the cost analysis of its lowering; nothing is compiled.
+
+    Args:
+        jitted: the step, `jax.jit`-wrapped or not (e.g. `parallel.jit_step(fn,
+            mesh)`); its shardings and donation are not needed for counting.
+        *args: its arguments: arrays or `jax.ShapeDtypeStruct`s (sharded or not).
+
+    Returns:
+        FLOPs of the whole call over all devices (the lowered program is the
+        global computation), or None when the backend has no cost analysis.
+    """
+    import jax  # pylint: disable=g-import-not-at-top
+    from audfer_jax.models import platform  # pylint: disable=g-import-not-at-top
+    # A jitted function (it has `lower`) is unwrapped one level: the function
+    # jit was given, e.g. `parallel.jit_step`'s platform-target wrapper.
+    fn = jitted.__wrapped__ if hasattr(jitted, "lower") else jitted
+
+    def unrolled(*a):
+        with platform.unrolled_scans():
+            return fn(*a)
+
+    return lowered_flops(jax.jit(unrolled).lower(*args))
+
+
+def lowered_flops(lowered: Any) -> float | None:
+    """FLOPs of a lowered program (the global computation), from XLA's HLO cost analysis.
+
+    `Lowered.cost_analysis()` is not available on PJRT plug-in backends such
+    as libtpu's compile-only client (`audfer-jax compile`); there the same
+    analysis (`HloCostAnalysis`, which counts from the HLO's shapes alone) runs
+    on the CPU client instead.
+
+    Args:
+        lowered: a `jax.stages.Lowered`.
+
+    Returns:
+        The count, or None when neither gives one.
+    """
+    value = step_flops(lowered)
+    if value is not None:
+        return value
+    import jax  # pylint: disable=g-import-not-at-top
+    try:
+        from jax._src.lib import _jax  # pylint: disable=g-import-not-at-top
+        module = lowered.compiler_ir("hlo").as_hlo_module()
+        analysis = _jax.hlo_module_cost_analysis(jax.devices("cpu")[0].client, module)
+    except Exception:  # noqa: BLE001  (a private JAX entry point: absent in other versions)
+        return None
+    value = float(analysis.get("flops", 0.0))
+    return value if value > 0 else None
+
+
 def uncounted_reason(model: Any) -> str | None:
-    """Why `step_flops` would mis-count the train step of `model`, or None.
+    """Why `step_flops` of the compiled or lowered step of `model` would mis-count, or None.
 
     Args:
         model: the Flax module the step applies (any object).
 
     Returns:
-        One line to print instead of FLOPs and MFU when `model.scan_blocks` is
-        true (XLA's cost analysis counts the scanned blocks once, e.g. 71.9
-        instead of 232.5 MFLOP on a depth-4 toy MAE-DFER); else None.
+        One line to print instead of FLOPs and MFU when the program loops over
+        `model`'s blocks (`model.scan_blocks`, MAE-DFER's default): count with
+        `unrolled_flops` instead. None otherwise.
     """
     if getattr(model, "scan_blocks", False):
-        return ("FLOPs/MFU not counted because scan_blocks is on (XLA counts a scanned "
-                "loop body once; set scan_blocks=False for the FLOPs/MFU report)")
+        return ("FLOPs/MFU not counted from this program: it scans its blocks and XLA counts a "
+                "loop body once (flops.unrolled_flops counts them)")
     return None
 
 

@@ -126,52 +126,45 @@ def _variables_shape(model, input_shape) -> PyTree:
 def build_model(config: ml_collections.ConfigDict, num_classes: int):
     """`audfer_jax.models.get_model(config.model, num_classes, **config.model_overrides)`.
 
-    The accelerator fields `dtype`, `remat` and `scan_blocks` of the config are
-    passed to registered backbones.
+    The accelerator fields of the config reach the registered backbones:
+    `dtype`, `remat_policy` (`remat_policy_of`) and, for a model with the
+    attribute (MAE-DFER), `scan_blocks=False` (its stacked blocks as
+    straight-line code instead of a loop). An import-path backbone gets only
+    its own `model_overrides`.
 
     Raises:
-        ValueError: `config.scan_blocks` is true for a model without a
-            `scan_blocks` attribute (every backbone but MAE-DFER).
+        ValueError: a bad model name, override or remat policy.
     """
     from audfer_jax import models  # pylint: disable=g-import-not-at-top
     overrides = dict(config.model_overrides or {})
-    # The accelerator fields reach the registered backbones (an import-path
-    # backbone's factory takes only its own `model_overrides`). `get` because
-    # `predict` rebuilds models from the partial configs of converted weights.
+    # `get` because `predict` rebuilds models from the partial configs of
+    # converted weights.
     if not models.is_import_path(config.model):
         if config.get("dtype", "float32") != "float32":
             overrides.setdefault("dtype", config.dtype)
-        if config.get("remat", False):
-            overrides.setdefault("remat", True)
-        overrides = _data_clip_size(config, overrides)
+        policy = remat_policy_of(config)
+        if policy != "none":
+            overrides.setdefault("remat_policy", policy)
     model = models.get_model(config.model, num_classes=num_classes,
                              num_aus=au_lib.NUM_AUS, **overrides)
-    if config.get("scan_blocks", False) and not overrides.get("scan_blocks", False):
-        # Only MAE-DFER has the attribute; asked of another model, say so
-        # instead of silently compiling the unrolled program.
-        try:
-            model = models.with_scan_blocks(model, config.model)
-        except ValueError as e:
-            raise ValueError(f"config.scan_blocks=True: {e}") from None
+    if not config.get("scan_blocks", True) and "scan_blocks" not in overrides:
+        model = models.with_scan_blocks(model, config.model, False)
     return model
 
 
-def _data_clip_size(config, overrides: dict) -> dict:
-    """`overrides` plus the data's clip size (`num_frames`, `image_size`) where unset.
+def remat_policy_of(config: ml_collections.ConfigDict) -> str:
+    """The config's rematerialisation policy (`models.layers.REMAT_POLICIES`).
 
-    A registered backbone then takes the clips its config's data gives (a
-    `_tiny` variant on a recipe config, a full one on the demo's 48-pixel
-    clips), and a size it cannot take is its own one-line error. The paper
-    configs' data sizes are their backbones' defaults, so their models are
-    unchanged.
+    `config.remat_policy`; a run config written before it existed has the
+    boolean `remat` instead, read as `full` (True) or `none` (False).
+
+    Raises:
+        ValueError: an unknown policy name.
     """
-    data = config.get("data") or {}
-    out = dict(overrides)
-    if data.get("num_frames") and "num_frames" not in out:
-        out["num_frames"] = int(data["num_frames"])
-    if data.get("image_size") and not ({"image_size", "img_size"} & set(out)):
-        out["image_size"] = int(data["image_size"])
-    return out
+    from audfer_jax.models import layers  # pylint: disable=g-import-not-at-top
+    if "remat_policy" in config:
+        return layers.remat_policy_name(config.remat_policy)
+    return layers.remat_policy_name(bool(config.get("remat", False)))
 
 
 def model_input_shape(model, name: str, data_config=None) -> tuple[int, int, int]:

@@ -18,7 +18,9 @@ Recipes (backbones.md, "Recipe" paragraphs of sections 1-3):
   min lr 1e-6 * batch / 256; per iteration `linspace(0, lr, W)` over the W = 5
   warmup epochs, then `min + (lr - min) / 2 * (1 + cos(pi * i / N))`, i = 0..N-1;
   layer-wise lr decay 0.75: scale `0.75 ** (L + 1 - id)` with id 0 =
-  `patch_embed`, `blocks_k` = k + 1, the rest L + 1. PyTorch's AdamW multiplies
+  `patch_embed`, block k = k + 1, the rest L + 1; the blocks are stacked
+  (`mae_dfer` "Layout"), so a stacked leaf's scale is one value per row of
+  its leading block axis, `[L - 1, 1, ...]`. PyTorch's AdamW multiplies
   the decoupled decay by the group lr, so the layer scale multiplies both the
   Adam step and the decay here too. The last block's propagation step
   (`mae_dfer.frozen_by_design`) gets an exactly zero gradient, so a zero Adam
@@ -172,7 +174,8 @@ def decay_mask(params, rule: str, num_layers: int | None = None):
         params: parameter pytree (arrays or `ShapeDtypeStruct`s).
         rule: 'all' (Former-DFER, M3DFEL: every parameter) or 'mae_dfer'
             (no decay for 1-D leaves, biases and `lg_region_tokens`;
-            MAE-DFER `optim_factory.py`).
+            MAE-DFER `optim_factory.py`; a stacked block leaf counts as its
+            rows, so a stacked bias `[L - 1, C]` is 1-D here).
         num_layers: model depth, needed by 'mae_dfer'.
 
     Raises:
@@ -190,26 +193,33 @@ def decay_mask(params, rule: str, num_layers: int | None = None):
 
 
 def layer_scales(params, layer_decay: float, num_layers: int, frozen: bool = False):
-    """Pytree of float lr multipliers for MAE-DFER's layer-wise lr decay.
+    """Pytree of lr multipliers for MAE-DFER's layer-wise lr decay.
 
     scale = layer_decay ** (num_layers + 1 - id) with
-    `audfer_jax.models.mae_dfer.lr_layer_id`. With `frozen`, 0 for the
+    `audfer_jax.models.mae_dfer.lr_layer_id`, computed in float64 like the
+    original's Python floats: a float per leaf, and for a stacked leaf
+    (`[L - 1, ...]` under `blocks`) a float32 array `[L - 1, 1, ..., 1]` (one
+    value per block, broadcasting over the leaf). With `frozen`, 0 for the
     `frozen_by_design` leaves (no update and no decay at all); the recipe
     leaves it off, as the original decays them (module docstring).
     """
     from audfer_jax.models import mae_dfer
 
-    def scale(path, _):
+    def scale(path, leaf):
         keys = _path_keys(path)
         if frozen and mae_dfer.frozen_by_design(keys, num_layers):
             return 0.0
-        return float(layer_decay ** (num_layers + 1 - mae_dfer.lr_layer_id(keys, num_layers)))
+        value = mae_dfer.lr_scale(keys, num_layers, layer_decay)
+        if isinstance(value, np.ndarray):
+            return value.astype(np.float32).reshape((-1,) + (1,) * (len(leaf.shape) - 1))
+        return float(value)
 
     return jax.tree_util.tree_map_with_path(scale, params)
 
 
 def scale_by_tree(scales) -> optax.GradientTransformation:
-    """Multiplies each update leaf by the matching constant of `scales`."""
+    """Multiplies each update leaf by the matching constant of `scales` (a
+    float, or an array that broadcasts against the leaf)."""
 
     def init_fn(params):
         del params

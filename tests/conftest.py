@@ -94,7 +94,7 @@ _SLOW_CASES = {
     "test_models_accelerator.py::test_remat_gives_the_same_loss_and_gradients[former_dfer_tiny]",
     "test_models_accelerator.py::test_remat_gives_the_same_loss_and_gradients[mae_dfer_tiny]",
     "test_models_mae_dfer_scan.py::test_remat_with_scan_gives_the_same_loss_and_gradients",
-    "test_models_mae_dfer_scan.py::test_gradients_equal_unrolled[False]",
+    "test_models_mae_dfer_scan.py::test_scanned_gradients_equal_unrolled[False]",
     # Every loss variant: tests/test_losses.py and test_train.py's loss test stay.
     "test_plugin.py::test_every_loss_variant_trains_the_plugin",
     # Two processes: tests/test_pod_runs.py (two processes against one with two

@@ -138,3 +138,57 @@ def test_run_directory_lookup(tmp_path):
     ckpt_lib.save_variables(variables, _variables(), {"model": "former_dfer"})
     assert ckpt_lib.is_variables_checkpoint(variables)
     assert not ckpt_lib.is_variables_checkpoint(run)
+
+
+def test_per_block_mae_dfer_checkpoints_restore_into_the_stacked_layout(tmp_path):
+    """Checkpoints written before MAE-DFER's blocks were stacked (`blocks_0` ..
+    `blocks_{depth-1}`, in the params and in the optimizer's moments) restore
+    onto today's stacked state: each block's tensors become its row of the
+    stacked leaves, the last block `last_block`."""
+    import ml_collections  # pylint: disable=g-import-not-at-top
+    from audfer_jax import optim  # pylint: disable=g-import-not-at-top
+    from audfer_jax.models import mae_dfer  # pylint: disable=g-import-not-at-top
+    model = mae_dfer.mae_dfer_tiny(depth=3)
+    clips = jax.ShapeDtypeStruct((1, 8, 32, 32, 3), jnp.uint8)
+    shapes = jax.eval_shape(lambda c: model.init(jax.random.key(0), c, train=False), clips)
+    rng = np.random.default_rng(1)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), jnp.float32),
+                          shapes["params"])
+    cfg = ml_collections.ConfigDict(dict(optimizer="adamw", lr=1e-3, b1=0.9, b2=0.999, eps=1e-8,
+                                         weight_decay=0.05, decay_rule="mae_dfer",
+                                         layer_decay=0.75, schedule="constant"))
+    tx, _ = optim.make_optimizer(cfg, params, steps_per_epoch=1, num_epochs=1,
+                                 global_batch_size=1, num_layers=3)
+    grads = jax.tree.map(lambda p: jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)
+    _, opt_state = tx.update(grads, tx.init(params), params)     # non-zero moments
+    state = {"step": jnp.int32(5), "params": params, "opt_state": opt_state,
+             "batch_stats": {}, "rng": jax.random.PRNGKey(3)}
+    old = mae_dfer.per_block_layout(state)
+    assert sorted(k for k in old["params"] if k.startswith("blocks")) == [
+            "blocks_0", "blocks_1", "blocks_2"]
+    assert "blocks_1" in old["opt_state"][0].mu      # the Adam moments are per block too
+
+    ck = ckpt_lib.TrainCheckpointer(tmp_path / "run", async_save=False)
+    assert ck.maybe_save(5, old, {"epoch": 1}, force=True)
+    restored, meta = ck.restore(state)
+    ck.close()
+    direct, _ = ckpt_lib.restore_state_from_directory(tmp_path / "run" / "checkpoints" / "5",
+                                                      state)
+    ckpt_lib.save_variables(tmp_path / "v", {"params": old["params"]}, {"model": "mae_dfer"})
+    variables, _ = ckpt_lib.restore_variables(tmp_path / "v", {"params": params})
+    untargeted, _ = ckpt_lib.restore_variables(tmp_path / "v")
+    assert meta == {"epoch": 1}
+    for got in (restored, direct):
+        assert jax.tree.structure(got) == jax.tree.structure(state)
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                     got, state)
+    for got in (variables, untargeted):
+        jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)),
+                     got, {"params": params})
+    row = restored["params"]["blocks"]["mlp"]["fc1"]["kernel"][1]
+    np.testing.assert_array_equal(np.asarray(row),
+                                  np.asarray(old["params"]["blocks_1"]["mlp"]["fc1"]["kernel"]))
+    # A checkpoint of another structure is still an error, the stored one named.
+    wrong = dict(state, params=dict(params, head={"kernel": jnp.zeros((64, 9))}))
+    with pytest.raises(ValueError):
+        ckpt_lib.restore_state_from_directory(tmp_path / "run" / "checkpoints" / "5", wrong)

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 
 from audfer_jax.cli import convert as convert_cli
-from audfer_jax.models import convert, default_input_shape, get_model
+from audfer_jax.models import convert, default_input_shape, get_model, mae_dfer
 
 FIXTURES = pathlib.Path(__file__).parent / "fixtures" / "state_dicts"
 _POOL = np.random.default_rng(0).standard_normal(1 << 20).astype(np.float16)
@@ -156,6 +156,8 @@ def _check_round_trip(family: str, sd: dict, variables, report, rename=lambda k:
     """Every loaded leaf equals its transposed source; each source key is named
     by the report for exactly the leaves the docstring tables give it."""
     keyfunc = _KEY_FUNCS[family]
+    # MAE-DFER's stacked blocks, seen block by block (the report's paths).
+    variables = mae_dfer.per_block_layout(variables)
     loaded = dict(report.loaded)
     for path, value in _leaves(variables):
         if path not in loaded:
@@ -245,8 +247,14 @@ def test_mae_dfer_finetuned_round_trip():
     assert report.dropped == []
     assert _fresh_modules(report) == {"au_head"}
     # No k bias in PyTorch: the Flax k Dense has none either.
-    assert "bias" not in variables["params"]["blocks_3"]["third_attn"]["k"]
-    n_loaded = sum(int(np.prod(v.shape)) for p, v in _leaves(variables)
+    assert "bias" not in variables["params"]["blocks"]["third_attn"]["k"]
+    # Stacked: blocks.0-14 are the rows of `blocks`, blocks.15 is `last_block`.
+    stacked = variables["params"]["blocks"]["mlp"]["fc1"]["kernel"]
+    assert stacked.shape == (15, 512, 2048)
+    np.testing.assert_array_equal(stacked[14], sd["blocks.14.mlp.fc1.weight"].T)
+    np.testing.assert_array_equal(variables["params"]["last_block"]["norm2"]["bias"],
+                                  sd["blocks.15.norm2.bias"])
+    n_loaded = sum(int(np.prod(v.shape)) for p, v in _leaves(mae_dfer.per_block_layout(variables))
                    if p.startswith("params/") and p in dict(report.loaded))
     assert n_loaded == fx["num_params"]   # 84,878,343
 
@@ -261,7 +269,7 @@ def test_mae_dfer_pretrain_round_trip():
     assert dropped == {k for k in sd if k.startswith(("decoder.", "encoder.norm."))} | {
         "encoder_to_decoder.weight", "mask_token"}
     assert _fresh_modules(report) == {"fc_norm", "head", "au_head"}
-    n_loaded = sum(int(np.prod(v.shape)) for p, v in _leaves(variables)
+    n_loaded = sum(int(np.prod(v.shape)) for p, v in _leaves(mae_dfer.per_block_layout(variables))
                    if p.startswith("params/") and p in dict(report.loaded))
     assert n_loaded == fx["encoder_num_params"] - fx["encoder_params_by_module"]["norm"]
 
@@ -375,7 +383,7 @@ def _tiny_state_dict(name: str, seed: int = 0) -> tuple[dict[str, np.ndarray], d
     rng = np.random.default_rng(seed)
     keyfunc = _KEY_FUNCS[name[:-len("_tiny")]]
     parts: dict[str, dict[str, np.ndarray]] = {}
-    for path, leaf in _leaves(_template(name)):
+    for path, leaf in _leaves(mae_dfer.per_block_layout(_template(name))):
         value = rng.normal(size=leaf.shape).astype(np.float32) * 0.3
         if path.endswith("/var"):
             value = rng.uniform(0.5, 1.5, size=leaf.shape).astype(np.float32)
@@ -476,7 +484,8 @@ def test_tiny_round_trip(name):
     variables, report = convert.convert_state_dict(name, sd, template)
     assert report.fresh == []
     _check_round_trip(family, sd, variables, report)
-    assert len(report.loaded) == len(list(_leaves(template)))
+    assert len(report.loaded) == len(list(_leaves(mae_dfer.per_block_layout(template))))
+    assert jax.tree.structure(variables) == jax.tree.structure(template)
 
 
 # ------------------------------------------------------------------ loading

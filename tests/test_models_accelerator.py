@@ -40,6 +40,17 @@ def test_bfloat16_eval_logits_close_to_float32(name):
         assert np.corrcoef(a.ravel(), b.ravel())[0, 1] > 0.98
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_remat_policy_and_the_old_remat_switch(name):
+    for policy in ("none", "full", "dots_with_no_batch_dims_saveable", "dots_saveable"):
+        assert models.get_model(name, remat_policy=policy).remat_policy == policy
+    # `remat=True/False` (configs and code from before remat_policy).
+    assert models.get_model(name, remat=True).remat_policy == "full"
+    assert models.get_model(name, remat=False).remat_policy == "none"
+    with pytest.raises(ValueError, match="remat_policy must be one of"):
+        models.get_model(name, remat_policy="everything")
+
+
 def test_unknown_dtype_is_an_error():
     with pytest.raises(ValueError, match="dtype"):
         models.get_model("former_dfer_tiny", dtype="int8")
@@ -60,7 +71,7 @@ def _grads(model, variables, clips, labels):
 def test_remat_gives_the_same_loss_and_gradients(name):
     clips = _clips(name)
     labels = jnp.asarray([1, 4])
-    plain, remat = models.get_model(name), models.get_model(name, remat=True)
+    plain, remat = models.get_model(name), models.get_model(name, remat_policy="full")
     variables = numpy_variables(plain, clips, train=False)
     # Same parameter tree: checkpoints load with either setting.
     assert (jax.tree.structure(numpy_variables(remat, clips, train=False))

@@ -94,7 +94,10 @@ def np_partition(x, grid, region):
 
 
 def np_forward(params, clips_uint8, model):
-    """Eval-mode MAE-DFER forward in float64 NumPy (backbones.md section 3)."""
+    """Eval-mode MAE-DFER forward in float64 NumPy (backbones.md section 3).
+
+    `params` in the per-block layout (`blocks_k`, `md.per_block_layout`).
+    """
     p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
     x = (clips_uint8.astype(np.float64) / 255.0 - MEAN) / STD
     b, t, hh, ww, _ = x.shape
@@ -223,16 +226,21 @@ def test_full_model_parameter_count(full_shapes):
     au = params.pop('au_head')
     assert _count(au) == 512 * 18 + 18
     assert _count(params) == 84_878_343
-    blocks = {k: v for k, v in params.items() if k.startswith('blocks_')}
-    assert sorted(blocks) == sorted(f'blocks_{k}' for k in range(16))
+    # Stacked layout: blocks 0-14 under `blocks` (leading axis 15), block 15 apart.
+    assert sorted(params) == ['blocks', 'fc_norm', 'head', 'last_block', 'lg_region_tokens',
+                              'patch_embed']
     expected = {'patch_embed': 786_944, 'lg_region_tokens': 4_096, 'fc_norm': 1_024,
                 'head': 3_591}
     assert {k: _count(params[k]) for k in expected} == expected
-    assert _count(blocks) == 84_082_688
-    assert all(_count(b) == 5_255_168 for b in blocks.values())
-    last = params['blocks_15']
+    assert _count([params['blocks'], params['last_block']]) == 84_082_688
+    assert _count(params['blocks']) == 15 * 5_255_168
+    assert all(leaf.shape[0] == 15 for leaf in jax.tree.leaves(params['blocks']))
+    assert _count(params['last_block']) == 5_255_168
+    last = params['last_block']
     assert _count([last['third_attn'], last['third_attn_norm0'],
                    last['third_attn_norm1']]) == 1_052_160
+    per_block = md.per_block_layout(variables['params'])
+    assert all(_count(per_block[f'blocks_{k}']) == 5_255_168 for k in range(16))
     for leaf in jax.tree.leaves(variables):
         assert leaf.dtype == jnp.float32
 
@@ -240,7 +248,8 @@ def test_full_model_parameter_count(full_shapes):
 def test_full_model_block_leaf_shapes_match_state_dict(full_shapes):
     """Every Flax leaf of a block maps onto a mae_dfer.json entry (Linear transposed)."""
     _, variables, _ = full_shapes
-    flat = traverse_util.flatten_dict(variables['params']['blocks_7'], sep='/')
+    stacked = traverse_util.flatten_dict(variables['params']['blocks'], sep='/')
+    last = traverse_util.flatten_dict(variables['params']['last_block'], sep='/')
     expected = {}
     for name in ('first_attn_norm0', 'second_attn_norm0', 'third_attn_norm0',
                  'third_attn_norm1', 'norm2'):
@@ -254,7 +263,9 @@ def test_full_model_block_leaf_shapes_match_state_dict(full_shapes):
                          f'{att}/proj/bias': (512,)})
     expected.update({'mlp/fc1/kernel': (512, 2048), 'mlp/fc1/bias': (2048,),
                      'mlp/fc2/kernel': (2048, 512), 'mlp/fc2/bias': (512,)})
-    assert {k: tuple(v.shape) for k, v in flat.items()} == expected
+    assert {k: tuple(v.shape) for k, v in stacked.items()} == {
+            k: (15,) + v for k, v in expected.items()}
+    assert {k: tuple(v.shape) for k, v in last.items()} == expected
     top = variables['params']
     assert top['patch_embed']['proj']['kernel'].shape == (2, 16, 16, 3, 512)
     assert top['lg_region_tokens'].shape == (8, 512)
@@ -295,7 +306,7 @@ def test_sinusoid_table_matches_formula():
 def test_sinusoid_table_is_not_a_parameter(tiny):
     model, params, _ = tiny
     assert 'pos_embed' not in params
-    assert set(params) == {'patch_embed', 'lg_region_tokens', 'blocks_0', 'blocks_1',
+    assert set(params) == {'patch_embed', 'lg_region_tokens', 'blocks', 'last_block',
                            'fc_norm', 'head', 'au_head'}
 
 
@@ -386,7 +397,7 @@ def test_tiny_forward_matches_numpy_reference(tiny):
     assert out.logits.shape == (2, 7) and out.logits.dtype == jnp.float32
     assert out.au_logits.shape == (2, 18) and out.au_logits.dtype == jnp.float32
     assert out.features.shape == (2, 64)
-    logits, au, feat = np_forward(params, clips, model)
+    logits, au, feat = np_forward(md.per_block_layout(params), clips, model)
     np.testing.assert_allclose(np.asarray(out.features), feat, rtol=2e-4, atol=2e-4)
     np.testing.assert_allclose(np.asarray(out.logits), logits, rtol=2e-4, atol=5e-4)
     np.testing.assert_allclose(np.asarray(out.au_logits), au, rtol=2e-4, atol=5e-4)
@@ -414,16 +425,20 @@ def test_bad_input_raises(tiny):
 
 def test_init_follows_original(tiny):
     _, _, clips = tiny
-    model = md.mae_dfer_tiny(depth=1)
-    params = jax.jit(lambda k: model.init({'params': k}, clips, train=False))(
-        jax.random.key(7))['params']
+    model = md.mae_dfer_tiny(depth=3)
+    params = md.per_block_layout(jax.jit(lambda k: model.init({'params': k}, clips, train=False))(
+        jax.random.key(7))['params'])
     head = np.asarray(params['head']['kernel'])
     assert 0.5e-5 < head.std() < 4e-5  # trunc-normal 0.02 x init_scale 0.001
     assert np.all(np.asarray(params['head']['bias']) == 0)
     for dense in (params['au_head'], params['blocks_0']['mlp']['fc1'],
-                  params['blocks_0']['first_attn']['q']):
+                  params['blocks_1']['first_attn']['q'], params['blocks_2']['mlp']['fc2']):
         assert 0.015 < np.asarray(dense['kernel']).std() < 0.025  # trunc-normal 0.02
         assert np.all(np.asarray(dense['bias']) == 0)
+    # Each stacked block has its own draw.
+    for name in ('blocks_1', 'blocks_2'):
+        assert not np.array_equal(params['blocks_0']['mlp']['fc1']['kernel'],
+                                  params[name]['mlp']['fc1']['kernel'])
     assert 0.015 < np.asarray(params['lg_region_tokens']).std() < 0.025
     conv = np.asarray(params['patch_embed']['proj']['kernel'])
     bound = 1 / math.sqrt(2 * 8 * 8 * 3)  # PyTorch Conv3d default U(+-1/sqrt(fan_in))
@@ -454,12 +469,14 @@ def test_drop_path_in_train_fresh_noise_per_use(tiny):
     assert not np.allclose(f1, f2) and not np.allclose(f1, ev)
     np.testing.assert_array_equal(f1, f1b)
     inter = state1['intermediates']
-    assert 'blocks_0' not in inter  # block 0 has rate 0: no drop path at all
-    masks = [np.asarray(m) for m in inter['blocks_1']['drop_path']['keep_mask']]
     b, n = clips.shape[0], heavy.num_regions
+    # The stacked blocks (here block 0 alone) have rate 0: no drop path at all.
+    assert 'blocks' not in inter
+    masks = [np.asarray(m) for m in inter['last_block']['drop_path']['keep_mask']]
     # Steps 1 and 4 per region row, steps 2 and 3 per clip.
     assert [m.shape for m in masks] == [(b * n,), (b,), (b,), (b * n,)]
-    masks2 = [np.asarray(m) for m in state2['intermediates']['blocks_1']['drop_path']['keep_mask']]
+    masks2 = [np.asarray(m)
+              for m in state2['intermediates']['last_block']['drop_path']['keep_mask']]
     assert any(not np.array_equal(a, c) for a, c in zip(masks, masks2))
     # Steps 1 and 4 draw separately (8 rows each; with this key they differ).
     assert not np.array_equal(masks[0], masks[3])
@@ -484,33 +501,45 @@ def test_tiny_jit_train_step(tiny, tiny_step):
     assert np.isfinite(float(loss))
     assert all(np.all(np.isfinite(np.asarray(g))) for g in jax.tree.leaves(grads))
     moved = jax.tree.map(lambda a, b: bool(np.any(np.asarray(a) != np.asarray(b))), new, params)
-    assert moved['blocks_0']['first_attn']['q']['kernel']
+    assert moved['blocks']['first_attn']['q']['kernel']
+    assert moved['last_block']['first_attn']['q']['kernel']
     assert moved['lg_region_tokens'] and moved['head']['kernel']
     # Frozen-by-design leaves: zero gradient and masked decay -> unchanged.
-    assert not moved['blocks_1']['third_attn']['q']['kernel']
-    assert not moved['blocks_1']['third_attn_norm0']['scale']
+    assert not moved['last_block']['third_attn']['q']['kernel']
+    assert not moved['last_block']['third_attn_norm0']['scale']
 
 
 def test_last_block_third_attention_gets_no_gradient(tiny, tiny_step):
     model, _, _ = tiny
     _, _, grads = tiny_step
     flat = traverse_util.flatten_dict(grads)
-    last = f'blocks_{model.depth - 1}'
     for path, g in flat.items():
         zero = not np.any(np.asarray(g))
-        expect_zero = path[0] == last and path[1] in (
+        expect_zero = path[0] == 'last_block' and path[1] in (
             'third_attn', 'third_attn_norm0', 'third_attn_norm1')
         assert zero == expect_zero, path
         assert md.frozen_by_design(path, model.depth) == expect_zero, path
+    # The same leaves in the per-block layout (the original's tensor names).
+    for path in traverse_util.flatten_dict(md.per_block_layout(grads)):
+        expect = path[0] == f'blocks_{model.depth - 1}' and path[1].startswith('third_attn')
+        assert md.frozen_by_design(path, model.depth) == expect, path
 
 
-def test_remat_matches_plain(tiny, tiny_step):
+@pytest.mark.parametrize('policy', ['full', 'dots_with_no_batch_dims_saveable'])
+def test_remat_matches_plain(tiny, tiny_step, policy):
     _, params, clips = tiny
     _, _, g1 = tiny_step
-    rem = md.mae_dfer_tiny(remat=True)
+    rem = md.mae_dfer_tiny(remat_policy=policy)
     g2 = jax.jit(jax.grad(lambda p: _loss_fn(rem, p, clips, jax.random.key(STEP_KEY))))(params)
-    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-6, rtol=1e-5)
+
+
+def test_remat_policy_names():
+    assert md.mae_dfer_tiny(remat_policy='full').remat_policy == 'full'
+    with pytest.raises(ValueError, match='remat_policy must be one of none, full, '):
+        jax.eval_shape(lambda: md.mae_dfer_tiny(remat_policy='dots').init(
+            jax.random.key(0), jnp.zeros((1, 8, 32, 32, 3), jnp.uint8), train=False))
 
 
 # --------------------------------------------------------------------------
@@ -528,6 +557,13 @@ def test_lr_layer_id_and_scale():
     assert md.lr_scale(('head', 'kernel'), 16) == 1.0
     key_path = (jax.tree_util.DictKey('params'), jax.tree_util.DictKey('blocks_4'))
     assert md.lr_layer_id(key_path, 16) == 5
+    # Stacked layout: one id / scale per row of the leading block axis.
+    np.testing.assert_array_equal(md.lr_layer_id(('params', 'blocks', 'mlp', 'fc1', 'bias'), 16),
+                                  np.arange(1, 16))
+    assert md.lr_layer_id(('params', 'last_block', 'norm2', 'scale'), 16) == 16
+    np.testing.assert_allclose(md.lr_scale(('blocks', 'first_attn', 'q', 'kernel'), 16),
+                               [0.75 ** (16 - k) for k in range(15)], rtol=1e-15)
+    assert md.lr_scale(('last_block', 'mlp', 'fc2', 'kernel'), 16) == pytest.approx(0.75)
 
 
 def test_no_weight_decay_and_mask(tiny):
@@ -537,11 +573,15 @@ def test_no_weight_decay_and_mask(tiny):
     assert md.no_weight_decay(('blocks_0', 'norm2', 'scale'))
     assert not md.no_weight_decay(('blocks_0', 'first_attn', 'k', 'kernel'))
     assert not md.no_weight_decay(('head', 'kernel'))
+    # A stacked leaf counts as its rows: a stacked 1-D leaf is 2-D.
+    assert md.no_weight_decay(('blocks', 'mlp', 'fc1', 'weird'), (15, 512))
+    assert not md.no_weight_decay(('blocks', 'mlp', 'fc1', 'kernel'), (15, 512, 2048))
     mask = traverse_util.flatten_dict(md.weight_decay_mask(params, model.depth))
     flat = traverse_util.flatten_dict(params)
     for path, leaf in flat.items():
-        expected = (leaf.ndim >= 2 and path[0] != 'lg_region_tokens'
-                    and not (path[0] == 'blocks_1' and path[1].startswith('third_attn')))
+        rank = leaf.ndim - (path[0] == 'blocks')
+        expected = (rank >= 2 and path[0] != 'lg_region_tokens'
+                    and not (path[0] == 'last_block' and path[1].startswith('third_attn')))
         assert mask[path] == expected, path
 
 
@@ -551,11 +591,11 @@ def test_last_block_returns_what_the_full_block_returns_for_region_tokens(tiny):
     # must equal those of the full block run on the same input.
     model, params, clips = tiny
     heavy = md.mae_dfer_tiny(drop_path_rate=0.5)
-    depth, n = heavy.depth, heavy.num_regions
+    n = heavy.num_regions
     b = clips.shape[0]
     s = 1 + int(np.prod(heavy.token_grid)) // n
     x = jax.random.normal(jax.random.key(5), (b * n, s, heavy.embed_dim))
-    block_params = {'params': params[f'blocks_{depth - 1}']}
+    block_params = {'params': params['last_block']}
     kwargs = dict(num_regions=n, num_heads=heavy.num_heads, drop_path=0.5)
     full = md.LGBlock(**kwargs)
     short = md.LGBlock(region_tokens_only=True, **kwargs)
@@ -580,4 +620,4 @@ def test_last_block_returns_what_the_full_block_returns_for_region_tokens(tiny):
                                    atol=1e-4 * max(1.0, float(np.abs(np.asarray(a)).max())))
     # The model uses it for its last block only, and init still creates the
     # complete parameter tree (third_attn* of the last block included).
-    assert set(params[f'blocks_{depth - 1}']) == set(params['blocks_0'])
+    assert set(params['last_block']) == set(params['blocks'])

@@ -12,6 +12,7 @@ import optax
 import pytest
 
 from audfer_jax import optim
+from audfer_jax.models import mae_dfer
 
 
 def _f(schedule, step):
@@ -61,35 +62,80 @@ def test_warmup_cosine_mae_dfer_dfew_fold1():
 
 
 def _params():
+    """A depth-3 MAE-DFER-like tree in the stacked layout: blocks 0-1 under
+    `blocks` (leading axis 2), block 2 as `last_block`."""
     return {
         "patch_embed": {"proj": {"kernel": jnp.ones((2, 2)), "bias": jnp.ones((2,))}},
         "lg_region_tokens": jnp.ones((4, 2)),
-        "blocks_0": {"norm2": {"scale": jnp.ones((2,))},
-                     "mlp": {"fc1": {"kernel": jnp.ones((2, 2))}}},
-        "blocks_1": {"third_attn": {"q": {"kernel": jnp.ones((2, 2))}},
-                     "mlp": {"fc1": {"kernel": jnp.ones((2, 2))}}},
+        "blocks": {"norm2": {"scale": jnp.ones((2, 2))},
+                   "third_attn": {"q": {"kernel": jnp.ones((2, 2, 2))}},
+                   "mlp": {"fc1": {"kernel": jnp.ones((2, 2, 2))}}},
+        "last_block": {"norm2": {"scale": jnp.ones((2,))},
+                       "third_attn": {"q": {"kernel": jnp.ones((2, 2))}},
+                       "mlp": {"fc1": {"kernel": jnp.ones((2, 2))}}},
         "head": {"kernel": jnp.ones((2, 3))},
     }
 
 
 def test_mae_dfer_masks_and_layer_scales():
     p = _params()
-    mask = optim.decay_mask(p, "mae_dfer", num_layers=2)
+    mask = optim.decay_mask(p, "mae_dfer", num_layers=3)
     assert mask["patch_embed"]["proj"]["kernel"] and not mask["patch_embed"]["proj"]["bias"]
     assert not mask["lg_region_tokens"]
-    assert not mask["blocks_0"]["norm2"]["scale"]
-    assert mask["blocks_0"]["mlp"]["fc1"]["kernel"]
+    # A stacked LayerNorm scale [2, C] is 1-D per block: no decay.
+    assert not mask["blocks"]["norm2"]["scale"] and not mask["last_block"]["norm2"]["scale"]
+    assert mask["blocks"]["mlp"]["fc1"]["kernel"] and mask["last_block"]["mlp"]["fc1"]["kernel"]
     # The last block's propagation step gets a zero gradient; torch's AdamW
     # still decays it (a zero .grad is not None): so do we.
-    assert mask["blocks_1"]["third_attn"]["q"]["kernel"]
-    scales = optim.layer_scales(p, 0.75, num_layers=2)
-    assert scales["patch_embed"]["proj"]["kernel"] == pytest.approx(0.75 ** 3)
-    assert scales["blocks_0"]["mlp"]["fc1"]["kernel"] == pytest.approx(0.75 ** 2)
-    assert scales["blocks_1"]["mlp"]["fc1"]["kernel"] == pytest.approx(0.75)
+    assert mask["last_block"]["third_attn"]["q"]["kernel"]
+    scales = optim.layer_scales(p, 0.75, num_layers=3)
+    assert scales["patch_embed"]["proj"]["kernel"] == pytest.approx(0.75 ** 4)
+    # Block k has id k + 1: one scale per row of the stacked leaf, broadcasting.
+    fc1 = scales["blocks"]["mlp"]["fc1"]["kernel"]
+    assert fc1.shape == (2, 1, 1) and fc1.dtype == np.float32
+    np.testing.assert_array_equal(fc1.ravel(), np.float32([0.75 ** 3, 0.75 ** 2]))
+    assert scales["blocks"]["norm2"]["scale"].shape == (2, 1)
+    assert scales["last_block"]["mlp"]["fc1"]["kernel"] == pytest.approx(0.75)
     assert scales["head"]["kernel"] == 1.0 and scales["lg_region_tokens"] == 1.0
-    assert scales["blocks_1"]["third_attn"]["q"]["kernel"] == pytest.approx(0.75)
-    frozen = optim.layer_scales(p, 0.75, num_layers=2, frozen=True)
-    assert frozen["blocks_1"]["third_attn"]["q"]["kernel"] == 0.0
+    assert scales["last_block"]["third_attn"]["q"]["kernel"] == pytest.approx(0.75)
+    frozen = optim.layer_scales(p, 0.75, num_layers=3, frozen=True)
+    assert frozen["last_block"]["third_attn"]["q"]["kernel"] == 0.0
+    np.testing.assert_array_equal(frozen["blocks"]["third_attn"]["q"]["kernel"],
+                                  scales["blocks"]["third_attn"]["q"]["kernel"])
+
+
+def _adamw_mae_dfer(lr=1e-2):
+    return ml_collections.ConfigDict(dict(optimizer="adamw", lr=lr, b1=0.9, b2=0.999,
+                                          eps=1e-8, weight_decay=0.05, decay_rule="mae_dfer",
+                                          layer_decay=0.75, schedule="constant"))
+
+
+def test_stacked_update_equals_the_per_block_update():
+    """The recipe on the stacked tree moves every block as the same recipe on
+    the per-block tree (`mae_dfer.per_block_layout`, the original's tensors)."""
+    rng = np.random.default_rng(0)
+    p = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), _params())
+    grads = [jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), p)
+             for _ in range(3)]
+    results = []
+    for layout in (lambda t: t, mae_dfer.per_block_layout):
+        params = layout(p)
+        tx, _ = optim.make_optimizer(_adamw_mae_dfer(), params, steps_per_epoch=1,
+                                     num_epochs=1, global_batch_size=1, num_layers=3)
+        state = tx.init(params)
+        for g in grads:
+            upd, state = tx.update(layout(g), state, params)
+            params = optax.apply_updates(params, upd)
+        results.append(params)
+    stacked, per_block = results
+    assert sorted(per_block) == ["blocks_0", "blocks_1", "blocks_2", "head",
+                                 "lg_region_tokens", "patch_embed"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+                 mae_dfer.per_block_layout(stacked), per_block)
+    moved = jax.tree.map(lambda a, b: np.abs(a - b).max(), mae_dfer.per_block_layout(stacked),
+                         mae_dfer.per_block_layout(p))
+    # The layer scales differ per block, so equal gradients would move them differently.
+    assert moved["blocks_0"]["mlp"]["fc1"]["kernel"] < moved["blocks_1"]["mlp"]["fc1"]["kernel"]
 
 
 def test_sgd_matches_torch_update_rule():
@@ -114,26 +160,30 @@ def test_sgd_matches_torch_update_rule():
 def test_adamw_with_layer_decay_matches_torch_rule():
     # torch AdamW per group: p -= lr*s * (m_hat / (sqrt(v_hat) + eps) + wd * p),
     # with the group lr scaled by the layer scale s and wd 0 for no-decay leaves.
-    cfg = ml_collections.ConfigDict(dict(optimizer="adamw", lr=1e-2, b1=0.9, b2=0.999,
-                                         eps=1e-8, weight_decay=0.05, decay_rule="mae_dfer",
-                                         layer_decay=0.75, schedule="constant"))
     p = _params()
-    tx, _ = optim.make_optimizer(cfg, p, steps_per_epoch=1, num_epochs=1, global_batch_size=1,
-                                 num_layers=2)
+    tx, _ = optim.make_optimizer(_adamw_mae_dfer(), p, steps_per_epoch=1, num_epochs=1,
+                                 global_batch_size=1, num_layers=3)
     state = tx.init(p)
     g = jax.tree.map(lambda x: 0.3 * jnp.ones_like(x), p)
     upd, state = tx.update(g, state, p)
     # After one step m_hat = g, v_hat = g^2: adam step = g / (|g| + eps) ~ 1.
     step = 0.3 / (0.3 + 1e-8)
     k = upd["patch_embed"]["proj"]["kernel"]
-    np.testing.assert_allclose(k, -1e-2 * 0.75 ** 3 * (step + 0.05 * 1.0), rtol=3e-5)
+    np.testing.assert_allclose(k, -1e-2 * 0.75 ** 4 * (step + 0.05 * 1.0), rtol=3e-5)
     b = upd["patch_embed"]["proj"]["bias"]
-    np.testing.assert_allclose(b, -1e-2 * 0.75 ** 3 * step, rtol=3e-5)
+    np.testing.assert_allclose(b, -1e-2 * 0.75 ** 4 * step, rtol=3e-5)
     np.testing.assert_allclose(upd["head"]["kernel"], -1e-2 * (step + 0.05), rtol=3e-5)
+    # Stacked rows: block 0 at 0.75^3, block 1 at 0.75^2; a stacked 1-D leaf undecayed.
+    fc1 = np.asarray(upd["blocks"]["mlp"]["fc1"]["kernel"])
+    np.testing.assert_allclose(fc1[0], -1e-2 * 0.75 ** 3 * (step + 0.05), rtol=3e-5)
+    np.testing.assert_allclose(fc1[1], -1e-2 * 0.75 ** 2 * (step + 0.05), rtol=3e-5)
+    norm = np.asarray(upd["blocks"]["norm2"]["scale"])
+    np.testing.assert_allclose(norm[1], -1e-2 * 0.75 ** 2 * step, rtol=3e-5)
     # A zero gradient (the last block's propagation step): no Adam step, the decay only.
-    g0 = dict(g, blocks_1={**g["blocks_1"], "third_attn": {"q": {"kernel": jnp.zeros((2, 2))}}})
+    g0 = dict(g, last_block={**g["last_block"],
+                             "third_attn": {"q": {"kernel": jnp.zeros((2, 2))}}})
     upd0, _ = tx.update(g0, tx.init(p), p)
-    np.testing.assert_allclose(upd0["blocks_1"]["third_attn"]["q"]["kernel"],
+    np.testing.assert_allclose(upd0["last_block"]["third_attn"]["q"]["kernel"],
                                -1e-2 * 0.75 * 0.05, rtol=1e-6)
 
 

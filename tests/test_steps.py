@@ -78,9 +78,9 @@ def test_accelerator_fields_reach_registered_backbones_only():
     cfg = config_lib.base_config()
     cfg.model = "former_dfer_tiny"
     assert model_state.build_model(cfg, 7).dtype == jnp.float32
-    cfg.dtype, cfg.remat = "bfloat16", True
+    cfg.dtype, cfg.remat_policy = "bfloat16", "full"
     model = model_state.build_model(cfg, 7)
-    assert model.dtype == jnp.bfloat16 and model.remat is True
+    assert model.dtype == jnp.bfloat16 and model.remat_policy == "full"
     cfg.dtype = "int8"
     with pytest.raises(ValueError, match="dtype must be one of"):
         model_state.build_model(cfg, 7)

@@ -10,11 +10,11 @@
   step waited for with `block_until_ready` (so asynchronous dispatch does
   not hide work); the two variants below alternate step by step, so a
   change of the machine's load hits both alike;
-* **efficiency**: the compiled step's FLOPs per clip (XLA cost analysis),
+* **efficiency**: the step's FLOPs per clip (XLA cost analysis of its
+  lowering with MAE-DFER's block loop unrolled, `flops.unrolled_flops`),
   the achieved FLOP/s per device and, on GPU/TPU, the MFU against the
   device's peak bfloat16 FLOP/s (`audfer_jax.flops`, `peak_flops` to
-  override; "n/a" on CPU); not counted (one line says so) with
-  `config.scan_blocks=True`, whose loop XLA counts once;
+  override; "n/a" on CPU);
 * **share of step time spent in the AU loss**, two ways:
   1. *difference*: the same step with the AU loss (and AU head) removed (lambda = 0 and
      the AU head's output replaced by a constant, so XLA drops the AU head
@@ -263,8 +263,7 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
         "au_loss_isolated_ms", "au_share_isolated_percent", "compile_s_full",
         "compile_s_without_au", "loss", "lam", "device_kind", "flops_per_clip",
         "flops_per_s" (per device), "mfu" (fraction; None when unknown, e.g. on
-        CPU)}`, plus "flops_note" (why the FLOPs are None) when the model scans
-        its blocks, with `time_augment` and a device recipe also
+        CPU)}`, with `time_augment` and a device recipe also
         "augment_device_ms", "augment_device_recipe",
         "augment_device_share_percent"; times are in ms per step.
 
@@ -294,8 +293,7 @@ def run_bench(config, *, batch: int, steps: int, warmup: int = 2, init: str = "r
         out[f"{name}_min_ms"] = 1e3 * min(times[name])
         out[f"{name}_clips_per_s"] = batch / median
         out[f"compile_s_{name}"] = compile_s[name] + first[name]
-    out.update(_efficiency(bench.setup.model, compiled["full"], out["full_ms"], batch,
-                           peak_flops))
+    out.update(_efficiency(variants["full"], bench, out["full_ms"], batch, peak_flops))
     out.update(_au_shares(config, bench, batch, out))
     if time_augment:
         out.update(_augment_share(config, batch, out["full_ms"]))
@@ -369,17 +367,20 @@ def _compile_variants(variants: dict[str, Callable], states: dict[str, Any],
     return compiled, compile_s
 
 
-def _efficiency(model, compiled_full, full_ms: float, batch: int,
+def _efficiency(step_fn: Callable, bench: _Bench, full_ms: float, batch: int,
                 peak_flops: float | None) -> dict[str, Any]:
-    """FLOPs per clip, FLOP/s per device and MFU of the full step (or why not counted)."""
+    """FLOPs per clip, FLOP/s per device and MFU of the full step.
+
+    Counted on the step's lowering with its block loop unrolled
+    (`flops.unrolled_flops`: XLA counts a scanned loop body once).
+    """
     import jax  # pylint: disable=g-import-not-at-top
     from audfer_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
     out: dict[str, Any] = {}
     device_kind = jax.devices()[0].device_kind
-    note = flops_lib.uncounted_reason(model)
-    if note:        # a scanned program: XLA's count would be too low
-        out["flops_note"] = note
-    eff = flops_lib.efficiency(None if note else flops_lib.step_flops(compiled_full),
+    total = flops_lib.unrolled_flops(step_fn, bench.setup.abstract_state(0, bench.mesh),
+                                     bench.device_batch)
+    eff = flops_lib.efficiency(None if total is None else total / jax.device_count(),
                                full_ms / 1e3, batch, device_kind, peak_flops,
                                num_devices=jax.device_count())
     out.update(device_kind=device_kind, flops_per_clip=eff["flops_per_clip"],

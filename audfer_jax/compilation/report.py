@@ -120,15 +120,16 @@ def _target(config, topology: str, hbm_gib: float | None, platform: str, quiet: 
 
 def _describe(t: _Target) -> dict[str, Any]:
     """Logs the model and the slice; returns the figures' dict with them."""
+    from audfer_jax import model_state  # pylint: disable=g-import-not-at-top
     config, sl, hbm = t.config, t.tpu_slice, t.hbm
     out: dict[str, Any] = {
             "model": str(config.model), "dtype": str(config.get("dtype", "float32")),
-            "remat": bool(config.get("remat", False)),
-            "scan_blocks": bool(config.get("scan_blocks", False)),
+            "remat_policy": model_state.remat_policy_of(config),
+            "scan_blocks": bool(config.get("scan_blocks", True)),
             "topology": sl.name, "chips": sl.chips, "hosts": sl.hosts,
             "device_kind": sl.device_kind, "hbm_gib": hbm / GIB,
             "recipe_batch": int(config.batch_size)}
-    t.log(f"model: {out['model']}, {out['dtype']}, remat {'on' if out['remat'] else 'off'}, "
+    t.log(f"model: {out['model']}, {out['dtype']}, remat_policy {out['remat_policy']}, "
           f"scan_blocks {'on' if out['scan_blocks'] else 'off'}; strategy jit")
     t.log(f"topology: {sl.name}: {sl.chips} chips ({sl.device_kind}) in {sl.hosts} host(s), "
           f"{sl.chips // sl.hosts} chips per host; HBM {hbm / GIB:g} GiB per chip "
@@ -200,7 +201,7 @@ def _train_figures(t: _Target, p: Programs, train_c: Compiled, global_batch: int
                per_host_batch=global_batch // sl.hosts, train_compile_s=train_c.seconds,
                train=dataclasses.asdict(train_c), train_total_bytes=train_c.total)
     t.log(f"train step: compiled in {train_c.seconds:.1f} s")
-    _log_flops(t, p, train_c, global_batch, out)
+    _log_flops(t, p, global_batch, out)
     t.log(memory_line("train step", train_c, hbm))
     # `train` puts the next `prefetch_to_device` batches on the devices while
     # a step runs: HBM beside the step's own arguments.
@@ -214,21 +215,22 @@ def _train_figures(t: _Target, p: Programs, train_c: Compiled, global_batch: int
     return train_c.total + prefetch <= hbm and not train_c.out_of_memory
 
 
-def _log_flops(t: _Target, p: Programs, train_c: Compiled, global_batch: int,
-               out: dict) -> None:
-    """Logs XLA's FLOPs per training clip, or why there is no figure."""
+def _log_flops(t: _Target, p: Programs, global_batch: int, out: dict) -> None:
+    """Logs XLA's FLOPs per training clip, counted on the step's unrolled lowering.
+
+    Not the compiled program's count: for a step that scans its blocks that
+    misses all but one loop iteration (`flops.unrolled_flops`).
+    """
     from audfer_jax import flops as flops_lib  # pylint: disable=g-import-not-at-top
-    note = flops_lib.uncounted_reason(p.model)
-    if note:
-        out["flops_note"] = note
-        t.log(f"train step FLOPs: {note}")
-    elif train_c.out_of_memory:
-        t.log("train step FLOPs: n/a (not compiled: out of HBM)")
-    elif train_c.flops:
-        per_clip = train_c.flops * t.tpu_slice.chips / global_batch
-        out["flops_per_clip"] = per_clip
-        t.log(f"train step: {per_clip:.3g} FLOPs per clip (XLA cost analysis of the compiled "
-              f"program; forward, backward and update)")
+    with quiet_stderr(t.quiet):
+        total = flops_lib.unrolled_flops(p.train_step, p.state, p.train_batch)
+    if not total:
+        t.log("train step FLOPs: n/a (no cost analysis)")
+        return
+    per_clip = total / global_batch
+    out["flops_per_clip"] = per_clip
+    t.log(f"train step: {per_clip:.3g} FLOPs per clip (XLA cost analysis of the step's "
+          f"lowering with its block loop unrolled; forward, backward and update)")
 
 
 def _eval_figures(t: _Target, p: Programs, out: dict) -> bool:

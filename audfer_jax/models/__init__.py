@@ -81,15 +81,17 @@ def get_model(name: str, num_classes: int = 7, num_aus: int = 18, **overrides: A
         num_aus: AU head width (18 OpenFace presence AUs, `audfer_jax.au.AU_NAMES`).
         **overrides: module attributes to change: e.g. `dtype` (compute dtype,
             `jnp.bfloat16` or the string "bfloat16", see `compute_dtype`),
-            `remat=True` (recompute block activations in the backward pass).
+            `remat_policy` (what the blocks' backward pass recomputes:
+            `layers.REMAT_POLICIES`; the old `remat=True/False` means
+            `full`/`none`).
 
     Returns:
         An unbound `flax.linen.Module` whose `apply(variables, clips, train=...)`
         returns `audfer_jax.models.base.ModelOutput`.
 
     Raises:
-        ValueError: unknown name (the message lists the known ones), or an
-            unsupported dtype.
+        ValueError: unknown name (the message lists the known ones), an
+            unsupported dtype or an unknown remat policy.
         BackboneImportError, BackboneError: an import path that cannot be
             imported, or whose backbone breaks the contract (one line naming
             the path and what was expected).
@@ -100,6 +102,11 @@ def get_model(name: str, num_classes: int = 7, num_aus: int = 18, **overrides: A
     module_name, attr, _ = _entry(name)
     if "dtype" in overrides:
         overrides["dtype"] = compute_dtype(overrides["dtype"])
+    if "remat" in overrides or "remat_policy" in overrides:
+        from audfer_jax.models import layers  # the old boolean `remat` -> a policy name
+        value = overrides.pop("remat_policy", None)
+        value = overrides.pop("remat") if value is None else value
+        overrides["remat_policy"] = layers.remat_policy_name(value)
     factory = getattr(importlib.import_module(module_name), attr)
     fields = _module_fields(factory)
     overrides = _size_names(overrides, fields)
@@ -168,23 +175,31 @@ def compute_dtype(value: Any) -> Any:
     return dtype
 
 
-def with_scan_blocks(model: nn.Module, name: str) -> nn.Module:
-    """`model` with its transformer blocks run as one `lax.scan` (MAE-DFER only).
+def with_scan_blocks(model: nn.Module, name: str, scan: bool = True) -> nn.Module:
+    """`model` with its stacked blocks run as a loop (`scan=True`, MAE-DFER's
+    default) or as straight-line code (`scan=False`); other models as they are.
+
+    Only MAE-DFER has stacked blocks (`mae_dfer.MAEDFER.scan_blocks`); the
+    other backbones compile their few blocks unrolled either way.
 
     Args:
         model: a built backbone.
         name: its registry name or import path (for the error).
+        scan: the `scan_blocks` value.
 
     Returns:
-        `model.clone(scan_blocks=True)`.
+        `model.clone(scan_blocks=scan)`, or `model` without that attribute
+        when `scan` is False (nothing to unroll).
 
     Raises:
-        ValueError: the model has no `scan_blocks` attribute (every backbone
-            but MAE-DFER).
+        ValueError: `scan` is True for a model without a `scan_blocks`
+            attribute (asked explicitly, e.g. `bench model --scan-blocks`).
     """
     if "scan_blocks" not in getattr(type(model), "__dataclass_fields__", {}):
+        if not scan:
+            return model
         raise ValueError(f"only mae_dfer scans its blocks; {name} has no scan_blocks")
-    return model.clone(scan_blocks=True)
+    return model.clone(scan_blocks=scan)
 
 
 def default_input_shape(name: str, data_config: Any = None) -> tuple[int, int, int]:

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from audfer_jax.models import default_input_shape
+from audfer_jax.models import mae_dfer
 
 # ---------------------------------------------------------------------------
 # 1. Layer conversions (backbones.md section 4). Inputs are NumPy arrays in
@@ -771,7 +772,10 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any],
         `target_variables`, loaded leaves as NumPy arrays cast to the template
         leaf's dtype, fresh leaves as given; `report` accounts for every key and
         leaf. An AU head absent from the checkpoint is always fresh (the
-        original releases have none).
+        original releases have none). MAE-DFER's `blocks.k.*` keys fill row k
+        of the stacked `blocks` leaves (the last block: `last_block`); the
+        report names the per-block paths (`blocks_k/...`,
+        `mae_dfer.per_block_layout`).
 
     Raises:
         ConversionError: any unknown, missing or mis-shaped key (all of them
@@ -791,6 +795,11 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any],
     report.source = source
     rules = src.rules()
     groups = _group_torch_keys(sd, src, rules, model_name, report)
+    # MAE-DFER's stacked blocks: the rules map `blocks.k.*` onto the
+    # per-block view (`blocks_k/...`), restacked at the end.
+    stacked = family == "mae_dfer" and not mae_dfer.has_per_block_layout(target_variables)
+    if stacked:
+        target_variables = mae_dfer.per_block_layout(target_variables)
     template = _flatten(target_variables)
     owned, covered = _own_flax_leaves(template, rules)
     out = dict(template)
@@ -811,7 +820,8 @@ def convert_state_dict(model_name: str, state_dict: Mapping[str, Any],
         report.errors.append(f"Flax leaf {'/'.join(path)} has no mapping from {source} keys")
     if report.errors:
         raise ConversionError(report)
-    return _unflatten(out), report
+    variables = _unflatten(out)
+    return (mae_dfer.stacked_layout(variables) if stacked else variables), report
 
 
 # A group of checkpoint keys that feed one Flax module: (rule index, the rule's

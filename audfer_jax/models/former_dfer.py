@@ -57,7 +57,8 @@ class SFormer(nn.Module):
         widths: channels of stem/layer1, layer2, layer3, layer4 (64,128,256,512).
         depth, heads, dim_head, mlp_dim: transformer sizes (1, 8, 32, 512).
         dtype: activation dtype.
-        remat: rematerialise the BasicBlocks and transformer layers.
+        remat_policy: what the BasicBlocks' and transformer layers' backward
+            pass recomputes (`layers.REMAT_POLICIES`).
 
     Input `[N, S, S, 3]` float in [0, 1]; output `[N, widths[3]]`. The token grid
     is the layer3 map, `S / 16` squared (7 x 7 = 49 tokens at S = 112), and sizes
@@ -69,12 +70,12 @@ class SFormer(nn.Module):
     dim_head: int = 32
     mlp_dim: int = 512
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
         w = self.widths
-        block_cls = layers.remat_module(layers.BasicBlock, self.remat)
+        block_cls = layers.remat_module(layers.BasicBlock, self.remat_policy)
         x = nn.Conv(w[0], (7, 7),
                     strides=(2, 2),
                     padding=((3, 3), (3, 3)),
@@ -105,7 +106,7 @@ class SFormer(nn.Module):
                                     self.mlp_dim,
                                     approximate_gelu=True,
                                     dtype=self.dtype,
-                                    remat=self.remat,
+                                    remat_policy=self.remat_policy,
                                     name="spatial_transformer")(tokens, train)
         x = tokens.reshape(n, h, wd, c)
         for j in range(2):
@@ -120,7 +121,8 @@ class TFormer(nn.Module):
     Attributes:
         depth, heads, dim_head, mlp_dim: transformer sizes (3, 8, 64, 1024).
         dtype: activation dtype.
-        remat: rematerialise the transformer layers.
+        remat_policy: what the transformer layers' backward pass recomputes
+            (`layers.REMAT_POLICIES`).
 
     Input `[B, T, D]`; output `[B, D]` (token 0, no final norm).
     """
@@ -129,7 +131,7 @@ class TFormer(nn.Module):
     dim_head: int = 64
     mlp_dim: int = 1024
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
@@ -144,7 +146,7 @@ class TFormer(nn.Module):
                                self.mlp_dim,
                                approximate_gelu=True,
                                dtype=self.dtype,
-                               remat=self.remat,
+                               remat_policy=self.remat_policy,
                                name="spatial_transformer")(x, train)
         return x[:, 0]
 
@@ -164,8 +166,9 @@ class FormerDFER(nn.Module):
         dtype: activation dtype (float32 or bfloat16); parameters are float32 and
             the outputs are cast to float32; BatchNorm/LayerNorm statistics,
             attention logits and softmax are float32 either way.
-        remat: recompute each ResNet block's and transformer layer's
-            activations in the backward pass (`nn.remat`; same values and
+        remat_policy: what each ResNet block's and transformer layer's
+            backward pass recomputes (`layers.REMAT_POLICIES`: `none`, `full`
+            or a policy saving matrix products; `nn.remat`; same values and
             parameter paths, less memory, about one more forward pass).
 
     `__call__(clips, train)`: clips `[B, T, S, S, 3]` uint8 (or float in [0, 1]);
@@ -186,7 +189,7 @@ class FormerDFER(nn.Module):
     t_dim_head: int = 64
     t_mlp_dim: int = 1024
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, clips: Array, train: bool) -> ModelOutput:
@@ -200,7 +203,7 @@ class FormerDFER(nn.Module):
                     self.s_dim_head,
                     self.s_mlp_dim,
                     self.dtype,
-                    self.remat,
+                    self.remat_policy,
                     name="s_former")(x, train)
         x = x.reshape(b, t, x.shape[-1])
         feat = TFormer(self.t_depth,
@@ -208,7 +211,7 @@ class FormerDFER(nn.Module):
                        self.t_dim_head,
                        self.t_mlp_dim,
                        self.dtype,
-                       self.remat,
+                       self.remat_policy,
                        name="t_former")(x, train)
         feat = feat.astype(jnp.float32)
         d = feat.shape[-1]

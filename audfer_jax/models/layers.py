@@ -153,15 +153,59 @@ def check_clips(clips: Array, num_frames: int, image_size: int, model: str) -> N
                          f"{image_size}, 3] (B, T, H, W, RGB), got {tuple(clips.shape)}")
 
 
-def remat_module(cls: type[nn.Module], enabled: bool) -> type[nn.Module]:
-    """`nn.remat(cls)` when `enabled`, else `cls`.
+# `config.remat_policy` values (docs/usage.md, "Memory"): what the backward pass
+# keeps of a block's forward pass. `full` keeps only the block's inputs and
+# recomputes everything (about one more forward pass, the least memory);
+# the `jax.checkpoint_policies` names keep matrix-product outputs and
+# recompute the rest (norms, GELU, softmax: cheap elementwise work) --
+# `dots_with_no_batch_dims_saveable` keeps the Dense layers' outputs but not
+# attention's batched products, `dots_saveable` keeps both.
+REMAT_POLICIES = ("none", "full", "dots_with_no_batch_dims_saveable", "dots_saveable")
+
+
+def remat_policy_name(value: Any) -> str:
+    """A `remat_policy` value as one of `REMAT_POLICIES`.
+
+    Booleans are the old `remat` switch: True -> `full`, False -> `none`
+    (run configs written before `remat_policy` existed).
+
+    Raises:
+        ValueError: not a known policy (names the known ones).
+    """
+    if isinstance(value, bool):
+        return "full" if value else "none"
+    name = str(value)
+    if name not in REMAT_POLICIES:
+        raise ValueError(f"remat_policy must be one of {', '.join(REMAT_POLICIES)}; got "
+                         f"{value!r}")
+    return name
+
+
+def remat_module(cls: type[nn.Module], policy: Any, *, static_argnums: tuple[int, ...] = (2,),
+                 prevent_cse: bool = True) -> type[nn.Module]:
+    """`cls` wrapped in `nn.remat` with the named policy (`REMAT_POLICIES`), or `cls` for `none`.
 
     For modules called as `module(x, train)`: `train` (argument 2, counting
-    self) is static. Rematerialised modules keep their parameter paths, so
-    checkpoints load either way; values and gradients are the same, the
-    backward pass recomputes the block's activations instead of storing them.
+    self) is static by default. Rematerialised modules keep their parameter
+    paths, so checkpoints load either way; values and gradients are the same,
+    the backward pass recomputes what the policy does not save.
+
+    Args:
+        cls: the module class.
+        policy: a `REMAT_POLICIES` name, or a bool (the old switch).
+        static_argnums: arguments of `__call__` (self = 0) that are static.
+        prevent_cse: keep XLA from merging the recomputation with the forward
+            pass; False inside `nn.scan`, which already prevents it (jax.checkpoint docs).
+
+    Raises:
+        ValueError: an unknown policy name.
     """
-    return nn.remat(cls, static_argnums=(2,)) if enabled else cls
+    name = remat_policy_name(policy)
+    if name == "none":
+        return cls
+    saveable = None if name == "full" else getattr(jax.checkpoint_policies, name)
+    return nn.remat(cls, static_argnums=static_argnums, prevent_cse=prevent_cse,
+                    policy=saveable)
 
 
 class BasicBlock(nn.Module):
@@ -429,8 +473,9 @@ class TransformerLayer(nn.Module):
 class Transformer(nn.Module):
     """A stack of `TransformerLayer`s named `layers_0 ... layers_{depth-1}`, no final norm.
 
-    PyTorch `Transformer.layers.i` -> Flax `layers_i`. `remat=True` recomputes
-    each layer's activations in the backward pass (`remat_module`).
+    PyTorch `Transformer.layers.i` -> Flax `layers_i`. `remat_policy` (see
+    `REMAT_POLICIES`) says what each layer's backward pass recomputes
+    (`remat_module`).
     """
     depth: int
     heads: int
@@ -438,11 +483,11 @@ class Transformer(nn.Module):
     mlp_dim: int
     approximate_gelu: bool = True
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
-        layer_cls = remat_module(TransformerLayer, self.remat)
+        layer_cls = remat_module(TransformerLayer, self.remat_policy)
         for i in range(self.depth):
             x = layer_cls(self.heads,
                           self.dim_head,

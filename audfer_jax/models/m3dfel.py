@@ -135,17 +135,18 @@ class R3D18Features(nn.Module):
     Attributes:
         widths: channels of layer1..4 (64, 128, 256, 512); the stem has widths[0].
         dtype: activation dtype.
-        remat: rematerialise the BasicBlocks (`layers.remat_module`).
+        remat_policy: what the BasicBlocks' backward pass recomputes
+            (`layers.REMAT_POLICIES`, `layers.remat_module`).
 
     Input `[N, T, H, W, 3]` float; output `[N, widths[3]]`.
     """
     widths: Sequence[int] = (64, 128, 256, 512)
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, x: Array, train: bool) -> Array:
-        block_cls = layers.remat_module(layers.BasicBlock, self.remat)
+        block_cls = layers.remat_module(layers.BasicBlock, self.remat_policy)
         x = nn.Conv(self.widths[0], (3, 7, 7),
                     strides=(1, 2, 2),
                     padding=((1, 1), (3, 3), (3, 3)),
@@ -180,8 +181,9 @@ class M3DFEL(nn.Module):
         heads: MHSA heads (8); head width = 2 * lstm_hidden / heads (128).
         dtype: activation dtype; parameters float32, outputs float32;
             BatchNorm statistics, attention softmax and DMIN are float32.
-        remat: recompute the R3D-18 blocks' activations in the backward pass
-            (`nn.remat`; same values and parameter paths, less memory).
+        remat_policy: what the R3D-18 blocks' backward pass recomputes
+            (`layers.REMAT_POLICIES`; `nn.remat`; same values and parameter
+            paths, less memory).
 
     `__call__(clips, train)`: clips `[B, T, S, S, 3]` uint8 (or float in [0, 1]);
     returns `ModelOutput(logits [B, C] f32, au_logits [B, num_aus] f32,
@@ -197,7 +199,7 @@ class M3DFEL(nn.Module):
     lstm_layers: int = 2
     heads: int = 8
     dtype: Dtype = jnp.float32
-    remat: bool = False
+    remat_policy: str = "none"
 
     @nn.compact
     def __call__(self, clips: Array, train: bool) -> ModelOutput:
@@ -205,7 +207,7 @@ class M3DFEL(nn.Module):
         b = clips.shape[0]
         bag = self.num_frames // self.instance_length
         x = make_bag(layers.to_float_clips(clips, self.dtype), self.instance_length)
-        x = R3D18Features(self.widths, self.dtype, self.remat, name="features")(x, train)
+        x = R3D18Features(self.widths, self.dtype, self.remat_policy, name="features")(x, train)
         x = x.reshape(b, bag, x.shape[-1])
         h = layers.BiLSTM(self.lstm_hidden, self.lstm_layers, self.dtype, name="lstm")(x)
         width = h.shape[-1]

@@ -20,9 +20,9 @@ Forward pass (full size; `B` clips):
    region `2*floor(t/2) + floor(h/5)` at position
    `50*(t mod 2) + 10*(h mod 5) + w`. `lg_region_tokens [8, 512]` is prepended
    to its region -> `[B*8, 101, 512]`, row b*8 + r.
-5. 16 `LGBlock`s (`blocks_0` .. `blocks_15`), see `LGBlock`; with
-   `scan_blocks=True` blocks 0-14 run as one `jax.lax.scan` over their
-   parameters stacked in the forward pass (same tree, faster compile).
+5. 16 `LGBlock`s, see `LGBlock`: blocks 0-14 stored stacked (`blocks`, every
+   leaf with a leading axis of 15) and run as one `nn.scan`; block 15 is
+   `last_block`, which returns only the region tokens (see "Layout" below).
 6. Region tokens `[B, 8, 512]` -> mean over the 8 -> `fc_norm` (LayerNorm,
    eps 1e-6) -> feature `[B, 512]` -> `head` (512->C) and `au_head` (512->18).
 
@@ -30,24 +30,34 @@ Parameter count with a 7-class head and without the AU head: 84,878,343
 (patch_embed 786,944; lg_region_tokens 4,096; blocks 84,082,688 = 16 x
 5,255,168; fc_norm 1,024; head 3,591); the AU head adds 9,234.
 
-PyTorch state_dict key -> Flax path (`params/...`; k = 0..15; X in
-{first, second, third}). Linear weights `[O, I]` become Dense kernels `[I, O]`
-(transpose); LayerNorm `weight` becomes `scale`:
+Layout. Blocks 0 .. depth-2 are one subtree `blocks` whose leaves carry a
+leading layer axis (`blocks/first_attn/q/kernel [15, 512, 512]`: row k is
+block k), the last block is `last_block` (its own program, below). That is
+what `init` creates, what checkpoints and `convert` hold and what the
+optimizer updates (about 70 leaves instead of 560). Checkpoints written before
+(the per-block layout `blocks_0` .. `blocks_15`) are converted on load
+(`stacked_layout`; `per_block_layout` is the inverse, for comparisons leaf by
+leaf with the original's tensors).
+
+PyTorch state_dict key -> Flax path (`params/...`; k = 0..15 and `B(k)` =
+`blocks/...[k]` for k < 15, `last_block/...` for k = 15; X in {first, second,
+third}). Linear weights `[O, I]` become Dense kernels `[I, O]` (transpose);
+LayerNorm `weight` becomes `scale`:
 
 | PyTorch key (fine-tuned; pre-training adds `encoder.`) | Flax path | rule |
 |---|---|---|
 | `patch_embed.proj.weight [512, 3, 2, 16, 16]` | `patch_embed/proj/kernel [2, 16, 16, 3, 512]` | transpose (2, 3, 4, 1, 0) |
 | `patch_embed.proj.bias [512]` | `patch_embed/proj/bias` | as is |
 | `lg_region_tokens [8, 512]` | `lg_region_tokens [8, 512]` | as is |
-| `blocks.k.X_attn.q.weight [512, 512]` | `blocks_k/X_attn/q/kernel` | transpose |
-| `blocks.k.X_attn.q_bias [512]` | `blocks_k/X_attn/q/bias` | as is |
-| `blocks.k.X_attn.kv.weight [1024, 512]` rows 0-511 | `blocks_k/X_attn/k/kernel [512, 512]` (no bias) | rows, transpose |
-| `blocks.k.X_attn.kv.weight [1024, 512]` rows 512-1023 | `blocks_k/X_attn/v/kernel [512, 512]` | rows, transpose |
-| `blocks.k.X_attn.v_bias [512]` | `blocks_k/X_attn/v/bias` | as is |
-| `blocks.k.X_attn.proj.{weight, bias}` | `blocks_k/X_attn/proj/{kernel, bias}` | transpose / as is |
-| `blocks.k.{first_attn_norm0, second_attn_norm0, third_attn_norm0, third_attn_norm1, norm2}.{weight, bias}` | `blocks_k/<same name>/{scale, bias}` | as is |
-| `blocks.k.mlp.fc1.{weight [2048, 512], bias}` | `blocks_k/mlp/fc1/{kernel [512, 2048], bias}` | transpose / as is |
-| `blocks.k.mlp.fc2.{weight [512, 2048], bias}` | `blocks_k/mlp/fc2/{kernel [2048, 512], bias}` | transpose / as is |
+| `blocks.k.X_attn.q.weight [512, 512]` | `B(k)/X_attn/q/kernel` | transpose |
+| `blocks.k.X_attn.q_bias [512]` | `B(k)/X_attn/q/bias` | as is |
+| `blocks.k.X_attn.kv.weight [1024, 512]` rows 0-511 | `B(k)/X_attn/k/kernel [512, 512]` (no bias) | rows, transpose |
+| `blocks.k.X_attn.kv.weight [1024, 512]` rows 512-1023 | `B(k)/X_attn/v/kernel [512, 512]` | rows, transpose |
+| `blocks.k.X_attn.v_bias [512]` | `B(k)/X_attn/v/bias` | as is |
+| `blocks.k.X_attn.proj.{weight, bias}` | `B(k)/X_attn/proj/{kernel, bias}` | transpose / as is |
+| `blocks.k.{first_attn_norm0, second_attn_norm0, third_attn_norm0, third_attn_norm1, norm2}.{weight, bias}` | `B(k)/<same name>/{scale, bias}` | as is |
+| `blocks.k.mlp.fc1.{weight [2048, 512], bias}` | `B(k)/mlp/fc1/{kernel [512, 2048], bias}` | transpose / as is |
+| `blocks.k.mlp.fc2.{weight [512, 2048], bias}` | `B(k)/mlp/fc2/{kernel [2048, 512], bias}` | transpose / as is |
 | `fc_norm.{weight, bias}` | `fc_norm/{scale, bias}` | as is (absent in pre-training: fresh) |
 | `head.{weight [C, 512], bias [C]}` | `head/{kernel [512, C], bias}` | transpose (fresh when C differs) |
 | (none: AU-DFER's MAE-DFER code is unpublished) | `au_head/{kernel [512, 18], bias}` | fresh |
@@ -56,7 +66,7 @@ PyTorch state_dict key -> Flax path (`params/...`; k = 0..15; X in
 The sinusoid `pos_embed` is in no checkpoint and is recomputed, never loaded.
 
 Quirk (backbones.md section 3): with region-token pooling, step 3 of the last
-block cannot reach the output, so `blocks_{depth-1}/third_attn`,
+block cannot reach the output, so `last_block/third_attn`,
 `third_attn_norm0` and `third_attn_norm1` (1,052,160 parameters at full size)
 get exactly zero gradient. In PyTorch that gradient is a zero tensor, not
 None, so the original's AdamW still decays their 2-D weights, and so does the
@@ -69,7 +79,7 @@ from __future__ import annotations
 
 import functools
 import re
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -79,6 +89,7 @@ from flax import traverse_util
 
 from audfer_jax.models import conv as conv_lib
 from audfer_jax.models import layers
+from audfer_jax.models import platform
 from audfer_jax.models.base import ModelOutput
 
 # ImageNet statistics used by the original MAE-DFER data pipeline
@@ -206,8 +217,8 @@ class DropPath(nn.Module):
     `intermediates` collection as `keep_mask` (a no-op unless that collection
     is mutable), which lets tests check the noise.
 
-    The rate may also be a traced float32 scalar (`MAEDFER.scan_blocks` scans
-    the blocks with their per-block rates as a scanned array): then a mask is
+    The rate may also be a traced float32 scalar (`MAEDFER` scans its stacked
+    blocks with their per-block rates as a scanned array): then a mask is
     drawn even where the rate is 0 (all rows kept, scale 1: the same values),
     since a traced value cannot decide whether to draw.
 
@@ -331,8 +342,8 @@ class LGBlock(nn.Module):
         num_regions: N.
         num_heads: heads of the three attentions.
         mlp_ratio: MLP hidden width / C.
-        drop_path: stochastic-depth rate of this block: a Python float, or a
-            `[] float32` traced scalar when `MAEDFER.scan_blocks` scans it.
+        drop_path: stochastic-depth rate of this block (a Python float; the
+            stacked blocks of `MAEDFER` pass theirs as the `rate` argument).
         norm_eps: LayerNorm epsilon.
         dtype: computation dtype; parameters are float32.
         region_tokens_only: return only the region tokens (see above).
@@ -346,8 +357,12 @@ class LGBlock(nn.Module):
     region_tokens_only: bool = False
 
     @nn.compact
-    def __call__(self, x: Array, train: bool) -> Array:
-        """`x [B*N, S, C]` -> `[B*N, S, C]` (`[B*N, 1, C]` if `region_tokens_only`)."""
+    def __call__(self, x: Array, train: bool, rate: Array | None = None) -> Array:
+        """`x [B*N, S, C]` -> `[B*N, S, C]` (`[B*N, 1, C]` if `region_tokens_only`).
+
+        `rate` (a `[] float32` array, e.g. the scanned per-block rate of
+        `MAEDFER`'s stacked blocks) replaces the `drop_path` attribute when given.
+        """
         bn, s, c = x.shape
         n = self.num_regions
         if bn % n:
@@ -356,7 +371,7 @@ class LGBlock(nn.Module):
         norm = functools.partial(nn.LayerNorm, epsilon=self.norm_eps, dtype=self.dtype,
                                  param_dtype=jnp.float32, use_fast_variance=False)
         attn = functools.partial(GeneralAttention, num_heads=self.num_heads, dtype=self.dtype)
-        dp = DropPath(self.drop_path, name='drop_path')
+        dp = DropPath(self.drop_path if rate is None else rate, name='drop_path')
         det = not train
 
         x = x + dp(attn(name='first_attn')(norm(name='first_attn_norm0')(x)), det)
@@ -417,6 +432,15 @@ class MAEDFER(nn.Module):
     mlp ratio 4, region size (2, 5, 10), drop-path 0.1, init_scale 0.001,
     LayerNorm eps 1e-6, region-token mean pooling.
 
+    The blocks are stored stacked (module docstring): `blocks` holds blocks
+    0 .. depth-2, each leaf with a leading `[depth-1]` layer axis, and runs them
+    as one `nn.scan` (one compiled loop body instead of depth-1 copies, forward
+    and backward; the optimizer then updates ~35 stacked leaves instead of
+    ~35 per block); `last_block` is block depth-1, whose region-token-only
+    program differs (`LGBlock.region_tokens_only`). The per-block drop-path
+    rates are the scan's input array, and the rematerialisation policy wraps
+    the scanned block (`nn.remat` inside `nn.scan`, `prevent_cse=False`).
+
     Attributes:
         num_classes: expression classes C (`head` 512 -> C).
         num_aus: AU logits (`au_head` 512 -> num_aus), 18 OpenFace AUs.
@@ -434,21 +458,16 @@ class MAEDFER(nn.Module):
         norm_eps: LayerNorm epsilon.
         dtype: activation dtype (float32 or bfloat16); parameters stay float32;
             `logits`, `au_logits` and `features` are float32.
-        remat: wrap each block in `nn.remat` (recompute activations in backward);
-            with `scan_blocks`, `jax.checkpoint` on the scan body instead.
-        scan_blocks: run blocks 0 .. depth-2 as one `jax.lax.scan` (see
-            `_scanned_blocks`): the same parameters and values, a much smaller
-            program. Full size, batch 4, 2 CPU cores: `bench train`'s first
-            call incl. compile 60.8 s unrolled vs 33.9 s scanned; the model's
-            value_and_grad alone (a prototype) compiled in 4.7 s instead of
-            19.5 s. What is left is mostly the per-leaf optimizer update and
-            the rest of the step, which scanning does not touch. Step time is
-            not worse (within the load noise). Caveats: XLA's cost analysis
-            counts a loop body once, so FLOP counts of a scanned program are
-            too low (`bench train` and the training log then print no FLOPs or
-            MFU); train-mode drop-path noise is a different (equally
-            distributed) stream than the unrolled model's; the scanned blocks
-            sow no `keep_mask` intermediates.
+        remat_policy: what each block's backward pass recomputes
+            (`layers.REMAT_POLICIES`: `none`, `full`,
+            `dots_with_no_batch_dims_saveable`, `dots_saveable`; a bool is
+            the old `remat` switch).
+        scan_blocks: True (default): the stacked blocks run as a loop. False:
+            the same parameters and values as straight-line code
+            (`nn.scan(unroll=depth-1)`), which compiles several times slower;
+            so are programs traced inside `platform.unrolled_scans()`, which
+            `audfer_jax.flops.unrolled_flops` uses because XLA's cost analysis
+            counts a loop body once.
     """
     num_classes: int = 7
     num_aus: int = 18
@@ -465,8 +484,8 @@ class MAEDFER(nn.Module):
     init_scale: float = 0.001
     norm_eps: float = 1e-6
     dtype: Dtype = jnp.float32
-    remat: bool = False
-    scan_blocks: bool = False
+    remat_policy: str = 'none'
+    scan_blocks: bool = True
 
     @property
     def token_grid(self) -> tuple[int, int, int]:
@@ -552,17 +571,11 @@ class MAEDFER(nn.Module):
         rates = drop_path_rates(self.drop_path_rate, self.depth)
         block_kw = dict(num_regions=n, num_heads=self.num_heads, mlp_ratio=self.mlp_ratio,
                         norm_eps=self.norm_eps, dtype=self.dtype)
-        first = 0
-        # At init the blocks run unrolled, which creates the full per-block
-        # parameter tree (`blocks_0` .. `blocks_{depth-1}`) in either mode.
-        if self.scan_blocks and self.depth > 1 and not self.is_initializing():
-            x = self._scanned_blocks(x, train, rates[:-1], block_kw)
-            first = self.depth - 1
-        # static_argnums counts self as 0: (x=1, train=2).
-        block_cls = nn.remat(LGBlock, static_argnums=(2,)) if self.remat else LGBlock
-        for k in range(first, self.depth):
-            x = block_cls(**block_kw, drop_path=rates[k], region_tokens_only=k == self.depth - 1,
-                          name=f'blocks_{k}')(x, train)
+        if self.depth > 1:
+            x = self._stacked_blocks(x, train, rates[:-1], block_kw)
+        last_cls = layers.remat_module(LGBlock, self.remat_policy)
+        x = last_cls(**block_kw, drop_path=rates[-1], region_tokens_only=True,
+                     name=LAST_BLOCK)(x, train)
 
         region_out = x[:, 0].reshape(b, n, c).astype(jnp.float32)
         # The pooled head runs in float32: it is tiny and feeds the losses.
@@ -575,63 +588,40 @@ class MAEDFER(nn.Module):
                              bias_init=nn.initializers.zeros, name='au_head')(feat)
         return ModelOutput(logits=logits, au_logits=au_logits, features=feat)
 
-    def _scanned_blocks(self, x: Array, train: bool, rates: Sequence[float],
+    def _stacked_blocks(self, x: Array, train: bool, rates: Sequence[float],
                         block_kw: dict[str, Any]) -> Array:
-        """Blocks 0 .. len(rates)-1 as one `jax.lax.scan` over their stacked parameters.
+        """Blocks 0 .. K-1 (K = len(rates) = depth - 1) as one `nn.scan`.
 
-        Why: unrolled, XLA compiles 16 copies of the block (forward and
-        backward); scanned, it compiles one loop body. The parameter tree is
-        not changed: the per-block subtrees `blocks_k` (each leaf `[...]`) are
-        stacked here, inside the forward pass, into leaves `[K, ...]`
-        (K = len(rates) = depth - 1), so gradients flow back through the stack
-        to the unchanged `blocks_k` leaves and the optimizer, its lr-decay and
-        weight-decay masks (`lr_layer_id`, `weight_decay_mask`,
-        `frozen_by_design`), checkpoints and `convert.py` see the usual tree.
-        The last block (`region_tokens_only`, a different program) stays
-        outside the scan.
-
-        The scan body applies a plain `LGBlock` to the carry `x [B*N, S, C]`
-        (`dtype`) with its slice of the parameters, its drop-path rate (the
-        original per-block value of `drop_path_rates`, scanned as a `[K]
-        float32` array; `DropPath` handles a traced rate) and, in training,
-        its own `dropout` key (one `make_rng('dropout')` split into K keys).
-        With `remat` the body is wrapped in `jax.checkpoint` (recomputed in
-        the backward pass, like `nn.remat` on each unrolled block).
+        The parameters of `blocks` get a leading `[K]` axis (`variable_axes`),
+        each block its own initialisation and drop-path noise (`split_rngs`);
+        sown `intermediates` (the drop-path `keep_mask`s) are stacked the same
+        way. The drop-path rates (the original per-block values,
+        `drop_path_rates`) are the scanned input, a `[K] float32` array, in
+        training only and when some rate is not 0: otherwise no block draws.
 
         Args:
             x: `[B*N, S, C]` tokens in `dtype`.
             train: enables drop-path (Python bool).
-            rates: the K scanned blocks' drop-path rates (Python floats).
+            rates: the K blocks' drop-path rates (Python floats).
             block_kw: `LGBlock` attributes shared by all blocks.
 
         Returns:
             `[B*N, S, C]` in `dtype`, the output of block K-1.
-
-        Raises:
-            ValueError: the parameters lack one of the scanned `blocks_k`.
         """
         count = len(rates)
-        params = self.variables.get('params', {})
-        missing = [f'blocks_{k}' for k in range(count) if f'blocks_{k}' not in params]
-        if missing:
-            raise ValueError(f'MAEDFER(scan_blocks=True): params lack {missing}; expected '
-                             f'blocks_0 .. blocks_{self.depth - 1} (the tree of init)')
-        stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
-                               *[params[f'blocks_{k}'] for k in range(count)])
-        xs = {'params': stacked, 'rate': jnp.asarray(rates, jnp.float32)}
-        if train:
-            xs['key'] = jax.random.split(self.make_rng('dropout'), count)
+        # Inside a scan prevent_cse is not needed (the loop keeps XLA from
+        # merging the recomputation into the forward pass; jax.checkpoint docs).
+        block_cls = layers.remat_module(LGBlock, self.remat_policy, prevent_cse=False)
 
-        def body(carry: Array, step: dict[str, Any]) -> tuple[Array, None]:
-            rngs = {'dropout': step['key']} if 'key' in step else None
-            block = LGBlock(**block_kw, drop_path=step['rate'])
-            return block.apply({'params': step['params']}, carry, train, rngs=rngs), None
+        def step(block: nn.Module, carry: Array, rate: Array | None) -> tuple[Array, None]:
+            return block(carry, train, rate), None
 
-        if self.remat:
-            # prevent_cse=False: scan already keeps the recomputation from
-            # being merged with the forward pass (jax.checkpoint docs).
-            body = jax.checkpoint(body, prevent_cse=False)
-        x, _ = jax.lax.scan(body, x, xs)
+        scan = nn.scan(step, variable_axes={'params': 0, 'intermediates': 0},
+                       split_rngs={'params': True, 'dropout': True}, in_axes=0,
+                       length=count,
+                       unroll=1 if self.scan_blocks and not platform.scans_unrolled() else count)
+        xs = jnp.asarray(rates, jnp.float32) if train and any(rates) else None
+        x, _ = scan(block_cls(**block_kw, name=STACKED_BLOCKS), x, xs)
         return x
 
 
@@ -644,7 +634,7 @@ def mae_dfer(num_classes: int = 7, num_aus: int = 18, **overrides: Any) -> MAEDF
     Args:
         num_classes: expression classes.
         num_aus: AU head width.
-        **overrides: any other `MAEDFER` attribute (e.g. `dtype`, `remat`,
+        **overrides: any other `MAEDFER` attribute (e.g. `dtype`, `remat_policy`,
             `drop_path_rate`).
 
     Raises:
@@ -677,10 +667,115 @@ def _build(config: dict[str, Any], overrides: dict[str, Any]) -> MAEDFER:
     return MAEDFER(**config)
 
 
-# --- optimiser helpers (backbones.md section 3 recipe; original optim_factory.py) ---
+# --- the stacked layout and its per-block view (module docstring, "Layout") ---
 
+STACKED_BLOCKS = 'blocks'
+LAST_BLOCK = 'last_block'
 _BLOCK_RE = re.compile(r'^blocks_(\d+)$')
+# A key beside the blocks in every MAE-DFER parameter tree (and in the
+# optimizer's moment trees, which mirror it), so that a plug-in backbone's
+# own `blocks_k` are never taken for MAE-DFER's.
+_SIBLING = 'lg_region_tokens'
 
+
+def _is_stacked_dict(node: Any) -> bool:
+    return isinstance(node, Mapping) and LAST_BLOCK in node and _SIBLING in node
+
+
+def _is_per_block_dict(node: Any) -> bool:
+    return isinstance(node, Mapping) and 'blocks_0' in node and _SIBLING in node
+
+
+def _row(leaf: Any, k: int) -> Any:
+    """Row k of a stacked leaf (array, NumPy array or `ShapeDtypeStruct`)."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return jax.ShapeDtypeStruct(leaf.shape[1:], leaf.dtype,
+                                    sharding=getattr(leaf, 'sharding', None))
+    return leaf[k]
+
+
+def _stack(leaves: Sequence[Any]) -> Any:
+    """Leaves of one path, one per block, as one leaf with a leading block axis."""
+    first = leaves[0]
+    if any(isinstance(x, jax.ShapeDtypeStruct) for x in leaves):
+        return jax.ShapeDtypeStruct((len(leaves),) + tuple(first.shape), first.dtype,
+                                    sharding=getattr(first, 'sharding', None))
+    if all(isinstance(x, np.ndarray) for x in leaves):
+        return np.stack(leaves)
+    return jnp.stack(leaves)
+
+
+def _unstack_dict(node: Mapping[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in node.items() if k not in (STACKED_BLOCKS, LAST_BLOCK)}
+    count = 0
+    if STACKED_BLOCKS in node:
+        count = int(jax.tree.leaves(node[STACKED_BLOCKS])[0].shape[0])
+        for k in range(count):
+            out[f'blocks_{k}'] = jax.tree.map(lambda a, k=k: _row(a, k), node[STACKED_BLOCKS])
+    out[f'blocks_{count}'] = node[LAST_BLOCK]
+    return out
+
+
+def _stack_dict(node: Mapping[str, Any]) -> dict[str, Any]:
+    ids = sorted(int(m.group(1)) for m in map(_BLOCK_RE.match, node) if m)
+    if ids != list(range(len(ids))):
+        raise ValueError(f'MAE-DFER per-block layout: expected blocks_0 .. blocks_{len(ids) - 1}, '
+                         f'got blocks {ids}')
+    out = {k: v for k, v in node.items() if not _BLOCK_RE.match(k)}
+    depth = len(ids)
+    if depth > 1:
+        out[STACKED_BLOCKS] = jax.tree.map(lambda *xs: _stack(xs),
+                                           *[node[f'blocks_{k}'] for k in range(depth - 1)])
+    out[LAST_BLOCK] = node[f'blocks_{depth - 1}']
+    return out
+
+
+def per_block_layout(tree: Any) -> Any:
+    """The stacked layout as the per-block one: `blocks/...[k]` -> `blocks_k/...`.
+
+    Works on any pytree (variables, a `TrainState`, optimizer states, abstract
+    `ShapeDtypeStruct` trees, gradients): every dict that holds MAE-DFER's
+    `last_block` and `lg_region_tokens` gets `blocks_0` .. `blocks_{depth-2}`
+    (row k of each `blocks` leaf; a `ShapeDtypeStruct` loses its leading
+    axis) and `blocks_{depth-1}` (`last_block`). The layout of checkpoints
+    written before the blocks were stacked, and the one the original's
+    `blocks.k.*` tensors map onto one to one (`convert`, the recipe-parity
+    test).
+
+    Args:
+        tree: any pytree; dicts without MAE-DFER blocks are left as they are.
+
+    Returns:
+        The same pytree with those dicts replaced (arrays are sliced, not
+        copied where NumPy can view).
+    """
+    return jax.tree.map(lambda n: _unstack_dict(n) if _is_stacked_dict(n) else n, tree,
+                        is_leaf=_is_stacked_dict)
+
+
+def stacked_layout(tree: Any) -> Any:
+    """The inverse of `per_block_layout`: `blocks_k/...` -> `blocks/...[k]`, `last_block`.
+
+    Every dict that holds `blocks_0` and `lg_region_tokens` is restacked;
+    NumPy leaves stack with NumPy, `ShapeDtypeStruct`s gain the leading axis,
+    anything else with `jnp.stack` (so it runs under `jax.jit`).
+
+    Raises:
+        ValueError: the `blocks_k` are not numbered 0 .. n-1.
+    """
+    return jax.tree.map(lambda n: _stack_dict(n) if _is_per_block_dict(n) else n, tree,
+                        is_leaf=_is_per_block_dict)
+
+
+def has_per_block_layout(tree: Any) -> bool:
+    """Whether some dict of `tree` holds MAE-DFER blocks in the per-block layout."""
+    found = []
+    jax.tree.map(lambda n: found.append(_is_per_block_dict(n)), tree,
+                 is_leaf=_is_per_block_dict)
+    return any(found)
+
+
+# --- optimiser helpers (backbones.md section 3 recipe; original optim_factory.py) ---
 
 def _keys(path: Sequence[Any]) -> tuple[str, ...]:
     """Path entries as strings (accepts jax key-path entries or plain strings)."""
@@ -691,31 +786,51 @@ def _keys(path: Sequence[Any]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def lr_layer_id(path: Sequence[Any], num_layers: int) -> int:
+def is_stacked(path: Sequence[Any]) -> bool:
+    """Whether the leaf at `path` is a stacked one (leading block axis, under `blocks`)."""
+    return STACKED_BLOCKS in _keys(path)
+
+
+def lr_layer_id(path: Sequence[Any], num_layers: int) -> int | np.ndarray:
     """Layer id for layer-wise lr decay (original `get_num_layer_for_vit`).
 
-    id 0 = `patch_embed`; `blocks_k` = k + 1; everything else
+    id 0 = `patch_embed`; block k = k + 1; everything else
     (`lg_region_tokens`, `fc_norm`, `head`, `au_head`) = num_layers + 1
     (17 for depth 16). The lr scale is `decay ** (num_layers + 1 - id)`
     (decay 0.75 in MAE-DFER), see `lr_scale`.
 
     Args:
-        path: parameter path, e.g. `('params', 'blocks_3', 'first_attn', 'q',
-            'kernel')`; a leading collection name is allowed.
+        path: parameter path, e.g. `('params', 'blocks', 'first_attn', 'q',
+            'kernel')`; a leading collection name is allowed; the per-block
+            names `blocks_k` are understood too.
         num_layers: number of blocks (model depth).
+
+    Returns:
+        An int, or for a stacked leaf (under `blocks`) the ids of its rows,
+        `[1, 2, ..., num_layers - 1]` as a `[num_layers - 1] int64` array.
     """
     for key in _keys(path):
         if key == 'patch_embed':
             return 0
+        if key == STACKED_BLOCKS:
+            return np.arange(1, num_layers)
+        if key == LAST_BLOCK:
+            return num_layers
         match = _BLOCK_RE.match(key)
         if match:
             return int(match.group(1)) + 1
     return num_layers + 1
 
 
-def lr_scale(path: Sequence[Any], num_layers: int, decay: float = 0.75) -> float:
-    """Layer-wise lr multiplier `decay ** (num_layers + 1 - lr_layer_id(path))`."""
-    return float(decay ** (num_layers + 1 - lr_layer_id(path, num_layers)))
+def lr_scale(path: Sequence[Any], num_layers: int, decay: float = 0.75) -> float | np.ndarray:
+    """Layer-wise lr multiplier `decay ** (num_layers + 1 - lr_layer_id(path))`.
+
+    A float, or for a stacked leaf one float64 value per row (`[num_layers - 1]`).
+    """
+    layer = lr_layer_id(path, num_layers)
+    if isinstance(layer, np.ndarray):
+        return np.power(float(decay), (num_layers + 1 - layer).astype(np.float64))
+    return float(decay ** (num_layers + 1 - layer))
 
 
 def no_weight_decay(path: Sequence[Any], shape: Sequence[int] | None = None) -> bool:
@@ -724,26 +839,29 @@ def no_weight_decay(path: Sequence[Any], shape: Sequence[int] | None = None) -> 
     The original (`optim_factory.py`) skips 1-D tensors, `*.bias` and the
     names in `no_weight_decay()` (`lg_region_tokens`). In Flax the 1-D
     parameters are exactly the `bias` and LayerNorm `scale` leaves; pass
-    `shape` to also catch any other 1-D leaf.
+    `shape` to also catch any other 1-D leaf (for a stacked leaf, the shape of
+    one row: its leading block axis does not count).
     """
     keys = _keys(path)
-    if shape is not None and len(shape) <= 1:
-        return True
+    if shape is not None:
+        per_block = tuple(shape)[1:] if is_stacked(keys) else tuple(shape)
+        if len(per_block) <= 1:
+            return True
     return bool(keys) and (keys[-1] in ('bias', 'scale') or 'lg_region_tokens' in keys)
 
 
 def frozen_by_design(path: Sequence[Any], num_layers: int = 16) -> bool:
     """True for the parameters that never get a gradient (backbones.md quirks).
 
-    Those are `blocks_{num_layers-1}/third_attn/*`, `third_attn_norm0/*` and
-    `third_attn_norm1/*`: the last block's propagation step cannot reach the
-    region-token output. Mask them out of weight decay so that they stay equal
-    to the checkpoint, like torch's AdamW leaves them.
+    Those are `last_block/third_attn/*`, `third_attn_norm0/*` and
+    `third_attn_norm1/*` (`blocks_{num_layers-1}/...` in the per-block
+    layout): the last block's propagation step cannot reach the region-token
+    output. Mask them out of weight decay so that they stay equal to the
+    checkpoint, like torch's AdamW would if it were handed no gradient.
     """
     keys = _keys(path)
-    last = f'blocks_{num_layers - 1}'
     for i, key in enumerate(keys[:-1]):
-        if key == last:
+        if key in (LAST_BLOCK, f'blocks_{num_layers - 1}'):
             return keys[i + 1] in ('third_attn', 'third_attn_norm0', 'third_attn_norm1')
     return False
 

@@ -37,6 +37,8 @@ _TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar(
         "audfer_jax_compile_target", default=None)
 _RECORD: contextvars.ContextVar[list | None] = contextvars.ContextVar(
         "audfer_jax_form_record", default=None)
+_UNROLL: contextvars.ContextVar[bool] = contextvars.ContextVar(
+        "audfer_jax_unroll_scans", default=False)
 
 
 def platform_of(devices: Iterable[Any]) -> str:
@@ -106,3 +108,24 @@ def record_forms() -> Iterator[list[tuple[str, str]]]:
         yield record
     finally:
         _RECORD.reset(token)
+
+
+@contextlib.contextmanager
+def unrolled_scans() -> Iterator[None]:
+    """Layers traced inside write their scanned blocks out as straight-line code.
+
+    For counting FLOPs: XLA's cost analysis counts a loop body once, so
+    `audfer_jax.flops.unrolled_flops` traces a step in here (MAE-DFER's
+    stacked blocks then lower like `scan_blocks=False`: same parameters and
+    values, no loop). Programs that run are traced outside it.
+    """
+    token = _UNROLL.set(True)
+    try:
+        yield
+    finally:
+        _UNROLL.reset(token)
+
+
+def scans_unrolled() -> bool:
+    """Whether the program being traced is inside `unrolled_scans`."""
+    return _UNROLL.get()
