@@ -23,10 +23,19 @@ and the step counter set to the same schedule point, and compares:
 * MAE-DFER's Mixup/CutMix (a copy of timm 0.4.12's) against ours, given the
   same lambda and box.
 
-In four slow cases float32 rounding noise reaches the parameters after the
-first one or two steps, in the original's own float32 run as much as in ours;
+In two slow M3DFEL cases float32 rounding noise reaches the parameters after
+the first two steps, in the original's own float32 run as much as in ours;
 later steps and the state after step K are compared within a measured drift
-bound there (`FLOAT32_NOISE`).
+bound there (`FLOAT32_NOISE`). Former-DFER's cases run at 1/1000 of the
+recipe's lr (`lr_scale`), where every step holds the tolerances above.
+
+Two further sets see every optimiser and loss constant of the recipes free of
+the model's rounding (issue 30): the original optimisers and schedulers on
+seeded gradients at the real parameter shapes (`*_optim` fixtures: per step
+and tensor the norms of the update, moments and parameter, 1e-6 relative),
+and each recipe's criterion on seeded logits (`losses.json`, 1e-6).
+`tools/mutation_check.py` checks that changing any of those constants fails
+the default run.
 
 What differs from the originals on purpose is listed in the fixture README.
 """
@@ -274,10 +283,6 @@ def rel(a, b) -> float:
 # `drift` (relative; loss, gradient norm, parameter norms, BatchNorm
 # statistics), about 3x the larger of our measured difference and the
 # original's float32-vs-float64 difference (`generate.py --float64`):
-# * Former-DFER (SGD lr 0.01 on the seeded weights: the loss goes 4.5 -> 18 ->
-#   74): the float32 step-0 gradient of layers 1-3 is only good to ~0.5 % in
-#   direction (the original's float32 vs its float64 run: 0.4-0.6 %; ours
-#   0.2-0.4 %), and the first update carries that into every later step.
 # * M3DFEL at lr 5e-4: Adam moves every element with |g| >> eps by about
 #   +-lr whatever its size, so an element whose gradient is within rounding of
 #   zero moves +-lr by the sign of its rounding error; a layer-1 ReLU input of
@@ -285,11 +290,15 @@ def rel(a, b) -> float:
 #   leaves in the stem and layer 1 flips 47 elements with |g| ~ 1e-6 (11 flip
 #   between the original's float32 and float64 runs). From step 2 the
 #   parameters differ by those +-lr moves.
-_FORMER_DRIFT = dict(loss=3e-2, grad_norm=7.5e-2, param_norm=4e-2, batch_stats=0.2)
+# Former-DFER's cases run at 1/1000 of the recipe's lr (`lr_scale` in the
+# fixture, issue 30): at lr 0.01 the seeded weights trained far from a stable
+# regime (loss 4.5 -> 18 -> 74) and the float32 step-0 gradient of layers 1-3
+# (good to ~3e-3 in the original's own float32 run) needed drift bounds of
+# 3e-2 / 7.5e-2 / 4e-2 / 0.2 after step 0; at 1e-5 every step holds the
+# issue's tolerances (measured: loss 1.8e-5, gradient norm 8.2e-5, parameter
+# norms 4.8e-7, BatchNorm statistics 6.5e-6 at worst).
 _M3DFEL_DRIFT = dict(loss=1e-2, grad_norm=3.5e-2, param_norm=2.5e-3, batch_stats=5e-2)
 FLOAT32_NOISE: dict[str, tuple[int, dict[str, float]]] = {
-        "former_dfer_ce_start": (1, _FORMER_DRIFT),
-        "former_dfer_au_steplr40": (1, _FORMER_DRIFT),
         "m3dfel_au_warmup_end": (2, _M3DFEL_DRIFT),
         "m3dfel_au_cosine_mid": (2, _M3DFEL_DRIFT),
 }
@@ -413,7 +422,7 @@ def test_parameter_norms_after_k_steps(name):
     run = run_case(name)
     ours = dict(flat({"params": run.state.params}))
     ref = run.case["param_norm"]
-    worst = (0.0, None)
+    worst = (0.0, "")
     rtol = tolerance(name, "param_norm", STATE_RTOL)
     comps = _components(run, "params")
     assert sum(len(k) for _, k in comps) == len(ref)
@@ -484,7 +493,9 @@ def _mixup_cases():
     path = FIXTURES / "mixup.json"
     if not path.exists():
         return [pytest.param(None, marks=pytest.mark.skip(reason="mixup.json not generated"))]
-    return [pytest.param(c, id=f"seed{c['seed']}-{'cutmix' if c['use_cutmix'] else 'mixup'}")
+    # "mae_dfer" in the id: `-k mae_dfer` selects every test that reads its config.
+    return [pytest.param(c, id=f"mae_dfer-seed{c['seed']}-"
+                                f"{'cutmix' if c['use_cutmix'] else 'mixup'}")
             for c in json.loads(path.read_text())["cases"]]
 
 

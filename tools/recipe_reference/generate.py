@@ -457,9 +457,9 @@ def run_case(torch, refs, prior, pos, case: dict,
 CASES = [
     # name, recipe, loss, t0, steps, extra
     dict(name="former_dfer_ce_start", recipe="former_dfer", loss="ce", t0=0, steps=4,
-         lr_scale=0.01),
+         lr_scale=0.001),
     dict(name="former_dfer_au_steplr40", recipe="former_dfer", loss="au", t0=40 * 292 - 2,
-         steps=4, lr_scale=0.01),
+         steps=4, lr_scale=0.001),
     dict(name="m3dfel_ce_start", recipe="m3dfel", loss="ce", t0=0, steps=5, image_size=32),
     dict(name="m3dfel_au_warmup_end", recipe="m3dfel", loss="au", t0=20 * 36 - 2, steps=4,
          image_size=32),
