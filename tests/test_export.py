@@ -25,6 +25,7 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
@@ -34,6 +35,7 @@ from audfer_jax import classes
 from audfer_jax import models
 from audfer_jax.cli import export as export_cli
 from audfer_jax.cli import predict as predict_cli
+from audfer_jax.compilation import topologies
 from audfer_jax.export import build
 from audfer_jax.export import forward
 from audfer_jax.export import jax_format
@@ -50,7 +52,6 @@ DOC = os.path.join(REPO, "docs", "export.md")
 T, S = predict_fixtures.T, predict_fixtures.S
 NAMES = list(classes.DFEW_CLASSES)
 # The registered tiny backbones and a user backbone by import path (tests/plugin_backbone.py).
-BACKBONES = tuple(os.environ.get("BB", "former_dfer_tiny,m3dfel_tiny,mae_dfer_tiny,plugin_backbone:make_backbone").split(","))
 TOL = 1e-5
 # In the default run: the tiny Former-DFER (2-D CNN + transformers, BatchNorm),
 # MAE-DFER (attention) and a user backbone by import path (tests/plugin_backbone.py).
@@ -263,12 +264,13 @@ def test_savedmodel_and_doc_example_in_a_process_without_jax(exports, tmp_path, 
     video = _write_video(str(tmp_path / "clip.mp4"))
     out_dir = exports[predict_fixtures.MODEL].out
     stdout = _check_fresh(TF_ONLY, exports, "savedmodel", tmp_path, example, out_dir, video)
-    # The example's class lines `name p`, against predict --model on the same video
-    # (no face detection: the example takes the video as a face crop). Its resize is
+    # The example's class lines `name p`, against predict on the same video (no face
+    # detection: the example takes the video as a face crop). Its resize is
     # TensorFlow's, not PIL's: pixels a level apart, hence the wider tolerance.
     printed = dict(re.findall(r"^(\w+)\s+([0-9.]+)$", stdout, re.M))
     assert sorted(printed) == sorted(NAMES), stdout
-    want = _predict_json(capsys, tmp_path, ["--model", out_dir], video, "m")
+    want = _predict_json(capsys, tmp_path, ["--checkpoint", exports[predict_fixtures.MODEL].ckpt],
+                         video, "c")
     for name in NAMES:
         assert abs(float(printed[name]) - want["probabilities"][name]) < 2e-3, (name, stdout)
     assert "AU01 inner brow raiser" in stdout
@@ -394,7 +396,7 @@ def test_damaged_or_wrong_artifacts_are_one_line(exports, tmp_path, capsys):
 
 
 def test_an_artifact_of_another_export_is_refused(exports, tmp_path):
-    """The jax.export file of an export with another input size, checksums updated."""
+    """Artifacts beside a model.json of another input size."""
     other = tmp_path / "mixed"
     shutil.copytree(exports[predict_fixtures.MODEL].out, other)
     meta = json.loads((other / "model.json").read_text())
@@ -402,6 +404,8 @@ def test_an_artifact_of_another_export_is_refused(exports, tmp_path):
     (other / "model.json").write_text(json.dumps(meta))
     with pytest.raises(exported.PredictError, match=r"model.jax_export: takes clips"):
         exported.load_exported(str(other))
+    with pytest.raises(exported.PredictError, match=r"savedmodel: takes clips"):
+        exported.load_exported(str(other / "savedmodel"))
 
 
 def test_export_command(exports, clips, tmp_path, capsys):
@@ -432,6 +436,73 @@ def test_bfloat16_needs_a_dtype_attribute(exports, tmp_path):
     ckpt = exports["plugin_backbone:make_backbone"].ckpt
     with pytest.raises(forward.ExportError, match="no `dtype` attribute"):
         build.export_checkpoint(ckpt, str(tmp_path / "o"), dtype="bfloat16")
+
+
+def _save_run(run, variables, step: int, which: str) -> None:
+    """Writes a train state of `variables` at `step` as the run's `best` or latest."""
+    from audfer_jax import optim, steps  # pylint: disable=g-import-not-at-top
+    params = variables["params"]
+    optim_config = ml_collections.ConfigDict(predict_fixtures.run_config()["optim"])
+    tx, _ = optim.make_optimizer(optim_config, params, steps_per_epoch=1, num_epochs=1,
+                                 global_batch_size=1)
+    state = steps.TrainState(
+            step=np.int32(step), params=params, batch_stats=variables["batch_stats"],
+            opt_state=jax.tree.map(lambda a: np.zeros(a.shape, a.dtype),
+                                   jax.eval_shape(tx.init, params)),
+            rng=np.zeros((2,), np.uint32))
+    ckpt = ckpt_lib.TrainCheckpointer(run, async_save=False)
+    if which == "best":
+        ckpt.save_best(step, state, {"class_names": NAMES, "step": step})
+    else:
+        ckpt.maybe_save(step, state, {"class_names": NAMES, "step": step}, force=True)
+    ckpt.close()
+
+
+def test_a_run_directory_exports_the_step_predict_reads(tmp_path, clips):
+    """Best step 3 and latest step 5 hold different weights; `--which` picks as predict."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(predict_fixtures.run_config()))
+    model = models.get_model(predict_fixtures.MODEL, num_classes=len(NAMES))
+    _save_run(run, predict_fixtures.random_variables(model, seed=3), 3, "best")
+    _save_run(run, predict_fixtures.random_variables(model, seed=5), 5, "last")
+    for which, step in (("best", 3), ("last", 5)):
+        out = tmp_path / which
+        assert export_cli.main(["--checkpoint", str(run), "--out", str(out), "--which", which,
+                                "--format", "jax", "--platforms", "cpu"]) == 0
+        meta = json.loads((out / "model.json").read_text())
+        assert meta["source"]["step"] == step and meta["source"]["checkpoint"] == str(run)
+        assert f"step {step}" in meta["source"]["loaded"]
+    best, last = (predictor_lib.load_predictor(str(run), w) for w in ("best", "last"))
+    want = {p.step: p.apply(p.variables, clips[:1]).logits for p in (best, last)}
+    assert np.abs(want[3] - want[5]).max() > 1e-3        # two different weight sets
+    got = exported.load_exported(str(tmp_path / "last")).apply(None, clips[:1]).logits
+    np.testing.assert_allclose(got, want[5], atol=1e-4)
+
+
+def _compile_for_tpu(artifact: str, batch: int) -> None:
+    """Compiles the artifact's tpu lowering for one chip of a deviceless v5e (libtpu)."""
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")   # as tests/test_compile_check.py
+    device = topologies.load_slice("v5e:2x2").devices[0]
+    exp = jax.export.deserialize(bytearray(open(artifact, "rb").read()))
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    spec = jax.ShapeDtypeStruct((batch, *exp.in_avals[0].shape[1:]), np.uint8,
+                                sharding=sharding)
+    lowered = jax.jit(exp.call, in_shardings=sharding, out_shardings=sharding).trace(
+            spec).lower(lowering_platforms=("tpu",))
+    assert lowered.compile().memory_analysis().output_size_in_bytes > 0
+
+
+needs_libtpu = pytest.mark.skipif(not topologies.libtpu_available(),
+                                  reason="libtpu (the test extra) is not installed")
+
+
+@pytest.mark.slow
+@needs_libtpu
+def test_the_tpu_lowering_compiles_with_xla_tpu(exports):
+    """No TPU here: libtpu compiles the artifact's tpu lowering for a v5e chip."""
+    for case in exports.values():
+        _compile_for_tpu(os.path.join(case.out, "model.jax_export"), 5)
 
 
 @pytest.mark.slow

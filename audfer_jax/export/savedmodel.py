@@ -88,6 +88,8 @@ def _tf_structure(variables: Any) -> Any:
 def read(directory: str) -> Callable[[np.ndarray], dict]:
     """The serving signature of the SavedModel in `directory`: `clips -> {name: array}`.
 
+    The function has the attribute `input_shape`: `(T, S, S, 3)` of its input.
+
     Raises:
         ArtifactError: missing, unreadable or damaged SavedModel, or no
             `serving_default` signature taking `clips`.
@@ -109,4 +111,5 @@ def read(directory: str) -> Callable[[np.ndarray], dict]:
         return {k: v.numpy() for k, v in out.items()}
 
     call.loaded = loaded      # keeps the variables alive with the signature
+    call.input_shape = tuple(fn.structured_input_signature[1][INPUT_NAME].shape[1:])
     return call

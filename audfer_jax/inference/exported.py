@@ -84,15 +84,18 @@ def _runner(directory: str, fmt: str, meta: dict):
     rel = jax_format.FILENAME if fmt == "jax" else savedmodel.DIRNAME
     manifest.verify_files(directory, meta, rel)
     want = tuple(meta["input"]["shape"][1:])
-    if fmt == "savedmodel":
-        return savedmodel.read(paths.join(directory, rel))
     path = paths.join(directory, rel)
-    exported = jax_format.read(path)
-    got = tuple(exported.in_avals[0].shape[1:]) if len(exported.in_avals) == 1 else None
+    if fmt == "savedmodel":
+        run = savedmodel.read(path)
+        got = run.input_shape
+    else:
+        exported = jax_format.read(path)
+        got = tuple(exported.in_avals[0].shape[1:]) if len(exported.in_avals) == 1 else None
+        run = exported.call
     if got != want:
         raise manifest.ArtifactError(f"{path}: takes clips {got}, {manifest.MODEL_JSON} says "
                                      f"{want}: files of different exports")
-    return lambda clips: exported.call(clips)
+    return run
 
 
 def _spec(meta: dict) -> sampling.SamplingSpec:
