@@ -436,6 +436,22 @@ def test_bfloat16_needs_a_dtype_attribute(exports, tmp_path):
     ckpt = exports["plugin_backbone:make_backbone"].ckpt
     with pytest.raises(forward.ExportError, match="no `dtype` attribute"):
         build.export_checkpoint(ckpt, str(tmp_path / "o"), dtype="bfloat16")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_failed_export_leaves_nothing(exports, tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise forward.ExportError("jax2tf could not convert the model: (a stand-in)")
+
+    monkeypatch.setattr(build.savedmodel, "write", fail)
+    ckpt = exports["plugin_backbone:make_backbone"].ckpt
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        with pytest.raises(forward.ExportError, match="stand-in"):
+            build.export_checkpoint(ckpt, str(out), platforms=["cpu"])
+        # The jax.export artifact was written before the failure, and removed.
+        assert (not out.exists()) if out.name == "new" else list(out.iterdir()) == []
 
 
 def _save_run(run, variables, step: int, which: str) -> None:

@@ -5,14 +5,17 @@ The checkpoint is read exactly as `audfer-jax predict --checkpoint` reads it
 a step directory, or a variables checkpoint; the model rebuilt through
 `model_state`, an import-path backbone included), so the export computes what
 `predict` computes. Then, in order: the `jax.export` artifact, the SavedModel,
-and last `model.json` with the files' checksums (a directory without
-model.json is an interrupted export, which readers refuse).
+and last `model.json` with the files' checksums. A failed export removes what
+it wrote; a folder without model.json (an export killed midway) is refused by
+readers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
+import os
+import shutil
 import time
 from typing import Any, Optional, Sequence
 
@@ -94,7 +97,31 @@ def export_checkpoint(checkpoint: str, out: str, *, formats: Sequence[str] = FOR
     variables = forward_lib.variables_for_dtype(predictor.variables, dtype)
     shape = (predictor.spec.num_frames, predictor.image_size, predictor.image_size)
     seconds = {"load": time.perf_counter() - t0}
+    created = not paths.exists(out)
     paths.makedirs(out)
+    try:
+        entries = _write_formats(out, model, variables, shape, formats, platforms, seconds)
+        t1 = time.perf_counter()
+        manifest = _manifest(predictor, name, dtype, shape, checkpoint, entries)
+        rels = [r for f in formats for r in manifest_lib.files_under(
+                out, jax_format.FILENAME if f == "jax" else savedmodel.DIRNAME)]
+        manifest["files"] = {r: manifest_lib.file_entry(paths.join(out, *r.split("/")))
+                             for r in rels}
+        manifest_lib.write(out, manifest)
+    except BaseException:
+        _remove_partial(out, created)
+        raise
+    seconds["manifest"] = time.perf_counter() - t1
+    return ExportResult(out=out, manifest=manifest, seconds=seconds)
+
+
+def _write_formats(out: str, model: Any, variables: Any, shape: tuple,
+                   formats: Sequence[str], platforms: Sequence[str], seconds: dict) -> dict:
+    """Writes the artifacts; returns model.json's `formats` and fills `seconds`.
+
+    The SavedModel embeds the lowerings the jax.export artifact kept (a
+    platform jax.export refused is not tried again).
+    """
     entries, ok = {}, list(platforms)
     if "jax" in formats:
         t1 = time.perf_counter()
@@ -111,15 +138,23 @@ def export_checkpoint(checkpoint: str, out: str, *, formats: Sequence[str] = FOR
                                  ok)
         entries["savedmodel"] = _savedmodel_entry(ok, forms)
         seconds["savedmodel"] = time.perf_counter() - t1
-    t1 = time.perf_counter()
-    manifest = _manifest(predictor, name, dtype, shape, checkpoint, entries)
-    rels = [r for f in formats for r in manifest_lib.files_under(
-            out, jax_format.FILENAME if f == "jax" else savedmodel.DIRNAME)]
-    manifest["files"] = {r: manifest_lib.file_entry(paths.join(out, *r.split("/")))
-                         for r in rels}
-    manifest_lib.write(out, manifest)
-    seconds["manifest"] = time.perf_counter() - t1
-    return ExportResult(out=out, manifest=manifest, seconds=seconds)
+    return entries
+
+
+def _remove_partial(out: str, created: bool) -> None:
+    """Removes what a failed export wrote (local folders only): `out` itself when
+    this export created it, else its contents (it was empty)."""
+    if paths.is_remote(out) or not os.path.isdir(out):
+        return
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for name in os.listdir(out):
+        target = os.path.join(out, name)
+        if os.path.isdir(target):
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            os.remove(target)
 
 
 def _savedmodel_entry(platforms: Sequence[str], forms: list) -> dict:

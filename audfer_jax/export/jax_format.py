@@ -10,9 +10,11 @@ for `PLATFORMS` at once (`platforms=` of `jax.export.export`; the caller's
 platform picks its lowering at run time); a platform whose lowering fails is
 left out and reported, so that one refusal does not cost the others.
 
-JAX reads artifacts of older serialisation versions for at least 6 months
-(jax.export's compatibility guarantee); a newer one is refused by
-`jax.export.deserialize` and reported here as an `ArtifactError`.
+A later JAX reads the artifact within the backward-compatibility window of
+StableHLO and jax.export (at least 6 months: StableHLO's compatibility
+guarantee, openxla/stablehlo docs/compatibility.md); an artifact this JAX
+cannot read is refused by `jax.export.deserialize` and reported here as an
+`ArtifactError`.
 """
 
 from __future__ import annotations
