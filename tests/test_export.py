@@ -528,3 +528,28 @@ def test_full_size_exports_in_fresh_processes(name, tmp_path):
     cases = {name: _make_case(tmp_path, name, 2)}
     _check_fresh(JAX_ONLY, cases, "model.jax_export", tmp_path)
     _check_fresh(TF_ONLY, cases, "savedmodel", tmp_path)
+
+
+@pytest.mark.slow
+def test_doc_example_on_a_multi_view_model(tmp_path, capsys):
+    """MAE-DFER's evaluation: fixed_rate sampling, 2 temporal x 3 spatial views
+    (the example's view loop and crops), against predict on the same video."""
+    model = models.get_model("mae_dfer_tiny", num_classes=len(NAMES))
+    data = {"num_frames": T, "image_size": S, "sampling": "fixed_rate", "sampling_rate": 2,
+            "eval_temporal_views": 2, "eval_spatial_views": 3}
+    ckpt = str(tmp_path / "vars")
+    ckpt_lib.save_variables(ckpt, predict_fixtures.random_variables(model, seed=4),
+                            {"model": "mae_dfer_tiny", "class_names": NAMES, "data": data})
+    out = build.export_checkpoint(ckpt, str(tmp_path / "out"), formats=["savedmodel"]).out
+    clips = tmp_path / "clips.npy"
+    np.save(clips, np.zeros((1, T, S, S, 3), np.uint8))
+    example = tmp_path / "classify.py"
+    example.write_text(_doc_example())
+    video = _write_video(str(tmp_path / "clip.mp4"), 40)
+    arg = {"m": [os.path.join(out, "savedmodel"), str(clips)]}
+    stdout = _run_fresh(TF_ONLY, json.dumps(arg), tmp_path / "o.npz", example, out, video)
+    printed = dict(re.findall(r"^(\w+)\s+([0-9.]+)$", stdout, re.M))
+    want = _predict_json(capsys, tmp_path, ["--checkpoint", ckpt], video, "c")
+    assert want["views"] == 6
+    for name in NAMES:
+        assert abs(float(printed[name]) - want["probabilities"][name]) < 2e-3, (name, stdout)
