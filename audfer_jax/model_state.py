@@ -145,11 +145,53 @@ def build_model(config: ml_collections.ConfigDict, num_classes: int):
         policy = remat_policy_of(config)
         if policy != "none":
             overrides.setdefault("remat_policy", policy)
+        overrides = _data_clip_size(config, overrides)
     model = models.get_model(config.model, num_classes=num_classes,
                              num_aus=au_lib.NUM_AUS, **overrides)
     if not config.get("scan_blocks", True) and "scan_blocks" not in overrides:
         model = models.with_scan_blocks(model, config.model, False)
+    if hasattr(model, "check_config"):
+        model.check_config()        # sizes that cannot work, before any data is read
+    _check_layer_rules(config, model)
     return model
+
+
+def _check_layer_rules(config: ml_collections.ConfigDict, model) -> None:
+    """Refuses MAE-DFER's layer-wise optimizer rules for a model without numbered blocks.
+
+    Raises:
+        ValueError: `optim.decay_rule='mae_dfer'` or `optim.layer_decay` set
+            (configs/mae_dfer.py's recipe) for a backbone that has no
+            transformer depth to number its layers by.
+    """
+    optim_config = config.get("optim") or {}
+    rule = optim_config.get("decay_rule", "all")
+    layer_decay = float(optim_config.get("layer_decay", 0.0) or 0.0)
+    if model_depth(model) is None and (rule == "mae_dfer" or layer_decay):
+        raise ValueError(
+                f"{config.model} has no numbered transformer blocks for the MAE-DFER "
+                f"recipe's layer-wise optimizer (optim.decay_rule={rule!r}, "
+                f"optim.layer_decay={layer_decay}); train it with "
+                "--config.optim.decay_rule=all --config.optim.layer_decay=0, or from its own "
+                "recipe's config")
+
+
+def _data_clip_size(config, overrides: dict) -> dict:
+    """`overrides` plus the data's clip size (`num_frames`, `image_size`) where unset.
+
+    A registered backbone then takes the clips its config's data gives (a
+    `_tiny` variant on a recipe config, a full one on the demo's 48-pixel
+    clips), and a size it cannot take is its own one-line error. The paper
+    configs' data sizes are their backbones' defaults, so their models are
+    unchanged.
+    """
+    data = config.get("data") or {}
+    out = dict(overrides)
+    if data.get("num_frames") and "num_frames" not in out:
+        out["num_frames"] = int(data["num_frames"])
+    if data.get("image_size") and not ({"image_size", "img_size"} & set(out)):
+        out["image_size"] = int(data["image_size"])
+    return out
 
 
 def remat_policy_of(config: ml_collections.ConfigDict) -> str:

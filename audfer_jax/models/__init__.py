@@ -120,8 +120,8 @@ def get_model(name: str, num_classes: int = 7, num_aus: int = 18, **overrides: A
 
 
 # One name for the input side across backbones: `image_size` (the data config's
-# name). MAE-DFER's module keeps the original's `img_size`; old run configs and
-# converted checkpoints may carry either.
+# name). MAE-DFER's original calls it `img_size`, as run configs and converted
+# checkpoints written before the rename do: either is accepted.
 _SIZE_NAMES = ("image_size", "img_size")
 
 

@@ -444,7 +444,7 @@ class MAEDFER(nn.Module):
     Attributes:
         num_classes: expression classes C (`head` 512 -> C).
         num_aus: AU logits (`au_head` 512 -> num_aus), 18 OpenFace AUs.
-        img_size: input height = width in pixels.
+        image_size: input height = width in pixels.
         num_frames: input frames T.
         patch_size: spatial patch in pixels.
         tubelet_size: temporal patch in frames.
@@ -471,7 +471,7 @@ class MAEDFER(nn.Module):
     """
     num_classes: int = 7
     num_aus: int = 18
-    img_size: int = 160
+    image_size: int = 160
     num_frames: int = 16
     patch_size: int = 16
     tubelet_size: int = 2
@@ -490,21 +490,27 @@ class MAEDFER(nn.Module):
     @property
     def token_grid(self) -> tuple[int, int, int]:
         """Token grid `(T/tubelet, H/patch, W/patch)` = (8, 10, 10) at full size."""
-        return (self.num_frames // self.tubelet_size, self.img_size // self.patch_size,
-                self.img_size // self.patch_size)
+        return (self.num_frames // self.tubelet_size, self.image_size // self.patch_size,
+                self.image_size // self.patch_size)
 
     @property
     def num_regions(self) -> int:
         """Number of local regions (8 at full size)."""
         return int(np.prod([g // r for g, r in zip(self.token_grid, self.region_size)]))
 
-    def _check_config(self) -> None:
+    def check_config(self) -> None:
+        """Raises ValueError (one line listing every problem) for sizes that do not fit.
+
+        Called at the start of every forward pass, and by
+        `model_state.build_model` so that a config error shows before any data
+        is written.
+        """
         problems = []
         if self.num_frames % self.tubelet_size:
             problems.append(f'num_frames={self.num_frames} not divisible by '
                             f'tubelet_size={self.tubelet_size}')
-        if self.img_size % self.patch_size:
-            problems.append(f'img_size={self.img_size} not divisible by '
+        if self.image_size % self.patch_size:
+            problems.append(f'image_size={self.image_size} not divisible by '
                             f'patch_size={self.patch_size}')
         if len(tuple(self.region_size)) != 3 or any(
                 g % r for g, r in zip(self.token_grid, self.region_size)):
@@ -518,7 +524,7 @@ class MAEDFER(nn.Module):
 
     def _normalise(self, clips: Array) -> Array:
         """`[B, T, H, W, 3]` uint8 or float in [0, 1] -> ImageNet-normalised float32."""
-        expected = (self.num_frames, self.img_size, self.img_size, 3)
+        expected = (self.num_frames, self.image_size, self.image_size, 3)
         if clips.ndim != 5 or tuple(clips.shape[1:]) != expected:
             raise ValueError(f'MAEDFER: clips must be [B, {expected[0]}, {expected[1]}, '
                              f'{expected[2]}, 3] (uint8, or float in [0, 1]); got shape '
@@ -539,7 +545,7 @@ class MAEDFER(nn.Module):
 
         Args:
             clips: `[B, T, H, W, 3]` uint8 (0..255) or float in [0, 1], RGB;
-                T = num_frames, H = W = img_size.
+                T = num_frames, H = W = image_size.
             train: enables drop-path (needs the `dropout` rng); eval is
                 deterministic.
 
@@ -550,7 +556,7 @@ class MAEDFER(nn.Module):
         Raises:
             ValueError: wrong clip shape or dtype, or an inconsistent config.
         """
-        self._check_config()
+        self.check_config()
         x = self._normalise(clips).astype(self.dtype)
         b = x.shape[0]
         c = self.embed_dim
@@ -648,15 +654,22 @@ def mae_dfer_tiny(num_classes: int = 7, num_aus: int = 18, **overrides: Any) -> 
 
     Input `[B, 8, 32, 32, 3]`; patch 8, tubelet 2 -> token grid (4, 4, 4);
     region size (2, 2, 4) -> 4 regions of 16 tokens; width 64, depth 2,
-    2 heads; drop-path 0.1.
+    2 heads; drop-path 0.1. At another clip size (`image_size`, `num_frames`
+    overrides: a config's data) the regions stay 2 x 2 x (a whole token row),
+    which tiles every grid of even height and temporal length.
     """
-    config = dict(num_classes=num_classes, num_aus=num_aus, img_size=32, num_frames=8,
-                  patch_size=8, tubelet_size=2, embed_dim=64, depth=2, num_heads=2,
-                  region_size=(2, 2, 4))
+    patch = int(overrides.get('patch_size', 8))
+    side = int(overrides.get('image_size', overrides.get('img_size', 32)))
+    config = dict(num_classes=num_classes, num_aus=num_aus, image_size=32, num_frames=8,
+                  patch_size=patch, tubelet_size=2, embed_dim=64, depth=2, num_heads=2,
+                  region_size=(2, 2, max(side // patch, 1)))
     return _build(config, overrides)
 
 
 def _build(config: dict[str, Any], overrides: dict[str, Any]) -> MAEDFER:
+    if 'img_size' in overrides:    # the original's name (older run configs)
+        overrides = dict(overrides)
+        overrides.setdefault('image_size', overrides.pop('img_size'))
     fields = set(MAEDFER.__dataclass_fields__) - {'parent', 'name'}
     unknown = sorted(set(overrides) - fields)
     if unknown:
