@@ -247,32 +247,10 @@ class Run:
         Raises:
             AssertionError: a tensor whose elements get different lrs or decays.
         """
-        tx = self.tx
         opt = self.config.optim
         # SGD's first momentum step is the gradient; Adam's 1 / (1 + eps).
         first_step = 1.0 / (1.0 + float(opt.eps)) if opt.optimizer == "adamw" else 1.0
-        n = len(self.keys) + 1
-
-        @jax.jit
-        def run(count):
-            zeros = jax.tree.map(jnp.zeros_like, self.params0)
-            ones = jax.tree.map(jnp.ones_like, self.params0)
-            state = at_count(tx.init(self.params0), 0)
-            state = at_count(state, count)
-            lr, _ = tx.update(ones, state, zeros)
-            decay, _ = tx.update(zeros, state, ones)
-            # Smallest and largest value over each tensor's elements (a mean
-            # would add float32 summation error).
-            def span(u, at):
-                where, tag = at
-                values = -u.reshape(-1)[where]
-                return (jax.ops.segment_min(values, tag, num_segments=n),
-                        jax.ops.segment_max(values, tag, num_segments=n))
-
-            return (jax.tree.map(span, lr, self.probe_at, is_leaf=_is_pair),
-                    jax.tree.map(span, decay, self.probe_at, is_leaf=_is_pair))
-
-        spans = jax.device_get(run(count))
+        spans = jax.device_get(self._probe_program(count, self.params0, self.probe_at))
         out = ({}, {})
         for found, tree, scale in zip(out, spans, (1.0 / first_step, 1.0)):
             for path, (low, high) in flat({"params": tree}, is_leaf=_is_pair):
@@ -283,6 +261,33 @@ class Run:
                     value = float(low[t]) * scale
                     assert found.setdefault(key, value) == value, f"{key}: split leaves differ"
         return out
+
+
+    @functools.cached_property
+    def _probe_program(self):
+        """The jitted probe, compiled once per case: `(count, params, probe_at) ->
+        (lr spans, decay spans)`, each leaf's `(min, max)` per key tag of its
+        probed elements (a mean would add float32 summation error)."""
+        tx, n = self.tx, len(self.keys) + 1
+
+        def span(u, at):
+            where, tag = at
+            values = -u.reshape(-1)[where]
+            return (jax.ops.segment_min(values, tag, num_segments=n),
+                    jax.ops.segment_max(values, tag, num_segments=n))
+
+        # Arguments, not closed-over constants: XLA would fold megabytes of them.
+        @jax.jit
+        def run(count, params0, probe_at):
+            zeros = jax.tree.map(jnp.zeros_like, params0)
+            ones = jax.tree.map(jnp.ones_like, params0)
+            state = at_count(tx.init(params0), count)
+            lr, _ = tx.update(ones, state, zeros)
+            decay, _ = tx.update(zeros, state, ones)
+            return (jax.tree.map(span, lr, probe_at, is_leaf=_is_pair),
+                    jax.tree.map(span, decay, probe_at, is_leaf=_is_pair))
+
+        return run
 
 
 def _is_pair(x) -> bool:
