@@ -153,3 +153,115 @@ def test_bfloat16_training_reduces_the_loss_like_float32():
         assert trace[-1] < 0.7 * trace[0], losses
     # bfloat16 follows the float32 trajectory.
     np.testing.assert_allclose(losses["bfloat16"], losses["float32"], rtol=0.1, atol=0.05)
+
+
+# ---------------------------------------------------------------------------
+# Memory that follows dtype and remat (issue 29): what the backward pass keeps.
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_layer_norm_equals_flax_values_and_gradients(dtype):
+    """`layers.LayerNorm` computes nn.LayerNorm(use_fast_variance=False)'s
+    values and gradients (its backward is written out)."""
+    from flax import linen as nn
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(3.0 + 2.0 * rng.standard_normal((4, 7, 32)), dtype)
+    params = {"scale": jnp.asarray(1 + 0.3 * rng.standard_normal(32), jnp.float32),
+              "bias": jnp.asarray(0.2 * rng.standard_normal(32), jnp.float32)}
+    cot = jnp.asarray(rng.standard_normal((4, 7, 32)), jnp.float32)
+    ours = layers.LayerNorm(epsilon=1e-6, dtype=dtype)
+    ref = nn.LayerNorm(epsilon=1e-6, use_fast_variance=False, dtype=dtype,
+                       param_dtype=jnp.float32)
+
+    def run(module):
+        def f(p, x):
+            y = module.apply({"params": p}, x)
+            return jnp.sum(y.astype(jnp.float32) * cot), y
+        (_, y), grads = jax.value_and_grad(f, argnums=(0, 1), has_aux=True)(params, x)
+        return y, grads
+
+    (y0, g0), (y1, g1) = run(ref), run(ours)
+    assert y1.dtype == dtype and g1[1].dtype == dtype
+    tol = 1e-5 if dtype == jnp.float32 else 1e-2
+    np.testing.assert_allclose(np.asarray(y1, np.float32), np.asarray(y0, np.float32),
+                               rtol=tol, atol=tol)
+    for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1), strict=True):
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        assert np.abs(a - b).max() <= tol * (np.abs(a).max() + 1), (np.abs(a - b).max())
+    assert jax.tree.structure(ours.init(jax.random.key(0), x)) == jax.tree.structure(
+            ref.init(jax.random.key(0), x))
+
+
+def test_tpu_forms_compute_the_same_values():
+    """The forms traced for TPU (GELU between optimisation barriers, the
+    recomputed attention, MAE-DFER's tubelet embedding as one matrix product)
+    give the CPU forms' values and gradients."""
+    from audfer_jax.models import mae_dfer, platform
+    model = mae_dfer.mae_dfer_tiny(depth=2)
+    clips = _clips("mae_dfer_tiny")
+    variables = numpy_variables(model, clips, train=False)
+
+    def loss(v):
+        return jnp.sum(model.apply(v, clips, train=False).logits ** 2)
+
+    want = jax.jit(jax.value_and_grad(loss))(variables)
+    with platform.target("tpu"), platform.record_forms() as forms:
+        got = jax.jit(jax.value_and_grad(loss))(variables)   # traced for TPU, run on CPU
+    assert ("fused_attention", "tpu") in forms
+    np.testing.assert_allclose(float(got[0]), float(want[0]), rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(want[1]), jax.tree.leaves(got[1]), strict=True):
+        a, b = np.asarray(a), np.asarray(b)
+        assert np.abs(a - b).max() <= 1e-4 * np.abs(a).max() + 1e-7
+    x = jnp.linspace(-4, 4, 101)
+    with platform.target("tpu"):
+        np.testing.assert_array_equal(jax.jit(lambda x: layers.gelu(x, False))(x),
+                                      jax.nn.gelu(x, approximate=False))
+
+
+SIZES = {"f32": 4, "bf16": 2, "f16": 2}
+
+
+def _saved_bytes(model, clips, params):
+    """Bytes of the activations the backward pass keeps (`print_saved_residuals`
+    of the training loss traced for TPU), parameters and inputs excluded."""
+    import contextlib
+    import io
+    import re
+    from jax.ad_checkpoint import print_saved_residuals
+    from audfer_jax.models import platform
+
+    def loss(p):
+        out = model.apply({"params": p}, clips, train=True, rngs={"dropout": jax.random.key(1)})
+        return jnp.sum(out.logits)
+
+    text = io.StringIO()
+    with platform.target("tpu"), contextlib.redirect_stdout(text):
+        print_saved_residuals(loss, params)
+    total = 0
+    for line in text.getvalue().splitlines():
+        m = re.match(r"(\w+)\[([\d,]*)\] (.*)", line)
+        if m and "argument" not in m.group(3) and m.group(1) in SIZES:
+            total += SIZES[m.group(1)] * int(np.prod([int(d) for d in m.group(2).split(",")
+                                                      if d]))
+    return total
+
+
+def test_mae_dfer_saved_activations_follow_dtype_and_remat():
+    """MAE-DFER's saved activations (tiny, 4 blocks, 8 clips): bfloat16 keeps
+    at most 0.6x float32's bytes (float32 LayerNorm and softmax intermediates
+    once made it 0.82x), `full` remat under 0.2x of `none`, and a policy that
+    keeps matrix products lies between."""
+    from audfer_jax.models import mae_dfer
+    clips = _clips("mae_dfer_tiny", batch=8)
+    base = mae_dfer.mae_dfer_tiny(depth=4)
+    params = jax.eval_shape(lambda: base.init(jax.random.key(0), clips, train=False))["params"]
+    saved = {(dtype, policy): _saved_bytes(
+                     base.clone(dtype=jnp.dtype(dtype), remat_policy=policy), clips, params)
+             for dtype in ("float32", "bfloat16")
+             for policy in ("none", "full", "dots_with_no_batch_dims_saveable")}
+    for policy in ("none", "full", "dots_with_no_batch_dims_saveable"):
+        assert saved["bfloat16", policy] <= 0.6 * saved["float32", policy], (policy, saved)
+    for dtype in ("float32", "bfloat16"):
+        none, full = saved[dtype, "none"], saved[dtype, "full"]
+        dots = saved[dtype, "dots_with_no_batch_dims_saveable"]
+        assert full < 0.2 * none and full < dots < none, (dtype, saved)

@@ -113,13 +113,81 @@ def batch_norm(train: bool, dtype: Dtype, name: str) -> nn.Module:
                                          name=name)
 
 
-def layer_norm(dtype: Dtype, name: str, epsilon: float = 1e-5) -> nn.LayerNorm:
-    """PyTorch-equivalent LayerNorm (eps 1e-5 default, two-pass variance)."""
-    return nn.LayerNorm(epsilon=epsilon,
-                        use_fast_variance=False,
-                        dtype=dtype,
-                        param_dtype=jnp.float32,
-                        name=name)
+def layer_norm(dtype: Dtype, name: str, epsilon: float = 1e-5) -> "LayerNorm":
+    """PyTorch-equivalent LayerNorm (eps 1e-5 default, two-pass variance; `LayerNorm`)."""
+    return LayerNorm(epsilon=epsilon, dtype=dtype, name=name)
+
+
+class LayerNorm(nn.Module):
+    """LayerNorm over the last axis whose backward pass keeps only its input.
+
+    `y = (x - mean) * (rsqrt(var + eps) * scale) + bias` with the mean and the
+    two-pass variance (PyTorch subtracts the mean first) over the last axis,
+    all in float32 whatever `x`'s dtype, then cast to `dtype`: the values of
+    `nn.LayerNorm(use_fast_variance=False)`. Parameters `scale` (ones) and
+    `bias` (zeros), `[C]` float32, the paths of `nn.LayerNorm`.
+
+    The difference is what the backward pass keeps (`layer_norm_fn`): the
+    input in its own dtype and the float32 statistics `[..., 1]`, from which
+    it recomputes the normalised values. Differentiating `nn.LayerNorm`
+    keeps several float32 `[..., C]` intermediates (`x - mean`, the
+    normalised values): in a bfloat16 model they were a third of MAE-DFER's
+    saved activations (263 of 745 MiB per clip), which is why bfloat16 saved
+    so little memory.
+
+    Attributes:
+        epsilon: added to the variance (PyTorch 1e-5; MAE-DFER 1e-6).
+        dtype: output dtype.
+    """
+    epsilon: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        """`x [..., C]` -> `[..., C]` in `dtype`."""
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return layer_norm_fn(x, scale, bias, float(self.epsilon), jnp.dtype(self.dtype))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def layer_norm_fn(x: Array, scale: Array, bias: Array, epsilon: float, dtype: Any) -> Array:
+    """`LayerNorm`'s function: `x [..., C]`, `scale`, `bias` `[C]` float32 -> `[..., C]` `dtype`.
+
+    Its gradient (written out, the standard LayerNorm backward in float32)
+    keeps `x` and the float32 mean and `1/std` `[..., 1]` only.
+    """
+    return _layer_norm_fwd(x, scale, bias, epsilon, dtype)[0]
+
+
+def _layer_norm_stats(x: Array, epsilon: float) -> tuple[Array, Array, Array]:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    return x32, mean, jax.lax.rsqrt(var + epsilon)
+
+
+def _layer_norm_fwd(x, scale, bias, epsilon, dtype):
+    x32, mean, rstd = _layer_norm_stats(x, epsilon)
+    y = (x32 - mean) * (rstd * scale) + bias
+    return y.astype(dtype), (x, mean, rstd, scale)
+
+
+def _layer_norm_bwd(epsilon, dtype, res, g):
+    del epsilon, dtype
+    x, mean, rstd, scale = res
+    xhat = (x.astype(jnp.float32) - mean) * rstd
+    g32 = g.astype(jnp.float32)
+    lead = tuple(range(g.ndim - 1))
+    gx = g32 * scale
+    # d/dx of (x - mean) * rstd applied to gx: rstd * (gx - mean(gx) - xhat * mean(gx * xhat)).
+    dx = rstd * (gx - jnp.mean(gx, axis=-1, keepdims=True)
+                 - xhat * jnp.mean(gx * xhat, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), jnp.sum(g32 * xhat, axis=lead), jnp.sum(g32, axis=lead)
+
+
+layer_norm_fn.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 def to_float_clips(clips: Array, dtype: Dtype) -> Array:
@@ -270,6 +338,32 @@ class BasicBlock(nn.Module):
         return nn.relu(y + x)
 
 
+def gelu(x: Array, approximate: bool) -> Array:
+    """GELU, exact (`x/2 (1 + erf(x/sqrt 2))`) or the tanh form; same values everywhere.
+
+    In programs compiled for TPU the exact form is kept out of the matrix
+    products' fusions by optimisation barriers on its input and output (and,
+    through their autodiff rules, in the backward pass): XLA:TPU fuses the
+    float32 `erf` polynomial and its derivative into the neighbouring
+    convolution fusions, and generating code for those took most of the
+    compile time of MAE-DFER's train step (its MLP's forward and backward
+    alone: 56 s of CPU with the fusions, 12 s without, v5e, 2-core host).
+    The cost is one more pass over the hidden activation, which the backward
+    pass keeps anyway.
+
+    Args:
+        x: any shape and float dtype.
+        approximate: the tanh form (Former-DFER) instead of the erf one.
+
+    Returns:
+        `gelu(x)`, same shape and dtype.
+    """
+    if approximate or platform.current() != "tpu":
+        return nn.gelu(x, approximate=approximate)
+    x = jax.lax.optimization_barrier(x)
+    return jax.lax.optimization_barrier(nn.gelu(x, approximate=False))
+
+
 def dot_product_attention(q: Array, k: Array, v: Array, scale: float,
                           implementation: str | None = None) -> Array:
     """`softmax(q k^T * scale) v` per head, logits and softmax in float32.
@@ -304,6 +398,13 @@ def dot_product_attention(q: Array, k: Array, v: Array, scale: float,
     if implementation == "einsum":
         return _einsum_attention(q, k, v, scale)
     if implementation == "fused":
+        if platform.current() == "tpu":
+            # XLA:TPU's attention keeps the float32 softmax (its exp and its
+            # quotient, [..., h, N, M] each) for the backward pass; recomputing
+            # it from q, k, v instead, as flash attention does, costs the
+            # logits' product again (about 1 % of MAE-DFER's train step) and
+            # saves the largest float32 activations of the blocks.
+            return jax.checkpoint(_fused_attention, static_argnums=(3,))(q, k, v, scale)
         return _fused_attention(q, k, v, scale)
     if implementation == "cpu":
         return _cpu_attention(q, k, v, scale)
@@ -427,7 +528,7 @@ class FeedForward(nn.Module):
     def __call__(self, x: Array) -> Array:
         dim = x.shape[-1]
         y = torch_dense(self.mlp_dim, dim, dtype=self.dtype, name="net_0")(x)
-        y = nn.gelu(y, approximate=self.approximate_gelu)
+        y = gelu(y, self.approximate_gelu)
         return torch_dense(dim, self.mlp_dim, dtype=self.dtype, name="net_3")(y)
 
 

@@ -305,9 +305,25 @@ class Mlp(nn.Module):
                                   kernel_init=timm_trunc_normal())
         c = x.shape[-1]
         x = dense(self.hidden, name='fc1')(x)
-        # nn.GELU() in PyTorch is the exact erf form (backbones.md section 4).
-        x = nn.gelu(x, approximate=False)
-        return dense(c, name='fc2')(x)
+        # GELU then fc2 under a rematerialisation that keeps matrix products:
+        # the backward pass keeps fc1's output [rows, hidden] alone and
+        # recomputes the GELU from it (elementwise), where plain autodiff
+        # kept the GELU's input, output and erf terms too (3-4 copies of the
+        # largest activation of the block).
+        return _GeluDense(c, dtype=self.dtype, param_dtype=jnp.float32,
+                          kernel_init=timm_trunc_normal(), name='fc2')(x)
+
+
+class _GeluDense(nn.Dense):
+    """`Dense(gelu(x))` (exact erf GELU, PyTorch's nn.GELU(), backbones.md
+    section 4), its parameters those of the Dense (`kernel`, `bias`)."""
+
+    def __call__(self, x: Array) -> Array:
+        return super().__call__(layers.gelu(x, approximate=False))
+
+
+_GeluDense = nn.remat(_GeluDense, prevent_cse=False,  # type: ignore[misc]
+                      policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
 
 
 class LGBlock(nn.Module):
@@ -368,8 +384,9 @@ class LGBlock(nn.Module):
         if bn % n:
             raise ValueError(f'LGBlock: {bn} rows is not a multiple of num_regions={n}')
         b = bn // n
-        norm = functools.partial(nn.LayerNorm, epsilon=self.norm_eps, dtype=self.dtype,
-                                 param_dtype=jnp.float32, use_fast_variance=False)
+        # layers.LayerNorm: nn.LayerNorm's values; its backward keeps x and
+        # the float32 statistics only (no float32 [rows, C] copies).
+        norm = functools.partial(layers.LayerNorm, epsilon=self.norm_eps, dtype=self.dtype)
         attn = functools.partial(GeneralAttention, num_heads=self.num_heads, dtype=self.dtype)
         dp = DropPath(self.drop_path if rate is None else rate, name='drop_path')
         det = not train
@@ -398,6 +415,12 @@ class PatchEmbed(nn.Module):
 
     Init: PyTorch's Conv3d default (the original's `_init_weights` leaves
     convolutions alone).
+
+    A convolution rather than the equivalent reshape into `[B, tokens,
+    t*p*p*Cin]` tubelets and one matrix product: on XLA:TPU the tubelets'
+    transposition goes through arrays whose last two axes are small (16 x 48)
+    and padded to (8, 128) tiles, about 115 MB per clip of temporaries (the
+    convolution's fixed 0.4 GiB at 8 and at 16 clips per chip, v5e).
 
     Attributes:
         embed_dim: output width (512).
@@ -585,8 +608,8 @@ class MAEDFER(nn.Module):
 
         region_out = x[:, 0].reshape(b, n, c).astype(jnp.float32)
         # The pooled head runs in float32: it is tiny and feeds the losses.
-        feat = nn.LayerNorm(epsilon=self.norm_eps, use_fast_variance=False,
-                            dtype=jnp.float32, name='fc_norm')(region_out.mean(axis=1))
+        feat = layers.LayerNorm(epsilon=self.norm_eps, dtype=jnp.float32,
+                                name='fc_norm')(region_out.mean(axis=1))
         logits = nn.Dense(self.num_classes, dtype=jnp.float32,
                           kernel_init=timm_trunc_normal(scale=self.init_scale),
                           bias_init=nn.initializers.zeros, name='head')(feat)
