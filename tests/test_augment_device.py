@@ -26,6 +26,7 @@ skdata = pytest.importorskip("skimage.data")
 
 from audfer_jax.data import augment, pipeline  # noqa: E402
 from audfer_jax.data import augment_device as ad  # noqa: E402
+from audfer_jax.models import platform  # noqa: E402
 
 P_MIN = 1e-4          # smallest accepted p-value of the statistical tests
 N_DRAWS = 4000        # clips per statistical test
@@ -85,6 +86,22 @@ def test_rand_augment_op_matches_tf(frames, op, level, sign):
     assert _max_diff(ad.to_uint8(got), augment.to_uint8(ref)) <= 1
     if op not in (0, 1):     # not a no-op on the photo (auto_contrast/equalize may be)
         assert _max_diff(ad.to_uint8(got), frames) > 1
+
+
+@pytest.mark.parametrize("level,sign", [(7.0, 1.0), (9.3, -1.0)])
+def test_equalize_accelerator_form_matches_tf(frames, level, sign):
+    """Off CPU, equalize counts and looks up by comparison: the same pixels as TF."""
+    x = np.concatenate([frames, frames[:, ::-1] // 2]).astype(np.float32)
+    ref = augment._rand_ops(tf.constant(x), tf.constant(level), tf.constant(sign))[1]()
+    with platform.record_forms() as forms, platform.target("tpu"):
+        # Traced for TPU, run here: the accelerator form on this CPU (a fresh
+        # function: jit's cache does not know the target).
+        got = jax.jit(lambda *a: ad.rand_augment_op(*a))(jnp.asarray(x), 1, level, sign)
+    assert ("compare_equalize", "tpu") in forms and not any(
+            f == "scatter_equalize" for f, _ in forms)
+    assert _max_diff(ad.to_uint8(got), augment.to_uint8(ref)) <= 1
+    assert _max_diff(ad.to_uint8(got), x) > 1          # the darkened copy is stretched
+    np.testing.assert_array_equal(got, _rand_augment_op(jnp.asarray(x), 1, level, sign))
 
 
 def test_rand_augment_identity_and_chained_policy_match_tf(frames):

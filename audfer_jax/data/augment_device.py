@@ -24,9 +24,19 @@ Design:
   clips; RandAugment is written on the whole batch (per-clip parameters
   `[B]`), every op computed for every clip and the clip's op selected (what
   `vmap` of a `lax.switch` would do), with the five geometric ops sharing
-  one affine sampler (their matrices are selected, not their outputs) and
-  flat scatters/gathers over the batch, which XLA:CPU runs far faster than
-  vmapped ones.
+  one affine sampler (their matrices are selected, not their outputs).
+* Planar inside: `augment_batch` runs RandAugment and the crop on
+  `[B, T, C, H, W]` float32 clips and hands the model `[B, T, H, W, C]`
+  uint8. XLA:TPU tiles an array's two minor axes by (8, 128), so a
+  channel-last float copy `[..., W, 3]`, and the `[N, 3]` rows or `[N, 1]`
+  indices of a flat gather or scatter, take ~40x their size in HBM: the
+  channel-last RandAugment of MAE-DFER's recipe needed 5.2 GiB of
+  temporaries per v5e chip at 6 clips (0.86 GiB per clip, more than the
+  whole model's backward pass) and 35 s to compile. Planar, the affine
+  sampler gathers along the last axis (`take_along_axis`) and, off CPU,
+  equalize counts its histograms and applies its table by comparison
+  (fused reductions, no index arrays); XLA:CPU keeps its flat scatter and
+  gather, 80x faster there.
 * Input and output are `uint8` (the batch contract of layout.md): the models
   normalise uint8 inside, `mixup.mixup_cutmix` takes uint8, and rounding to
   uint8 where the tf.data path rounds keeps the two paths equal to +-1.
@@ -50,6 +60,8 @@ from typing import Callable, Optional
 import dm_pix as pix
 import jax
 import jax.numpy as jnp
+
+from audfer_jax.models import platform
 
 Array = jax.Array
 
@@ -269,18 +281,32 @@ def crop_resize(x: Array, box: Array, out_size: int, flip=False) -> Array:
     Returns:
         `[T, out_size, out_size, C] float32` in [0, 255].
     """
-    h, w = x.shape[1], x.shape[2]
-    shrink = (box[2] > out_size) | (box[3] > out_size)
-    wy = crop_resize_weights(h, out_size, box[0], box[2], shrink)
-    wx = crop_resize_weights(w, out_size, box[1], box[3], shrink)
-    wx = jnp.where(flip, wx[::-1], wx)
-    x = x.astype(jnp.float32)
-    y = jnp.einsum("oh,thwc->towc", wy, x, precision=_HIGHEST)
+    wy, wx = _crop_resize_matrices(x.shape[1], x.shape[2], box, out_size, flip)
+    y = jnp.einsum("oh,thwc->towc", wy, x.astype(jnp.float32), precision=_HIGHEST)
     return jnp.einsum("pw,towc->topc", wx, y, precision=_HIGHEST)
 
 
-def _gray(x: Array) -> Array:
-    return pix.rgb_to_grayscale(x, keep_dims=True)
+def _crop_resize_matrices(h: int, w: int, box: Array, out_size: int, flip) -> tuple:
+    """`(wy [out, h], wx [out, w])` of `crop_resize` (flip: reversed rows of wx)."""
+    shrink = (box[2] > out_size) | (box[3] > out_size)
+    wy = crop_resize_weights(h, out_size, box[0], box[2], shrink)
+    wx = crop_resize_weights(w, out_size, box[1], box[3], shrink)
+    return wy, jnp.where(flip, wx[::-1], wx)
+
+
+def _crop_resize_planar(x: Array, box: Array, out_size: int, flip=False) -> Array:
+    """`crop_resize` of a planar `[T, C, H, W] float32` clip -> `[T, out, out, C] float32`.
+
+    The same products in the same order as `crop_resize` (rows, then
+    columns); the second one puts the channels last for the model.
+    """
+    wy, wx = _crop_resize_matrices(x.shape[2], x.shape[3], box, out_size, flip)
+    y = jnp.einsum("oh,tchw->tcow", wy, x, precision=_HIGHEST)
+    return jnp.einsum("pw,tcow->topc", wx, y, precision=_HIGHEST)
+
+
+def _gray(x: Array, channel_axis: int = -1) -> Array:
+    return pix.rgb_to_grayscale(x, keep_dims=True, channel_axis=channel_axis)
 
 
 def _blend(a: Array, b: Array, factor) -> Array:
@@ -311,11 +337,23 @@ def color_jitter(x: Array, params: dict) -> Array:
 
 # RandAugment ---------------------------------------------------------------
 #
-# Written batch-wise (`[B, T, H, W, 3]`, per-clip parameters `[B]`) rather
-# than vmapped: XLA:CPU runs a vmapped scatter or gather 9-15x slower than
-# one flat scatter/gather over the whole batch (equalize's histograms, the
-# affine sampler). Every op is computed for every clip and the clip's op
-# selected, which is what `vmap` of a `lax.switch` would do anyway.
+# Written batch-wise (`[B, ...]`, per-clip parameters `[B]`) rather than
+# vmapped: XLA:CPU runs a vmapped scatter or gather 9-15x slower than one
+# flat scatter/gather over the whole batch (equalize's histograms). Every op
+# is computed for every clip and the clip's op selected, which is what `vmap`
+# of a `lax.switch` would do anyway. The ops work on planar clips
+# `[B, T, C, H, W]` (module docstring); the channel-last entry points move
+# the channels around them.
+
+def _planar(x: Array) -> Array:
+    """`[..., H, W, C]` -> `[..., C, H, W]`."""
+    return jnp.moveaxis(x, -1, -3)
+
+
+def _channels_last(x: Array) -> Array:
+    """`[..., C, H, W]` -> `[..., H, W, C]`."""
+    return jnp.moveaxis(x, -3, -1)
+
 
 def _bc(v: Array) -> Array:
     """`[B]` -> `[B, 1, 1, 1, 1]` for broadcasting over clips."""
@@ -337,17 +375,22 @@ def affine_sample(x: Array, transform: Array, fill=FILL) -> Array:
         the image counts as 0 and the missing weight is filled with `fill`
         (TF's constant mode with the mask channel of `augment._affine`).
     """
-    b, t, h, w, c = x.shape
+    return _channels_last(_affine_sample_planar(_planar(x), transform, fill))
+
+
+def _affine_sample_planar(x: Array, transform: Array, fill=FILL) -> Array:
+    """`affine_sample` of planar clips `[B, T, C, H, W] float32`."""
+    b, t, c, h, w = x.shape
     v, u = jnp.meshgrid(jnp.arange(h, dtype=jnp.float32), jnp.arange(w, dtype=jnp.float32),
                         indexing="ij")
     a = transform[:, :, None, None]
     sx = (a[:, 0] * u + a[:, 1] * v + a[:, 2]).reshape(b, 1, h * w)
     sy = (a[:, 3] * u + a[:, 4] * v + a[:, 5]).reshape(b, 1, h * w)
     x0, y0 = jnp.floor(sx), jnp.floor(sy)
-    flat = x.reshape(b * t * h * w, c)
-    # Offset of frame (clip, t) in `flat`: one plain gather for the batch.
-    base = (jnp.arange(b * t).reshape(b, t, 1)) * (h * w)
-    out = jnp.zeros((b, t, h * w, c), jnp.float32)
+    # Every frame and channel of a clip reads the same pixels: a gather
+    # along the last axis (the clip's indices broadcast over T x C).
+    planes = x.reshape(b, t * c, h * w)
+    out = jnp.zeros((b, t * c, h * w), jnp.float32)
     mask = jnp.zeros((b, 1, h * w), jnp.float32)
     for dy, dx in ((0, 0), (0, 1), (1, 0), (1, 1)):
         yy, xx = y0 + dy, x0 + dx
@@ -355,10 +398,12 @@ def affine_sample(x: Array, transform: Array, fill=FILL) -> Array:
         valid = (yy >= 0) & (yy <= h - 1) & (xx >= 0) & (xx <= w - 1)
         wgt = jnp.where(valid, wgt, 0.0)
         idx = (jnp.clip(yy, 0, h - 1) * w + jnp.clip(xx, 0, w - 1)).astype(jnp.int32)
-        out = out + wgt[..., None] * jnp.take(flat, base + idx, axis=0)
+        out = out + wgt * jnp.take_along_axis(planes, jnp.broadcast_to(idx, out.shape), axis=2)
         mask = mask + wgt
-    out = out + (1.0 - mask)[..., None] * jnp.asarray(fill, jnp.float32)
-    return out.reshape(b, t, h, w, c)
+    out = out.reshape(b, t, c, h * w)
+    fill = jnp.asarray(fill, jnp.float32)[:, None]
+    out = out + (1.0 - mask)[:, :, None] * fill
+    return out.reshape(b, t, c, h, w)
 
 
 def _rand_affine(op, level, sign, h: int, w: int) -> Array:
@@ -385,47 +430,57 @@ def _rand_affine(op, level, sign, h: int, w: int) -> Array:
 
 
 def _auto_contrast(x):
-    lo = jnp.min(x, axis=(2, 3), keepdims=True)
-    hi = jnp.max(x, axis=(2, 3), keepdims=True)
+    lo = jnp.min(x, axis=(3, 4), keepdims=True)
+    hi = jnp.max(x, axis=(3, 4), keepdims=True)
     scale = jnp.where(hi > lo, 255.0 / jnp.maximum(hi - lo, 1e-6), 1.0)
     return jnp.where(hi > lo, (x - lo) * scale, x)
 
 
 def _equalize(x):
-    """PIL ImageOps.equalize of every frame and channel of `[B, T, H, W, C]`.
+    """PIL ImageOps.equalize of every frame and channel of planar `[B, T, C, H, W]`.
 
     Per channel: histogram of the rounded values, step = (pixels - count of
     the highest value present) // 255, lut[v] = (cumsum before v + step // 2)
     // step clipped to 255; unchanged when step is 0 (PIL's algorithm, as
     augment._equalize_channel).
     """
-    b, t, h, w, c = x.shape
-    n = b * t * c
+    b, t, c, h, w = x.shape
     xi = jnp.round(x).astype(jnp.int32)
-    # One flat scatter-add for all B*T*C histograms (7 vs 66 ms per
-    # 16x192x192 clip on XLA:CPU against a vmapped bincount per channel).
-    base = (jnp.arange(b * t).reshape(b, t, 1, 1, 1) * c + jnp.arange(c)) * 256
-    ids = base + xi
-    hist = jnp.zeros((n * 256,), jnp.int32).at[ids.reshape(-1)].add(1).reshape(b, t, c, 256)
-    top = jnp.max(xi, axis=(2, 3))                                # [B, T, C]
+    values = jnp.arange(256, dtype=jnp.int32)
+    cpu = platform.is_cpu()
+    platform.note("scatter_equalize" if cpu else "compare_equalize")
+    if cpu:
+        # One flat scatter-add for all B*T*C histograms (7 vs 66 ms per
+        # 16x192x192 clip on XLA:CPU against a vmapped bincount per channel).
+        ids = jnp.arange(b * t * c).reshape(b, t, c, 1, 1) * 256 + xi
+        hist = jnp.zeros((b * t * c * 256,), jnp.int32).at[ids.reshape(-1)].add(1)
+        hist = hist.reshape(b, t, c, 256)
+    else:
+        # Counted by comparison: one fused reduction, no index arrays.
+        hist = jnp.sum((xi[..., None, :, :] == values[:, None, None]).astype(jnp.int32),
+                       axis=(-2, -1))
+    top = jnp.max(xi, axis=(3, 4))                                # [B, T, C]
     last = jnp.take_along_axis(hist, top[..., None], axis=3)[..., 0]
     step = (h * w - last) // 255
     lut = ((jnp.cumsum(hist, axis=3) - hist + (step // 2)[..., None])
            // jnp.maximum(step, 1)[..., None])
-    lut = jnp.where((step > 0)[..., None], jnp.clip(lut, 0, 255), jnp.arange(256))
-    return jnp.take(lut.reshape(-1), ids).astype(jnp.float32)
+    lut = jnp.where((step > 0)[..., None], jnp.clip(lut, 0, 255), values)
+    if cpu:
+        return jnp.take(lut.reshape(-1), ids).astype(jnp.float32)
+    table = lut[:, :, :, None, None, :]
+    return jnp.sum(jnp.where(xi[..., None] == values, table, 0), axis=-1).astype(jnp.float32)
 
 
 def _sharpness(x, factor):
-    """PIL ImageEnhance.Sharpness: blend with the 3x3 SMOOTH filter, border unfiltered."""
-    h, w = x.shape[2], x.shape[3]
-    acc = 4.0 * x[:, :, 1:-1, 1:-1]
+    """PIL ImageEnhance.Sharpness of planar clips: blend with the 3x3 SMOOTH filter, border unfiltered."""
+    h, w = x.shape[3], x.shape[4]
+    acc = 4.0 * x[..., 1:-1, 1:-1]
     for dy in range(3):
         for dx in range(3):
-            acc = acc + x[:, :, dy:h - 2 + dy, dx:w - 2 + dx]
-    smooth = jnp.pad(jnp.round(acc / 13.0), ((0, 0), (0, 0), (1, 1), (1, 1), (0, 0)))
+            acc = acc + x[..., dy:h - 2 + dy, dx:w - 2 + dx]
+    smooth = jnp.pad(jnp.round(acc / 13.0), ((0, 0), (0, 0), (0, 0), (1, 1), (1, 1)))
     # A mask, not `.at[].set` (a scatter, 7x slower on XLA:CPU).
-    inner = jnp.zeros((h, w), bool).at[1:-1, 1:-1].set(True)[:, :, None]
+    inner = jnp.zeros((h, w), bool).at[1:-1, 1:-1].set(True)
     return _blend(x, jnp.where(inner, smooth, x), factor)
 
 
@@ -448,11 +503,17 @@ def rand_augment_ops(x: Array, op, level, sign) -> Array:
         `[B, T, H, W, 3] float32`, not clipped (the caller clips, as
         augment.rand_augment).
     """
-    h, w = x.shape[2], x.shape[3]
+    return _channels_last(_rand_augment_ops_planar(_planar(x), op, level, sign))
+
+
+def _rand_augment_ops_planar(x: Array, op, level, sign) -> Array:
+    """`rand_augment_ops` of planar clips `[B, T, 3, H, W] float32`."""
+    h, w = x.shape[3], x.shape[4]
     op = jnp.asarray(op, jnp.int32)
     level = jnp.asarray(level, jnp.float32)
     sign = jnp.asarray(sign, jnp.float32)
     lv, enhance = _bc(level), _bc(1.0 + level / 10.0 * 0.9 * sign)
+    gray = functools.partial(_gray, channel_axis=2)
 
     def posterize(x):
         shift = 8 - (4 - (lv / 10.0 * 4).astype(jnp.int32))
@@ -460,19 +521,21 @@ def rand_augment_ops(x: Array, op, level, sign) -> Array:
         return ((xi >> shift) << shift).astype(jnp.float32)
 
     def contrast(x):
-        return _blend(x, jnp.round(jnp.mean(_gray(x), axis=(2, 3, 4), keepdims=True)), enhance)
+        return _blend(x, jnp.round(jnp.mean(gray(x), axis=(2, 3, 4), keepdims=True)), enhance)
 
     branches = {
         0: _auto_contrast,
-        1: _equalize,
+        # A fresh function per trace: cond caches its branches by function,
+        # and equalize's form depends on the platform traced for.
+        1: lambda x: _equalize(x),  # pylint: disable=unnecessary-lambda
         2: lambda x: 255.0 - x,
         # One sampler for the five affine ops, with the clip's matrix.
-        3: lambda x: affine_sample(x, _rand_affine(op, level, sign, h, w)),
+        3: lambda x: _affine_sample_planar(x, _rand_affine(op, level, sign, h, w)),
         4: posterize,
         5: lambda x: jnp.where(x >= 256.0 - jnp.floor(lv / 10.0 * 256.0), 255.0 - x, x),
         6: lambda x: jnp.where(x < 128.0, jnp.minimum(x + jnp.floor(lv / 10.0 * 110.0), 255.0),
                                x),
-        7: lambda x: _blend(x, _gray(x), enhance),               # ColorIncreasing
+        7: lambda x: _blend(x, gray(x), enhance),                # ColorIncreasing
         8: contrast,
         9: lambda x: _blend(x, jnp.zeros_like(x), enhance),      # BrightnessIncreasing
         10: lambda x: _sharpness(x, enhance),
@@ -498,9 +561,14 @@ def rand_augment_op(x: Array, op, level, sign) -> Array:
 
 def rand_augment_batch(x: Array, params: dict) -> Array:
     """RandAugment of `[B, T, H, W, 3] float32` clips, params `[B, L]` (vmapped `sample_rand_augment`)."""
+    return _channels_last(_rand_augment_layers(_planar(x), params))
+
+
+def _rand_augment_layers(x: Array, params: dict) -> Array:
+    """`rand_augment_batch` of planar clips `[B, T, 3, H, W] float32`."""
     def layer(x, p):
         op = jnp.where(p["apply"], p["ops"], NUM_RAND_OPS)
-        return jnp.clip(rand_augment_ops(x, op, p["levels"], p["signs"]), 0.0, 255.0), None
+        return jnp.clip(_rand_augment_ops_planar(x, op, p["levels"], p["signs"]), 0.0, 255.0), None
 
     # A scan over the layers: one layer is compiled, not four (compile time).
     layers = {k: jnp.swapaxes(params[k], 0, 1) for k in ("ops", "apply", "levels", "signs")}
@@ -608,10 +676,10 @@ def augment_batch(key: Array, clips: Array, recipe: str, *, out_size: int) -> Ar
     params = jax.vmap(lambda k: sample_clip_params(k, recipe, h, w, out_size))(keys)
     if recipe != "mae_dfer":
         return jax.vmap(lambda c, p: apply_clip_params(c, p, recipe, out_size))(clips, params)
-    # As apply_clip_params, with RandAugment batch-wise (see its section).
-    x = rand_augment_batch(clips.astype(jnp.float32), params["rand_augment"])
-
-    x = jax.vmap(lambda x, p: to_uint8(crop_resize(x, p["box"], out_size, p["flip"])))(
+    # As apply_clip_params, with RandAugment batch-wise and planar (module
+    # docstring): channels moved while the clips are still uint8.
+    x = _rand_augment_layers(_planar(clips).astype(jnp.float32), params["rand_augment"])
+    x = jax.vmap(lambda x, p: to_uint8(_crop_resize_planar(x, p["box"], out_size, p["flip"])))(
             x, params)
     erase = jax.vmap(random_erasing)
     # The noise is drawn only when some clip of the batch is erased (p 0.25 each).

@@ -30,8 +30,9 @@ import jax
 
 # The forms written for XLA:CPU (module docstring) and lax's forms.
 CPU_FORMS = ("frames_conv", "batch_chunked_conv", "polyphase_backward", "patchify_backward",
-             "slices_max_pool_backward", "cpu_attention")
-LAX_FORMS = ("lax_conv", "lax_max_pool", "fused_attention", "einsum_attention")
+             "slices_max_pool_backward", "cpu_attention", "scatter_equalize")
+LAX_FORMS = ("lax_conv", "lax_max_pool", "fused_attention", "einsum_attention",
+             "compare_equalize")
 
 _TARGET: contextvars.ContextVar[str | None] = contextvars.ContextVar(
         "audfer_jax_compile_target", default=None)
