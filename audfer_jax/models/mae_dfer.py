@@ -414,13 +414,19 @@ class PatchEmbed(nn.Module):
     """Tubelet embedding: Conv3d kernel = stride = (tubelet, patch, patch), VALID, bias.
 
     Init: PyTorch's Conv3d default (the original's `_init_weights` leaves
-    convolutions alone).
+    convolutions alone). Parameters those of `nn.Conv` under `proj`:
+    `kernel [tubelet, patch, patch, Cin, embed_dim]`, `bias [embed_dim]`,
+    float32.
 
-    A convolution rather than the equivalent reshape into `[B, tokens,
-    t*p*p*Cin]` tubelets and one matrix product: on XLA:TPU the tubelets'
-    transposition goes through arrays whose last two axes are small (16 x 48)
-    and padded to (8, 128) tiles, about 115 MB per clip of temporaries (the
-    convolution's fixed 0.4 GiB at 8 and at 16 clips per chip, v5e).
+    Computed as the same convolution with each row's patch columns moved
+    into the channels: input `[B, T, H, W/patch, patch*Cin]` (a free
+    reshape), kernel `[tubelet, patch, 1, patch*Cin, embed_dim]`. The sums
+    are the original's; what changes is the input's last axis (48 instead
+    of 3): XLA:TPU tiles an array's two minor axes by (8, 128), so the
+    channel-last `[..., W, 3]` input kept for the kernel gradient took ~40x
+    its size (400 MiB per v5e chip at 8 clips, bfloat16 or float32; 0 with
+    48 channels). A reshape into `[B, tokens, t*p*p*Cin]` tubelets and one
+    matrix product was tried too: its transposition needs twice that.
 
     Attributes:
         embed_dim: output width (512).
@@ -436,15 +442,33 @@ class PatchEmbed(nn.Module):
     @nn.compact
     def __call__(self, x: Array) -> Array:
         """`x [B, T, H, W, Cin]` -> `[B, T/t * H/p * W/p, embed_dim]`, token t*Hp*Wp + h*Wp + w."""
-        k = (self.tubelet_size, self.patch_size, self.patch_size)
-        fan_in = x.shape[-1] * int(np.prod(k))
-        y = nn.Conv(self.embed_dim, k, strides=k, padding='VALID', dtype=self.dtype,
-                    param_dtype=jnp.float32, kernel_init=_torch_conv_kernel_init,
-                    bias_init=_torch_conv_bias_init(fan_in),
-                    # Same forward; kernel gradient as a matrix product
-                    # (XLA:CPU's 16x-dilated gradient conv is slow, conv.py).
-                    conv_general_dilated=conv_lib.conv_general_dilated, name='proj')(x)
-        return y.reshape(y.shape[0], -1, self.embed_dim)
+        return _TubeletConv(self.embed_dim, self.patch_size, self.tubelet_size,
+                            dtype=self.dtype, name='proj')(x)
+
+
+class _TubeletConv(nn.Module):
+    """`PatchEmbed`'s convolution (its docstring), parameters as `nn.Conv`'s."""
+    features: int
+    patch_size: int
+    tubelet_size: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        b, t, h, w, cin = x.shape
+        p, kt = self.patch_size, self.tubelet_size
+        shape = (kt, p, p, cin, self.features)
+        kernel = self.param('kernel', _torch_conv_kernel_init, shape, jnp.float32)
+        bias = self.param('bias', _torch_conv_bias_init(int(np.prod(shape[:-1]))),
+                          (self.features,), jnp.float32)
+        x = x.astype(self.dtype).reshape(b, t, h, w // p, p * cin)
+        kernel = kernel.reshape(kt, p, 1, p * cin, self.features).astype(self.dtype)
+        # Kernel = stride: conv.py's patchify backward on CPU (XLA:CPU's
+        # 16x-dilated kernel-gradient convolution is slow), lax's elsewhere.
+        y = conv_lib.conv_general_dilated(x, kernel, (kt, p, 1), 'VALID',
+                                          dimension_numbers=('NDHWC', 'DHWIO', 'NDHWC'))
+        y = y + bias.astype(self.dtype)
+        return y.reshape(b, -1, self.features)
 
 
 class MAEDFER(nn.Module):
