@@ -7,13 +7,13 @@ For each backbone (recipe config, DFEW fold 1, AU loss), dtype, remat setting
 and TPU generation (a 4-chip slice: v5e:2x2, v5p:2x2x1, v6e:2x2), runs
 
     audfer-jax compile --config configs/<backbone>.py:dataset=dfew,fold=1 \\
-        --topology <slice> --max-batch --no-eval --config.dtype=D --config.remat=R \\
-        --json <out>/<cell>.json
+        --topology <slice> --max-batch --no-eval --config.dtype=D \\
+        --config.remat_policy=R --json <out>/<cell>.json
 
 (the search compiles per-chip batch 1 and the recipe's per-chip batch first,
 so the HBM at the recipe's batch is one of its compiles), one cell at a time,
-skipping cells whose JSON exists, in the order MAE-DFER (remat off, both
-dtypes, then remat on), then bfloat16 of Former-DFER and M3DFEL, then their
+skipping cells whose JSON exists, in the order MAE-DFER (remat `none`, both
+dtypes, then `full`), then bfloat16 of Former-DFER and M3DFEL, then their
 float32 cells. `--shard K/N` takes every N-th cell from the K-th (0-based), so
 that N processes can share the cells; `--render` prints the Markdown table of
 the cells done so far.
@@ -30,6 +30,7 @@ import time
 
 RECIPES = {"mae_dfer": 96, "former_dfer": 32, "m3dfel": 256}
 NAMES = {"mae_dfer": "MAE-DFER", "former_dfer": "Former-DFER", "m3dfel": "M3DFEL"}
+POLICIES = ("none", "full")       # config.remat_policy
 SLICES = {"v5e": "v5e:2x2", "v5p": "v5p:2x2x1", "v6e": "v6e:2x2"}
 # Slice sizes in chips, smallest first, up to 256: v5e and v6e also come as
 # single-chip slices (v5litepod-1, v6e-1); a v5p slice has at least 4 chips
@@ -41,12 +42,12 @@ SIZES = {"v5e": (1, 4, 8, 16, 32, 64, 128, 256), "v6e": (1, 4, 8, 16, 32, 64, 12
 
 def cells():
     order = []
-    for remat in (False, True):
+    for remat in POLICIES:
         for dtype in ("bfloat16", "float32"):
             for gen in SLICES:
                 order.append(("mae_dfer", dtype, remat, gen))
     for dtype in ("bfloat16", "float32"):
-        for remat in (False, True):
+        for remat in POLICIES:
             for gen in SLICES:
                 for model in ("former_dfer", "m3dfel"):
                     order.append((model, dtype, remat, gen))
@@ -54,7 +55,7 @@ def cells():
 
 
 def cell_name(model, dtype, remat, gen):
-    return f"{model}_{dtype}_remat{int(remat)}_{gen}"
+    return f"{model}_{dtype}_remat-{remat}_{gen}"
 
 
 def run_cell(out_dir, model, dtype, remat, gen):
@@ -63,7 +64,8 @@ def run_cell(out_dir, model, dtype, remat, gen):
         return
     cmd = [sys.executable, "-m", "audfer_jax", "compile",
            "--config", f"configs/{model}.py:dataset=dfew,fold=1", "--topology", SLICES[gen],
-           "--max-batch", "--no-eval", f"--config.dtype={dtype}", f"--config.remat={remat}",
+           "--max-batch", "--no-eval", f"--config.dtype={dtype}",
+           f"--config.remat_policy={remat}",
            "--json", path + ".tmp"]
     t0 = time.time()
     # The log is written as the search goes, so that the sizes compiled so far
@@ -100,7 +102,7 @@ def render(out_dir):
     for model, dtype, remat, gen in cells():
         path = os.path.join(out_dir, cell_name(model, dtype, remat, gen) + ".json")
         if not os.path.exists(path):
-            missing.append(f"{NAMES[model]} {dtype} remat {'on' if remat else 'off'} {gen}")
+            missing.append(f"{NAMES[model]} {dtype} remat {remat} {gen}")
             continue
         r = json.load(open(path, encoding="utf-8"))
         recipe = RECIPES[model]
@@ -115,7 +117,7 @@ def render(out_dir):
         chips = smallest_slice(recipe, n, gen)
         flops = r.get("flops_per_clip")
         rows.append(
-                f"| {NAMES[model]} | {dtype} | {'on' if remat else 'off'} | {gen} "
+                f"| {NAMES[model]} | {dtype} | {remat} | {gen} "
                 f"({r['hbm_gib']:g} GiB) | {at_recipe} | {n} ({r.get('max_batch_predicted')}) "
                 f"| {r['train_compile_s']:.0f} | "
                 f"{'n/a' if flops is None else f'{flops / 1e9:.0f}'} | "
@@ -133,7 +135,7 @@ def main():
     parser.add_argument("--only", default="", help="one backbone")
     parser.add_argument("--shard", default="0/1", help="K/N: every N-th cell from the K-th")
     parser.add_argument("--cells", default="",
-                        help="comma-separated cell names (e.g. mae_dfer_bfloat16_remat0_v5e): "
+                        help="comma-separated cell names (e.g. mae_dfer_bfloat16_remat-none_v5e): "
                              "only these, in the table's order")
     parser.add_argument("--render", action="store_true")
     args = parser.parse_args()
