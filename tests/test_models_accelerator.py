@@ -194,8 +194,7 @@ def test_layer_norm_equals_flax_values_and_gradients(dtype):
 
 def test_tpu_forms_compute_the_same_values():
     """The forms traced for TPU (GELU between optimisation barriers, the
-    recomputed attention, MAE-DFER's tubelet embedding as one matrix product)
-    give the CPU forms' values and gradients."""
+    recomputed attention) give the CPU forms' values and gradients."""
     from audfer_jax.models import mae_dfer, platform
     model = mae_dfer.mae_dfer_tiny(depth=2)
     clips = _clips("mae_dfer_tiny")

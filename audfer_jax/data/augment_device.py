@@ -281,26 +281,19 @@ def crop_resize(x: Array, box: Array, out_size: int, flip=False) -> Array:
     Returns:
         `[T, out_size, out_size, C] float32` in [0, 255].
     """
-    wy, wx = _crop_resize_matrices(x.shape[1], x.shape[2], box, out_size, flip)
-    y = jnp.einsum("oh,thwc->towc", wy, x.astype(jnp.float32), precision=_HIGHEST)
-    return jnp.einsum("pw,towc->topc", wx, y, precision=_HIGHEST)
-
-
-def _crop_resize_matrices(h: int, w: int, box: Array, out_size: int, flip) -> tuple:
-    """`(wy [out, h], wx [out, w])` of `crop_resize` (flip: reversed rows of wx)."""
-    shrink = (box[2] > out_size) | (box[3] > out_size)
-    wy = crop_resize_weights(h, out_size, box[0], box[2], shrink)
-    wx = crop_resize_weights(w, out_size, box[1], box[3], shrink)
-    return wy, jnp.where(flip, wx[::-1], wx)
+    return _crop_resize_planar(_planar(x).astype(jnp.float32), box, out_size, flip)
 
 
 def _crop_resize_planar(x: Array, box: Array, out_size: int, flip=False) -> Array:
     """`crop_resize` of a planar `[T, C, H, W] float32` clip -> `[T, out, out, C] float32`.
 
-    The same products in the same order as `crop_resize` (rows, then
-    columns); the second one puts the channels last for the model.
+    Rows, then columns; the second product puts the channels last for the
+    model (on XLA:CPU as fast as the channel-last form, and the same bits).
     """
-    wy, wx = _crop_resize_matrices(x.shape[2], x.shape[3], box, out_size, flip)
+    shrink = (box[2] > out_size) | (box[3] > out_size)
+    wy = crop_resize_weights(x.shape[2], out_size, box[0], box[2], shrink)
+    wx = crop_resize_weights(x.shape[3], out_size, box[1], box[3], shrink)
+    wx = jnp.where(flip, wx[::-1], wx)
     y = jnp.einsum("oh,tchw->tcow", wy, x, precision=_HIGHEST)
     return jnp.einsum("pw,tcow->topc", wx, y, precision=_HIGHEST)
 
